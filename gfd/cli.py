@@ -1,0 +1,101 @@
+"""`gpu-feature-discovery`: upstream-compatible flags, plus --simulate."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from gfd import logs
+from gfd.config import CommandLine, Config, ConfigError, load_config, parse_command_line
+from gfd.config.model import STDOUT
+from gfd.outputs import Output, OutputError
+
+log = structlog.get_logger("gfd")
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    environ = os.environ if environ is None else environ
+    try:
+        cmdline = parse_command_line(argv, environ)
+    except ConfigError as e:
+        print(f"gpu-feature-discovery: {e}", file=sys.stderr)
+        return 1
+    if cmdline.given.get("simulate") == "list":
+        return _list_profiles()
+    logs.configure(cmdline.given.get("log_format", "auto"))
+    try:
+        config = load_config(cmdline)
+    except ConfigError as e:
+        log.error(f"unable to load config: {e}")
+        return 1
+    log.info("Running with config", **_loggable(config))
+    if config.oneshot:
+        return oneshot(config)
+    from gfd.daemon import run
+
+    return run(cmdline, config)
+
+
+def oneshot(config: Config) -> int:
+    from gfd.discovery.session import NodeSource
+    from gfd.labelling import PassError, labels_for, read_model
+
+    try:
+        source = NodeSource(config)
+    except ConfigError as e:
+        log.error(str(e))
+        return 1
+    try:
+        output = make_output(config)
+        labels = labels_for(read_model(source, config), config, int(time.time()))
+        output.write(labels)
+    except (PassError, ConfigError, OutputError) as e:
+        log.error(str(e))
+        return 1
+    finally:
+        source.close()
+    return 0
+
+
+def make_output(config: Config) -> Output:
+    from gfd.outputs.featurefile import FeatureFile
+    from gfd.outputs.stdout import Stdout
+
+    if config.output_file in (STDOUT, ""):
+        return Stdout()
+    if config.writes_node_feature:
+        from gfd.outputs.nodefeature import NodeFeatureOutput
+
+        return NodeFeatureOutput.from_config(config)
+    return FeatureFile(config.output_file)
+
+
+def _loggable(config: Config) -> dict[str, object]:
+    from gfd.config.duration import format_duration
+
+    return {
+        "migStrategy": config.mig_strategy,
+        "failOnInitError": config.fail_on_init_error,
+        "useNodeFeatureAPI": config.writes_node_feature,
+        "deviceDiscoveryStrategy": config.device_discovery_strategy,
+        "oneshot": config.oneshot,
+        "noTimestamp": config.no_timestamp,
+        "sleepInterval": format_duration(config.sleep_interval_ns),
+        "outputFile": config.output_file,
+        "machineTypeFile": config.machine_type_file,
+        "sharingStrategy": config.sharing.strategy,
+        "simulate": config.simulate or None,
+    }
+
+
+def _list_profiles() -> int:
+    from gfd.discovery.simulated.profiles import builtin_names, load_profile
+
+    for name in builtin_names():
+        print(f"{name}\t{load_profile(name).description}")
+    return 0

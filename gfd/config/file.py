@@ -1,0 +1,120 @@
+"""Reading the shared v1 config file (YAML or JSON) the way upstream's go-yaml + encoding/json does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from gfd.config.duration import parse_duration
+from gfd.config.errors import ConfigError
+from gfd.config.model import Imex, Sharing
+from gfd.config.options import GFD_OPTIONS
+from gfd.config.sharing import _lookup, parse_sharing, resource_name
+
+_TYPES = {"str": str, "bool": bool, "int": int, "float": (int, float)}
+
+
+def read_config_file(path: str) -> tuple[dict[str, Any], Sharing, Imex]:
+    """Return (option values set by the file, sharing, imex); ConfigError on any problem."""
+    source = f"config file {path}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(source, "", f"error opening config file: {e.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(source, "", f"not valid YAML{where}: {problem}") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(source, "", f"expected a mapping at the top level, got {type(doc).__name__}",
+                          "version, flags, resources, sharing, imex")
+    version = _lookup(doc, "version")
+    if version not in (None, "", "v1"):
+        raise ConfigError(source, "version", f"unknown version: {version}", "v1")
+
+    values: dict[str, Any] = {}
+    for opt in GFD_OPTIONS:
+        if opt.file_key is None:
+            continue
+        raw = _get_path(doc, opt.file_key, source)
+        if raw is None:
+            continue
+        field = ".".join(opt.file_key)
+        values[opt.dest] = _convert(raw, opt.kind, field, source, opt.accepted)
+        if opt.choices is not None and values[opt.dest] not in opt.choices:
+            raise ConfigError(source, field, f'invalid value "{values[opt.dest]}"', opt.accepted)
+
+    _validate_resources(_lookup(doc, "resources"), source)
+    sharing = parse_sharing(_lookup(doc, "sharing"), source)
+    return values, sharing, _imex(_lookup(doc, "imex"), source)
+
+
+def _get_path(doc: dict[str, Any], path: tuple[str, ...], source: str) -> Any:
+    node: Any = doc
+    for i, key in enumerate(path):
+        if node is None:
+            return None
+        if not isinstance(node, dict):
+            raise ConfigError(source, ".".join(path[:i]), f"expected a mapping, got {node!r}")
+        node = _lookup(node, key)
+    return node
+
+
+def _convert(raw: Any, kind: str, field: str, source: str, accepted: str) -> Any:
+    if kind == "duration":
+        # A number in the file is nanoseconds (Go's Duration is an int64 in JSON).
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return parse_duration(raw)
+            except ValueError as e:
+                raise ConfigError(source, field, str(e), accepted) from None
+        raise ConfigError(source, field, f"expected a duration, got {raw!r}", accepted)
+    expected = _TYPES[kind]
+    if isinstance(raw, bool) and kind != "bool" or not isinstance(raw, expected):
+        raise ConfigError(source, field, f"expected {_article(kind)}, got {raw!r}", accepted)
+    return raw
+
+
+def _article(kind: str) -> str:
+    return {"str": "a string", "bool": "a boolean", "int": "an integer", "float": "a number"}[kind]
+
+
+def _validate_resources(raw: Any, source: str) -> None:
+    """Upstream parses and validates `resources`, then ignores it (custom naming is disabled)."""
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "resources", f"expected a mapping, got {raw!r}", "gpus, mig")
+    for section in ("gpus", "mig"):
+        entries = _lookup(raw, section) or []
+        if not isinstance(entries, list):
+            raise ConfigError(source, f"resources.{section}", f"expected a list, got {entries!r}")
+        for i, entry in enumerate(entries):
+            field = f"resources.{section}[{i}]"
+            if not isinstance(entry, dict):
+                raise ConfigError(source, field, f"expected a mapping, got {entry!r}", "pattern, name")
+            if not entry.get("pattern"):
+                raise ConfigError(source, f"{field}.pattern", "resources must have a 'pattern' field set")
+            if not entry.get("name"):
+                raise ConfigError(source, f"{field}.name", "resources must have a 'name' field set")
+            resource_name(str(entry["name"]), source, f"{field}.name")
+
+
+def _imex(raw: Any, source: str) -> Imex:
+    # GFD parses `imex` but does not validate it; the device plugin does.
+    if not isinstance(raw, dict):
+        return Imex()
+    ids = _lookup(raw, "channelIDs") or []
+    required = _lookup(raw, "required") or False
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise ConfigError(source, "imex.channelIDs", f"expected a list of integers, got {ids!r}", "[] or [0]")
+    return Imex(tuple(ids), bool(required))

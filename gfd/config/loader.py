@@ -1,0 +1,106 @@
+"""Merging flags, environment and the config file: flag > env > file > default (upstream urfave/cli)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from gfd import __version__
+from gfd.config.errors import ConfigError
+from gfd.config.file import read_config_file
+from gfd.config.model import Config
+from gfd.config.options import GFD_OPTIONS, Option
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """What flags and environment set, parsed once per process (the file is re-read on reload)."""
+
+    given: Mapping[str, Any]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError("command line", "", message, "see --help")
+
+
+def _build_parser(options: Sequence[Option]) -> _Parser:
+    parser = _Parser(
+        prog="gpu-feature-discovery",
+        description="GPU Feature Discovery: generate labels for NVIDIA devices",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", "-v", action="version", version=__version__)
+    for opt in options:
+        names = list(opt.flags)
+        # Go's flag syntax also accepts a single dash before long names (`-oneshot`).
+        names += ["-" + f[2:] for f in opt.flags if f.startswith("--")]
+        kwargs: dict[str, Any] = {"dest": opt.dest, "default": None, "help": f"{opt.help} (default: "
+                                  f"{opt.show_default()!r}; env: {', '.join(opt.envs)})"}
+        if opt.kind == "bool":
+            parser.add_argument(*names, nargs="?", const="true", metavar="BOOL", **kwargs)
+        else:
+            parser.add_argument(*names, metavar=opt.kind.upper(), **kwargs)
+    return parser
+
+
+def _split_bool_values(argv: Sequence[str], options: Sequence[Option]) -> list[str]:
+    """Bool flags take a value only as `--flag=value`; `--flag value` leaves `value` alone (as Go does).
+
+    argparse would swallow the next word for an optional value, so a bare bool flag gets an explicit
+    `=true` before parsing.
+    """
+    bool_names = {n for o in options if o.kind == "bool" for f in o.flags for n in (f, "-" + f[2:])}
+    return [f"{arg}=true" if arg in bool_names else arg for arg in argv]
+
+
+def parse_command_line(
+    argv: Sequence[str], environ: Mapping[str, str], options: Sequence[Option] = GFD_OPTIONS
+) -> CommandLine:
+    parser = _build_parser(options)
+    namespace, extra = parser.parse_known_args(_split_bool_values(argv, options))
+    unknown = [a for a in extra if a.startswith("-")]
+    if unknown:
+        raise ConfigError("command line", "", f"flag provided but not defined: {unknown[0]}", "see --help")
+    given: dict[str, Any] = {}
+    for opt in options:
+        flag_value = getattr(namespace, opt.dest)
+        if flag_value is not None:
+            given[opt.dest] = _convert(opt, flag_value, f"flag {opt.flags[0]}")
+            continue
+        for env in opt.envs:
+            if env not in environ:
+                continue
+            text = environ[env]
+            if text == "" and opt.kind in ("duration", "int", "float"):
+                break  # urfave/cli ignores an empty numeric env var (default kept)
+            if text == "" and opt.kind == "bool":
+                given[opt.dest] = False
+            else:
+                given[opt.dest] = _convert(opt, text, f"environment variable {env}")
+            break
+    return CommandLine(given)
+
+
+def _convert(opt: Option, text: str, source: str) -> Any:
+    try:
+        return opt.parse_text(text)
+    except ValueError as e:
+        raise ConfigError(source, opt.name, str(e), opt.accepted) from None
+
+
+def load_config(cmdline: CommandLine, options: Sequence[Option] = GFD_OPTIONS) -> Config:
+    """Build the effective Config; re-run on SIGHUP to re-read the file."""
+    values: dict[str, Any] = {o.dest: o.default for o in options}
+    explicit = set(cmdline.given)
+    path = cmdline.given.get("config_file", "")
+    kwargs: dict[str, Any] = {}
+    if path:
+        file_values, sharing, imex = read_config_file(path)
+        values.update(file_values)
+        explicit |= set(file_values)
+        kwargs = {"sharing": sharing, "imex": imex}
+    values.update(cmdline.given)
+    return Config(**values, **kwargs, explicit=frozenset(explicit))

@@ -1,0 +1,26 @@
+"""One discovery pass: NVML + sysfs facts gathered into a DeviceModel."""
+
+from __future__ import annotations
+
+from gfd.discovery import nvml
+from gfd.discovery.sysfs import VgpuParseError, read_machine_type, read_pci_class, scan_vgpu
+from gfd.model import DeviceModel
+
+
+def read_node(nvml_ready: bool, host_root: str, machine_type_file: str) -> DeviceModel:
+    """Read the node. With NVML not ready, the model has no GPUs (upstream's null manager)."""
+    gpus = nvml.read_gpus(lambda bus_id: read_pci_class(host_root, bus_id)) if nvml_ready else ()
+    # Upstream reads versions and the machine type only when there is a GPU to label.
+    driver, cuda = nvml.read_versions() if gpus else ("", 0)
+    try:
+        vgpu = scan_vgpu(host_root)
+    except VgpuParseError as e:
+        raise nvml.DiscoveryError(f"error creating vGPU labeler: {e}") from None
+    return DeviceModel(
+        driver_version=driver,
+        cuda_driver_version=cuda,
+        gpus=gpus,
+        machine_type=read_machine_type(host_root, machine_type_file) if gpus else None,
+        vgpu=vgpu,
+        nvml_available=nvml_ready,
+    )

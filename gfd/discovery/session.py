@@ -1,0 +1,59 @@
+"""Where the node's NVML comes from (the real library or a simulated profile), and one read of it."""
+
+from __future__ import annotations
+
+import structlog
+
+from gfd.config import Config, ConfigError
+from gfd.discovery import nvml
+from gfd.discovery.node import read_node
+from gfd.model import DeviceModel
+
+log = structlog.get_logger("gfd.discovery")
+
+SUPPORTED_STRATEGIES = ("auto", "nvml")
+
+
+class NodeSource:
+    """Owns the NVML library choice for the process: real `libnvidia-ml.so.1`, or a simulation.
+
+    Without --simulate nothing is installed: pynvml loads the library by its ordinary search, so
+    any drop-in NVML works.
+    """
+
+    def __init__(self, config: Config) -> None:
+        if config.device_discovery_strategy not in SUPPORTED_STRATEGIES:
+            raise ConfigError(
+                "option device-discovery-strategy", "deviceDiscoveryStrategy",
+                f"'{config.device_discovery_strategy}' is not implemented yet", ", ".join(SUPPORTED_STRATEGIES),
+            )
+        self.strategy = config.device_discovery_strategy
+        self.machine_type_file = config.machine_type_file
+        self.simulation = None
+        self.host_root = "/"
+        if config.simulate:
+            from gfd.discovery.simulated.install import install
+            from gfd.discovery.simulated.profiles import load_profile
+
+            self.simulation = install(load_profile(config.simulate))
+            self.host_root = self.simulation.host_root
+
+    def open(self) -> None:
+        """Initialise NVML; NvmlUnavailable when it cannot be."""
+        nvml.init()
+
+    def read(self, nvml_ready: bool) -> DeviceModel:
+        return read_node(nvml_ready, self.host_root, self.machine_type_file)
+
+    def close_nvml(self) -> None:
+        nvml.shutdown()
+
+    def close(self) -> None:
+        if self.simulation is not None:
+            self.simulation.close()
+
+    def init_failure(self, error: nvml.NvmlUnavailable) -> str:
+        """Upstream's wording for an NVML that cannot be opened, by discovery strategy."""
+        if self.strategy == "auto" and error.library_missing:
+            return "failed to create resource manager: unsupported strategy auto"
+        return f"error creating labeler: failed to initialize resource manager: {error}"

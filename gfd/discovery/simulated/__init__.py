@@ -1,0 +1,1 @@
+"""Simulated NVML under the real pynvml binding, driven by machine profiles (YAML)."""

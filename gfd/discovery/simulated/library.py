@@ -1,0 +1,319 @@
+"""A stand-in for pynvml's loaded `libnvidia-ml.so.1`: NVML's C entry points as ctypes callbacks.
+
+pynvml looks every function up with getattr() on its library object and calls it with ctypes
+arguments (buffers, byref() pointers, opaque handles). Each attribute here is a CFUNCTYPE with the
+C signature, so pynvml's own marshalling, struct layouts and error mapping all run for real; a
+missing attribute is NVML_ERROR_FUNCTION_NOT_FOUND, exactly like an old driver's missing symbol.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections import Counter
+from collections.abc import Callable
+from ctypes import CFUNCTYPE, c_int, c_uint, c_void_p
+from typing import Any
+
+from gfd.discovery.simulated.profiles import SimGpu, SimMig, SimNode
+
+SUCCESS = 0
+UNINITIALIZED = 1
+INVALID_ARGUMENT = 2
+NOT_SUPPORTED = 3
+NOT_FOUND = 6
+INSUFFICIENT_SIZE = 7
+GPU_IS_LOST = 15
+
+_P = c_void_p  # every pointer or handle argument
+
+
+class _Struct:
+    """C layouts of the structs we fill (nvml.h), independent of pynvml's own definitions."""
+
+    class Memory(ctypes.Structure):
+        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+    class PciInfo(ctypes.Structure):
+        _fields_ = [("busIdLegacy", ctypes.c_char * 16), ("domain", c_uint), ("bus", c_uint), ("device", c_uint),
+                    ("pciDeviceId", c_uint), ("pciSubSystemId", c_uint), ("busId", ctypes.c_char * 32)]
+
+    class Attributes(ctypes.Structure):
+        _fields_ = [("multiprocessorCount", c_uint), ("sharedCopyEngineCount", c_uint),
+                    ("sharedDecoderCount", c_uint), ("sharedEncoderCount", c_uint), ("sharedJpegCount", c_uint),
+                    ("sharedOfaCount", c_uint), ("gpuInstanceSliceCount", c_uint),
+                    ("computeInstanceSliceCount", c_uint), ("memorySizeMB", ctypes.c_ulonglong)]
+
+    class Placement(ctypes.Structure):
+        _fields_ = [("start", c_uint), ("size", c_uint)]
+
+    class GpuInstanceInfo(ctypes.Structure):
+        _fields_ = [("device", c_void_p), ("id", c_uint), ("profileId", c_uint)]
+
+    class ComputeInstanceInfo(ctypes.Structure):
+        _fields_ = [("device", c_void_p), ("gpuInstance", c_void_p), ("id", c_uint), ("profileId", c_uint)]
+
+    class FabricInfoV2(ctypes.Structure):
+        _fields_ = [("version", c_uint), ("clusterUuid", ctypes.c_uint8 * 16), ("status", c_int),
+                    ("cliqueId", ctypes.c_uint32), ("state", ctypes.c_uint8), ("healthMask", ctypes.c_uint32)]
+
+
+def _write_str(buf: int, size: int, text: str) -> int:
+    data = text.encode("utf-8")
+    if len(data) + 1 > size:
+        return INSUFFICIENT_SIZE
+    ctypes.memmove(buf, data + b"\0", len(data) + 1)
+    return SUCCESS
+
+
+def _write_uint(ptr: int, value: int) -> int:
+    c_uint.from_address(ptr).value = value
+    return SUCCESS
+
+
+def _write_int(ptr: int, value: int) -> int:
+    c_int.from_address(ptr).value = value
+    return SUCCESS
+
+
+def _write_ptr(ptr: int, value: int) -> int:
+    c_void_p.from_address(ptr).value = value
+    return SUCCESS
+
+
+class SimulatedLibrary:
+    """Serves a SimNode through NVML's C ABI. Counts calls per function (for benchmarks)."""
+
+    def __init__(self, node: SimNode) -> None:
+        self.node = node
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._initialised = 0
+        self._handles: dict[int, Any] = {}
+        self._ids: dict[tuple[Any, ...], int] = {}
+        self._functions: dict[str, Any] = {}
+        for name, argtypes, impl in self._entry_points():
+            self._functions[name] = CFUNCTYPE(c_int, *argtypes)(self._wrap(name, impl))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_functions"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    # -- handles: opaque non-zero integers that map back to simulation objects ---------------------
+    def _handle(self, obj: Any) -> int:
+        key = obj.key if isinstance(obj, _Ref) else (id(obj),)
+        if key not in self._ids:
+            value = 0x1000 * (len(self._ids) + 1)
+            self._ids[key] = value
+            self._handles[value] = obj
+        return self._ids[key]
+
+    def _wrap(self, name: str, impl: Callable[..., int]) -> Callable[..., int]:
+        def call(*args: Any) -> int:
+            with self._lock:
+                self.calls[name] += 1
+                if name not in ("nvmlInitWithFlags", "nvmlInit_v2") and not self._initialised:
+                    return UNINITIALIZED
+                target = self._handles.get(args[0]) if args and isinstance(args[0], int) else None
+                gpu = target if isinstance(target, SimGpu) else getattr(target, "gpu", None)
+                for fault in self.node.faults:
+                    if fault.call == name and (fault.gpu is None or (gpu is not None and gpu.minor == fault.gpu)):
+                        return fault.error
+                if gpu is not None and gpu.lost:
+                    return GPU_IS_LOST
+                return impl(*args)
+
+        return call
+
+    def _gpu(self, handle: int) -> SimGpu | None:
+        obj = self._handles.get(handle)
+        return obj if isinstance(obj, SimGpu) else None
+
+    def _entry_points(self) -> list[tuple[str, tuple[Any, ...], Callable[..., int]]]:
+        return [
+            ("nvmlInitWithFlags", (c_uint,), self._init),
+            ("nvmlInit_v2", (), self._init),
+            ("nvmlShutdown", (), self._shutdown),
+            ("nvmlSystemGetDriverVersion", (_P, c_uint),
+             lambda buf, size: _write_str(buf, size, self.node.driver_version)),
+            ("nvmlSystemGetCudaDriverVersion", (_P,), lambda p: _write_int(p, self.node.cuda_driver_version)),
+            ("nvmlSystemGetCudaDriverVersion_v2", (_P,), lambda p: _write_int(p, self.node.cuda_driver_version)),
+            ("nvmlDeviceGetCount_v2", (_P,), lambda p: _write_uint(p, len(self.node.gpus))),
+            ("nvmlDeviceGetHandleByIndex_v2", (c_uint, _P), self._handle_by_index),
+            ("nvmlDeviceGetName", (_P, _P, c_uint), self._device(lambda g, buf, size: _write_str(buf, size, g.name))),
+            ("nvmlDeviceGetUUID", (_P, _P, c_uint), self._any_device(
+                lambda d, buf, size: _write_str(buf, size, d.uuid))),
+            ("nvmlDeviceGetMemoryInfo", (_P, _P), self._device(self._memory)),
+            ("nvmlDeviceGetCudaComputeCapability", (_P, _P, _P), self._device(self._compute)),
+            ("nvmlDeviceGetMigMode", (_P, _P, _P), self._device(self._mig_mode)),
+            ("nvmlDeviceGetPciInfo_v3", (_P, _P), self._device(self._pci)),
+            ("nvmlDeviceGetArchitecture", (_P, _P), self._device(lambda g, p: _write_uint(p, g.architecture))),
+            ("nvmlDeviceGetBrand", (_P, _P), self._device(lambda g, p: _write_uint(p, g.brand))),
+            ("nvmlDeviceGetMinorNumber", (_P, _P), self._device(lambda g, p: _write_uint(p, g.minor))),
+            ("nvmlDeviceGetNumaNodeId", (_P, _P), self._device(self._numa)),
+            ("nvmlDeviceGetVirtualizationMode", (_P, _P),
+             self._device(lambda g, p: _write_uint(p, g.virtualization_mode))),
+            ("nvmlDeviceGetMaxMigDeviceCount", (_P, _P), self._device(self._max_mig)),
+            ("nvmlDeviceGetMigDeviceHandleByIndex", (_P, c_uint, _P), self._device(self._mig_handle)),
+            ("nvmlDeviceGetAttributes_v2", (_P, _P), self._mig_device(self._attributes)),
+            ("nvmlDeviceGetGpuInstanceId", (_P, _P), self._mig_device(lambda m, p: _write_uint(p, m.mig.gi_id))),
+            ("nvmlDeviceGetComputeInstanceId", (_P, _P), self._mig_device(lambda m, p: _write_uint(p, m.mig.ci_id))),
+            ("nvmlDeviceGetGpuInstanceById", (_P, c_uint, _P), self._device(self._gpu_instance)),
+            ("nvmlGpuInstanceGetInfo", (_P, _P), self._instance(self._gi_info)),
+            ("nvmlGpuInstanceGetComputeInstanceById", (_P, c_uint, _P), self._instance(self._compute_instance)),
+            ("nvmlComputeInstanceGetInfo_v2", (_P, _P), self._instance(self._ci_info)),
+            ("nvmlDeviceGetGpuFabricInfoV", (_P, _P), self._device(self._fabric)),
+        ]
+
+    # -- adapters from a raw handle to the simulated object ---------------------------------------
+    def _device(self, fn: Callable[..., int]) -> Callable[..., int]:
+        def impl(handle: int, *args: Any) -> int:
+            gpu = self._gpu(handle)
+            return INVALID_ARGUMENT if gpu is None else fn(gpu, *args)
+        return impl
+
+    def _mig_device(self, fn: Callable[..., int]) -> Callable[..., int]:
+        def impl(handle: int, *args: Any) -> int:
+            obj = self._handles.get(handle)
+            return fn(obj, *args) if isinstance(obj, _MigRef) else INVALID_ARGUMENT
+        return impl
+
+    def _any_device(self, fn: Callable[..., int]) -> Callable[..., int]:
+        def impl(handle: int, *args: Any) -> int:
+            obj = self._handles.get(handle)
+            if isinstance(obj, SimGpu):
+                return fn(obj, *args)
+            if isinstance(obj, _MigRef):
+                return fn(obj.mig, *args)
+            return INVALID_ARGUMENT
+        return impl
+
+    def _instance(self, fn: Callable[..., int]) -> Callable[..., int]:
+        def impl(handle: int, *args: Any) -> int:
+            obj = self._handles.get(handle)
+            return fn(obj, *args) if isinstance(obj, _InstanceRef) else INVALID_ARGUMENT
+        return impl
+
+    # -- entry point bodies ------------------------------------------------------------------------
+    def _init(self, *_flags: int) -> int:
+        self._initialised += 1
+        return SUCCESS
+
+    def _shutdown(self) -> int:
+        self._initialised = max(0, self._initialised - 1)
+        return SUCCESS
+
+    def _handle_by_index(self, index: int, out: int) -> int:
+        if index >= len(self.node.gpus):
+            return INVALID_ARGUMENT
+        gpu = self.node.gpus[index]
+        return GPU_IS_LOST if gpu.lost else _write_ptr(out, self._handle(gpu))
+
+    @staticmethod
+    def _memory(gpu: SimGpu, ptr: int) -> int:
+        mem = _Struct.Memory.from_address(ptr)
+        mem.total = gpu.memory_mib * 1024 * 1024
+        mem.used = 0
+        mem.free = mem.total
+        return SUCCESS
+
+    @staticmethod
+    def _compute(gpu: SimGpu, major: int, minor: int) -> int:
+        _write_int(major, gpu.compute_capability[0])
+        return _write_int(minor, gpu.compute_capability[1])
+
+    @staticmethod
+    def _mig_mode(gpu: SimGpu, current: int, pending: int) -> int:
+        if not gpu.mig_capable:
+            return NOT_SUPPORTED
+        _write_uint(current, int(gpu.mig_enabled))
+        return _write_uint(pending, int(gpu.mig_enabled))
+
+    @staticmethod
+    def _pci(gpu: SimGpu, ptr: int) -> int:
+        info = _Struct.PciInfo.from_address(ptr)
+        domain, bus, rest = gpu.bus_id.split(":")
+        info.busId = info.busIdLegacy = gpu.bus_id.encode()
+        info.domain, info.bus, info.device = int(domain, 16), int(bus, 16), int(rest.split(".")[0], 16)
+        info.pciDeviceId = gpu.pci_device_id
+        info.pciSubSystemId = 0
+        return SUCCESS
+
+    @staticmethod
+    def _numa(gpu: SimGpu, ptr: int) -> int:
+        return NOT_SUPPORTED if gpu.numa_node < 0 else _write_int(ptr, gpu.numa_node)
+
+    @staticmethod
+    def _max_mig(gpu: SimGpu, ptr: int) -> int:
+        if not gpu.mig_capable:
+            return NOT_SUPPORTED
+        return _write_uint(ptr, 7 if gpu.mig_enabled else 0)
+
+    def _mig_handle(self, gpu: SimGpu, index: int, out: int) -> int:
+        if not gpu.mig_enabled:
+            return INVALID_ARGUMENT
+        if index >= len(gpu.mig):
+            return NOT_FOUND
+        return _write_ptr(out, self._handle(_MigRef(gpu, gpu.mig[index])))
+
+    @staticmethod
+    def _attributes(ref: _MigRef, ptr: int) -> int:
+        m, a = ref.mig, _Struct.Attributes.from_address(ptr)
+        a.multiprocessorCount, a.sharedCopyEngineCount = m.multiprocessors, m.copy
+        a.sharedDecoderCount, a.sharedEncoderCount = m.decoder, m.encoder
+        a.sharedJpegCount, a.sharedOfaCount = m.jpeg, m.ofa
+        a.gpuInstanceSliceCount, a.computeInstanceSliceCount = m.gi_slices, m.ci_slices
+        a.memorySizeMB = m.memory_mib
+        return SUCCESS
+
+    def _gpu_instance(self, gpu: SimGpu, gi_id: int, out: int) -> int:
+        mig = next((m for m in gpu.mig if m.gi_id == gi_id), None)
+        if mig is None:
+            return NOT_FOUND
+        return _write_ptr(out, self._handle(_InstanceRef(gpu, mig, "gi")))
+
+    def _gi_info(self, ref: _InstanceRef, ptr: int) -> int:
+        info = _Struct.GpuInstanceInfo.from_address(ptr)
+        info.device, info.id, info.profileId = self._handle(ref.gpu), ref.mig.gi_id, ref.mig.gi_profile_id
+        return SUCCESS
+
+    def _compute_instance(self, ref: _InstanceRef, ci_id: int, out: int) -> int:
+        if ref.kind != "gi" or ref.mig.ci_id != ci_id:
+            return NOT_FOUND
+        return _write_ptr(out, self._handle(_InstanceRef(ref.gpu, ref.mig, "ci")))
+
+    def _ci_info(self, ref: _InstanceRef, ptr: int) -> int:
+        info = _Struct.ComputeInstanceInfo.from_address(ptr)
+        info.device, info.id, info.profileId = self._handle(ref.gpu), ref.mig.ci_id, ref.mig.ci_profile_id
+        return SUCCESS
+
+    @staticmethod
+    def _fabric(gpu: SimGpu, ptr: int) -> int:
+        if gpu.fabric is None:
+            return NOT_SUPPORTED
+        info = _Struct.FabricInfoV2.from_address(ptr)
+        cluster = bytes.fromhex(str(gpu.fabric["cluster_uuid"]).replace("-", ""))
+        ctypes.memmove(ctypes.addressof(info.clusterUuid), cluster, 16)
+        info.status = int(gpu.fabric.get("status", SUCCESS))
+        info.cliqueId = int(gpu.fabric.get("clique_id", 0))
+        info.state = int(gpu.fabric.get("state", 3))
+        return SUCCESS
+
+
+class _Ref:
+    """A handle target inside a GPU; equal targets share one handle value."""
+
+    def __init__(self, gpu: SimGpu, mig: SimMig, kind: str) -> None:
+        self.gpu, self.mig, self.kind = gpu, mig, kind
+        self.key = (kind, id(gpu), id(mig))
+
+
+class _MigRef(_Ref):
+    def __init__(self, gpu: SimGpu, mig: SimMig) -> None:
+        super().__init__(gpu, mig, "mig")
+
+
+class _InstanceRef(_Ref):
+    pass

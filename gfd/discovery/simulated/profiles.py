@@ -1,0 +1,199 @@
+"""Machine profiles: YAML descriptions of simulated nodes, expanded against a GPU model catalog."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from gfd.config.errors import ConfigError
+
+PROFILE_DIR = "profiles"
+_NAMESPACE = uuid.UUID("6f1e0b1c-3c55-4a57-9b7e-0d5a3f6c2b10")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass
+class SimMig:
+    profile: str
+    gi_profile_id: int
+    ci_profile_id: int
+    memory_mib: int
+    multiprocessors: int
+    gi_slices: int
+    ci_slices: int
+    copy: int = 0
+    decoder: int = 0
+    encoder: int = 0
+    jpeg: int = 0
+    ofa: int = 0
+    gi_id: int = 0
+    ci_id: int = 0
+    uuid: str = ""
+
+
+@dataclass
+class SimGpu:
+    """Mutable on purpose: tests change a running simulation (GPU lost, MIG re-layout)."""
+
+    name: str
+    memory_mib: int
+    compute_capability: tuple[int, int]
+    architecture: int
+    brand: int
+    pci_device_id: int
+    pci_class: int
+    mig_capable: bool
+    bus_id: str = ""
+    uuid: str = ""
+    minor: int = 0
+    numa_node: int = -1
+    mig_enabled: bool = False
+    mig: list[SimMig] = field(default_factory=list)
+    fabric: dict[str, Any] | None = None
+    virtualization_mode: int = 0
+    vgpu: dict[str, str] | None = None
+    lost: bool = False
+
+
+@dataclass
+class Fault:
+    call: str
+    error: int
+    gpu: int | None = None
+
+
+@dataclass
+class SimNode:
+    name: str
+    description: str
+    machine: str
+    driver_version: str
+    cuda_driver_version: int
+    gpus: list[SimGpu]
+    faults: list[Fault] = field(default_factory=list)
+    library_present: bool = True
+    extra_pci_functions: list[dict[str, Any]] = field(default_factory=list)
+
+
+_ARCH = {"kepler": 2, "maxwell": 3, "pascal": 4, "volta": 5, "turing": 6, "ampere": 7, "ada": 8, "hopper": 9,
+         "blackwell": 10, "rubin": 13}
+_BRAND = {"unknown": 0, "quadro": 1, "tesla": 2, "nvs": 3, "grid": 4, "geforce": 5, "titan": 6, "nvidia": 14}
+_GPU_FIELDS = {"name", "memory_mib", "compute_capability", "architecture", "brand", "pci_device_id", "pci_class",
+               "mig_capable", "numa_node", "fabric", "virtualization_mode", "vgpu", "bus_id"}
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files(__package__) / PROFILE_DIR
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(name_or_path: str) -> SimNode:
+    """A built-in profile by name, or a profile YAML file by path."""
+    if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        path = name_or_path
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError(f"simulation profile {path}", "", e.strerror or str(e)) from None
+    else:
+        if name_or_path not in builtin_names():
+            raise ConfigError("flag --simulate", "simulate", f"unknown profile {name_or_path!r}",
+                              ", ".join(builtin_names()) + ", list, or a path to a profile YAML file")
+        path = f"<built-in {name_or_path}>"
+        text = (resources.files(__package__) / PROFILE_DIR / f"{name_or_path}.yaml").read_text("utf-8")
+    return build_node(yaml.load(text, Loader=_Loader), path)
+
+
+def _catalog() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.load((resources.files(__package__) / "catalog.yaml").read_text("utf-8"),
+                                     Loader=_Loader)
+    return data
+
+
+def build_node(doc: Any, source: str) -> SimNode:
+    src = f"simulation profile {source}"
+    if not isinstance(doc, dict):
+        raise ConfigError(src, "", "expected a mapping", "description, machine, driver_version, gpus, faults")
+    catalog = _catalog()
+    gpus: list[SimGpu] = []
+    for i, group in enumerate(doc.get("gpus") or []):
+        gpus.extend(_gpu_group(group, catalog, f"gpus[{i}]", src, start=len(gpus)))
+    name = str(doc.get("name") or os.path.basename(source).removesuffix(".yaml"))
+    for g in gpus:
+        g.uuid = g.uuid or f"GPU-{uuid.uuid5(_NAMESPACE, f'{name}/{g.minor}')}"
+        for m in g.mig:
+            m.uuid = f"MIG-{uuid.uuid5(_NAMESPACE, f'{g.uuid}/{m.gi_id}/{m.ci_id}')}"
+    return SimNode(
+        name=name,
+        description=str(doc.get("description", "")),
+        machine=str(doc.get("machine", "")),
+        driver_version=str(doc.get("driver_version", "550.54.15")),
+        cuda_driver_version=int(doc.get("cuda_driver_version", 12040)),
+        gpus=gpus,
+        faults=[_fault(f, f"faults[{i}]", src) for i, f in enumerate(doc.get("faults") or [])],
+        library_present=doc.get("library", "present") != "missing",
+        extra_pci_functions=list(doc.get("extra_pci_functions") or []),
+    )
+
+
+def _gpu_group(group: Any, catalog: dict[str, Any], field_name: str, src: str, start: int) -> list[SimGpu]:
+    if not isinstance(group, dict) or group.get("model") not in catalog:
+        raise ConfigError(src, f"{field_name}.model", f"unknown GPU model {group!r}", ", ".join(sorted(catalog)))
+    spec = dict(catalog[group["model"]])
+    unknown = set(group) - _GPU_FIELDS - {"model", "count", "mig", "bus_ids"}
+    if unknown:
+        raise ConfigError(src, field_name, f"unknown keys {sorted(unknown)}", ", ".join(sorted(_GPU_FIELDS)))
+    spec.update({k: v for k, v in group.items() if k in _GPU_FIELDS})
+    profiles = spec.pop("mig_profiles", {}) or {}
+    layout = group.get("mig")
+    bus_ids = group.get("bus_ids") or []
+    out = []
+    for n in range(int(group.get("count", 1))):
+        index = start + n
+        gpu = SimGpu(
+            name=spec["name"],
+            memory_mib=int(spec["memory_mib"]),
+            compute_capability=tuple(spec["compute_capability"]),  # type: ignore[arg-type]
+            architecture=_ARCH[spec["architecture"]],
+            brand=_BRAND[spec.get("brand", "nvidia")],
+            pci_device_id=int(spec["pci_device_id"]),
+            pci_class=int(spec.get("pci_class", 0x030200)),
+            mig_capable=bool(spec.get("mig_capable", False)),
+            bus_id=bus_ids[n] if n < len(bus_ids) else f"00000000:{0x10 + 0x10 * index:02X}:00.0",
+            minor=index,
+            numa_node=int(spec.get("numa_node", index * 2 // max(1, int(group.get("count", 1))))),
+            fabric=spec.get("fabric"),
+            virtualization_mode=int(spec.get("virtualization_mode", 0)),
+            vgpu=spec.get("vgpu"),
+        )
+        if layout is not None:
+            if not gpu.mig_capable:
+                raise ConfigError(src, f"{field_name}.mig", f"{gpu.name} is not MIG-capable")
+            gpu.mig_enabled = True
+            gpu.mig = [_mig(p, profiles, gi_id, f"{field_name}.mig[{gi_id}]", src) for gi_id, p in enumerate(layout)]
+        out.append(gpu)
+    return out
+
+
+def _mig(profile: str, profiles: dict[str, Any], gi_id: int, field_name: str, src: str) -> SimMig:
+    if profile not in profiles:
+        raise ConfigError(src, field_name, f"unknown MIG profile {profile!r}", ", ".join(profiles))
+    return SimMig(profile=profile, gi_id=gi_id + 1, ci_id=0, **profiles[profile])
+
+
+def _fault(raw: Any, field_name: str, src: str) -> Fault:
+    import pynvml  # only a fault needs the error names
+
+    codes = {k[len("NVML_ERROR_"):]: v for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_")}
+    if not isinstance(raw, dict) or "call" not in raw:
+        raise ConfigError(src, field_name, f"expected {{call, error, gpu}}, got {raw!r}")
+    error = str(raw.get("error", "UNKNOWN")).removeprefix("NVML_ERROR_")
+    if error not in codes:
+        raise ConfigError(src, f"{field_name}.error", f"unknown NVML error {error!r}", ", ".join(sorted(codes)))
+    return Fault(call=str(raw["call"]), error=codes[error], gpu=raw.get("gpu"))

@@ -1,0 +1,62 @@
+"""Materialise a simulated node's /sys (PCI functions, DMI product name) in a directory.
+
+The real sysfs readers then run unchanged against it, vGPU capability walk included.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gfd.discovery.simulated.profiles import SimNode
+from gfd.discovery.sysfs import PCI_DEVICES
+
+_CAP_POINTER = 0x40
+
+
+def pci_config(vgpu: dict[str, str] | None) -> bytes:
+    """256 bytes of PCI config space with a capability list; a vGPU adds the `VF` vendor capability."""
+    config = bytearray(256)
+    config[0:2] = (0x10DE).to_bytes(2, "little")
+    config[0x06] = 0x10  # status: capability list present
+    config[0x34] = _CAP_POINTER
+    if vgpu is None:
+        config[_CAP_POINTER : _CAP_POINTER + 3] = bytes([0x01, 0x00, 0x08])  # power management only
+        return bytes(config)
+    record = bytes([0x00, 22]) + _field(vgpu["version"]) + _field(vgpu["branch"])
+    capability = bytes([0x09, 0x00, 5 + len(record)]) + b"VF" + record
+    config[_CAP_POINTER : _CAP_POINTER + len(capability)] = capability
+    return bytes(config)
+
+
+def _field(text: str) -> bytes:
+    return text.encode("ascii")[:10].ljust(10, b"\0")
+
+
+def _address(bus_id: str) -> str:
+    domain, rest = bus_id.lower().split(":", 1)
+    return f"{int(domain, 16):04x}:{rest}"
+
+
+def materialise(node: SimNode, root: str) -> None:
+    devices = os.path.join(root, PCI_DEVICES)
+    os.makedirs(devices, exist_ok=True)
+    functions = [
+        (_address(g.bus_id), "0x10de", g.pci_class, g.vgpu) for g in node.gpus
+    ] + [
+        (f["address"], f.get("vendor", "0x10de"), int(f.get("class", 0x040300)), f.get("vgpu"))
+        for f in node.extra_pci_functions
+    ]
+    for address, vendor, pci_class, vgpu in functions:
+        path = os.path.join(devices, address)
+        os.makedirs(path, exist_ok=True)
+        _write(os.path.join(path, "vendor"), f"{vendor}\n".encode())
+        _write(os.path.join(path, "class"), f"0x{pci_class:06x}\n".encode())
+        _write(os.path.join(path, "config"), pci_config(vgpu))
+    dmi = os.path.join(root, "sys/class/dmi/id")
+    os.makedirs(dmi, exist_ok=True)
+    _write(os.path.join(dmi, "product_name"), f"{node.machine}\n".encode())
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)

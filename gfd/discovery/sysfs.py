@@ -1,0 +1,119 @@
+"""Host facts outside NVML: PCI class codes, the vGPU PCI capability scan, the machine-type file.
+
+Every path is resolved under `host_root` so a simulated node can supply its own /sys tree.
+"""
+
+from __future__ import annotations
+
+import os
+
+import structlog
+
+from gfd.model import Vgpu
+
+log = structlog.get_logger("gfd.discovery")
+
+PCI_DEVICES = "sys/bus/pci/devices"
+NVIDIA_VENDOR = "0x10de"
+_CAP_VENDOR_SPECIFIC = 0x09
+
+
+class VgpuParseError(Exception):
+    """A vGPU capability whose host-driver record cannot be parsed (fatal upstream)."""
+
+
+def host_path(host_root: str, path: str) -> str:
+    return os.path.join(host_root, path.lstrip("/")) if host_root != "/" else path
+
+
+def read_machine_type(host_root: str, path: str) -> str | None:
+    """The raw machine-type file content; None for an empty path or a read error (warned)."""
+    if not path:
+        return None
+    # Only /sys paths are re-rooted: a user's own file is read as given.
+    resolved = host_path(host_root, path) if path.startswith("/sys/") else path
+    try:
+        with open(resolved, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError as e:
+        log.warning("error getting machine type", path=path, error=str(e))
+        return None
+
+
+def read_pci_class(host_root: str, bus_id: str) -> int | None:
+    """The 24-bit PCI class of a GPU; None (warned) when sysfs cannot tell."""
+    address = _sysfs_address(bus_id)
+    try:
+        with open(os.path.join(host_root, PCI_DEVICES, address, "class"), encoding="ascii") as f:
+            return int(f.read().strip(), 16)
+    except (OSError, ValueError) as e:
+        log.warning("error getting PCI class", bus_id=bus_id, error=str(e))
+        return None
+
+
+def _sysfs_address(bus_id: str) -> str:
+    """NVML bus ids carry an 8-digit domain (`00000000:07:00.0`); sysfs uses 4 (`0000:07:00.0`)."""
+    domain, rest = bus_id.lower().split(":", 1)
+    return f"{int(domain, 16):04x}:{rest}"
+
+
+def scan_vgpu(host_root: str) -> Vgpu | None:
+    """Upstream internal/vgpu: look for the `VF` vendor capability on every NVIDIA PCI function.
+
+    None means the scan failed (upstream then emits no vgpu labels); VgpuParseError is fatal.
+    """
+    base = os.path.join(host_root, PCI_DEVICES)
+    try:
+        addresses = sorted(os.listdir(base))
+        present = False
+        version = branch = None
+        for address in addresses:
+            path = os.path.join(base, address)
+            with open(os.path.join(path, "vendor"), encoding="ascii") as f:
+                if f.read().strip() != NVIDIA_VENDOR:
+                    continue
+            with open(os.path.join(path, "config"), "rb") as f:
+                config = f.read()
+            if len(config) < 256:
+                raise OSError(f"{address}: PCI config space shorter than 256 bytes ({len(config)})")
+            capability = _vendor_capability(config)
+            if capability is None or len(capability) < 5 or capability[3:5] != b"VF":
+                continue
+            present = True
+            version, branch = _host_driver(capability, address)
+    except OSError as e:
+        log.error("unable to get vGPU devices", error=str(e))
+        return None
+    return Vgpu(present=present, host_driver_version=version, host_driver_branch=branch)
+
+
+def _vendor_capability(config: bytes) -> bytes | None:
+    if not config[0x06] & 0x10:
+        return None
+    pos = config[0x34]
+    seen: set[int] = set()
+    while pos and pos not in seen and pos + 2 < len(config):
+        seen.add(pos)
+        cap_id, nxt, length = config[pos], config[pos + 1], config[pos + 2]
+        if cap_id == 0xFF:
+            return None
+        if cap_id == _CAP_VENDOR_SPECIFIC:
+            return config[pos : pos + length]
+        pos = nxt
+    return None
+
+
+def _host_driver(capability: bytes, address: str) -> tuple[str, str]:
+    pos = 5
+    while pos + 1 < len(capability):
+        if capability[pos] == 0:
+            if len(capability) - pos < 22:
+                break
+            version = capability[pos + 2 : pos + 12].rstrip(b"\0").decode("ascii", "replace")
+            branch = capability[pos + 12 : pos + 22].rstrip(b"\0").decode("ascii", "replace")
+            return version, branch
+        step = capability[pos + 1]
+        if step == 0:
+            break
+        pos += step
+    raise VgpuParseError(f"unable to parse vGPU host driver info of {address}")

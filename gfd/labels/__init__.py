@@ -1,0 +1,1 @@
+"""Labelers: pure functions from (DeviceModel, Config) to `nvidia.com/*` labels."""

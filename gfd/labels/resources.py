@@ -1,0 +1,202 @@
+"""Resource labels (`nvidia.com/gpu.*`, `nvidia.com/mig-<profile>.*`) per MIG strategy and sharing.
+
+Upstream: internal/lm/resource.go and mig-strategy.go. One deliberate difference: on a node with
+several GPU models upstream merges the per-model labels in Go map order (random, can flip between
+passes); we merge in a fixed order so that the winner is always the same (see `_merge_order`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import structlog
+
+from gfd.config import Config, Sharing
+from gfd.labels.errors import LabelError
+from gfd.labels.sanitise import product
+from gfd.model import DeviceModel, Gpu, MigDevice
+
+log = structlog.get_logger("gfd.labels")
+Labels = dict[str, str]
+
+_FAMILIES = {1: "tesla", 2: "fermi", 3: "kepler", 5: "maxwell", 6: "pascal", 9: "hopper", 10: "blackwell",
+             12: "blackwell", 13: "rubin"}
+
+
+def family(major: int, minor: int) -> str:
+    if major == 7:
+        return "volta" if minor < 5 else "turing"
+    if major == 8:
+        return "ampere" if minor < 9 else "ada-lovelace"
+    return _FAMILIES.get(major, "undefined")
+
+
+@dataclass(frozen=True)
+class _Resource:
+    """Labels for one resource name; `sharing` None means "without sharing" (replicas 0)."""
+
+    key: str  # label key prefix without the domain: "gpu" or "mig-1g.5gb"
+    sharing: Sharing | None
+    count: int
+
+    @property
+    def replicas(self) -> int:
+        if self.sharing is None:
+            return 0
+        active = self.sharing.active
+        entry = active.entry(f"nvidia.com/{self.key}") if active is not None else None
+        return entry.replicas if entry is not None else 1
+
+    @property
+    def renamed(self) -> bool:
+        active = self.sharing.active if self.sharing is not None else None
+        entry = active.entry(f"nvidia.com/{self.key}") if active is not None else None
+        return entry is not None and entry.rename != ""
+
+    def label(self, name: str, value: object) -> tuple[str, str]:
+        return f"nvidia.com/{self.key}.{name}", str(value)
+
+    def base(self, *product_parts: str) -> Labels:
+        replicas = self.replicas
+        shared = replicas > 1
+        parts = [*product_parts, "SHARED"] if shared and not self.renamed else list(product_parts)
+        strategy = self.sharing.strategy if shared and self.sharing is not None else "none"
+        labels = dict([self.label("count", self.count), self.label("replicas", replicas),
+                       self.label("sharing-strategy", strategy)])
+        if any(product_parts):
+            labels.update([self.label("product", product(*parts))])
+        return labels
+
+
+def full_gpu_labels(gpu: Gpu, count: int, sharing: Sharing | None) -> Labels:
+    res = _Resource("gpu", sharing, count)
+    labels = res.base(gpu.name)
+    if gpu.memory_mib:
+        labels.update([res.label("memory", gpu.memory_mib)])
+    major, minor = gpu.compute_capability
+    if major != 0:
+        labels.update([res.label("family", family(major, minor)), res.label("compute.major", major),
+                       res.label("compute.minor", minor)])
+    return labels
+
+
+def mig_labels(key: str, parent: Gpu, mig: MigDevice, count: int, sharing: Sharing) -> Labels:
+    res = _Resource(key, sharing, count)
+    labels = res.base(parent.name, "MIG", mig.label_profile)
+    labels.update([
+        res.label("memory", mig.memory_mib),
+        res.label("multiprocessors", mig.multiprocessors),
+        res.label("slices.gi", mig.gi_slices),
+        res.label("slices.ci", mig.ci_slices),
+        res.label("engines.copy", mig.copy_engines),
+        res.label("engines.decoder", mig.decoders),
+        res.label("engines.encoder", mig.encoders),
+        res.label("engines.jpeg", mig.jpeg_engines),
+        res.label("engines.ofa", mig.ofa_engines),
+    ])
+    return labels
+
+
+def _merge_order(gpus: tuple[Gpu, ...]) -> list[tuple[Gpu, bool]]:
+    """(representative GPU, MIG-enabled) per (MIG state, model), in merge order: the last one wins.
+
+    As upstream, every MIG-disabled model wins over every MIG-enabled one. Within each, ours picks
+    the model with the most GPUs, then the one holding the lowest GPU index.
+    """
+    groups: dict[tuple[bool, str], list[Gpu]] = defaultdict(list)
+    for gpu in gpus:
+        groups[(gpu.mig_enabled, gpu.name)].append(gpu)
+    if len({name for _, name in groups}) > 1:
+        log.warning("Multiple device types detected", models=sorted({name for _, name in groups}))
+
+    def rank(item: tuple[tuple[bool, str], list[Gpu]]) -> tuple[bool, int, int]:
+        (mig_enabled, _), members = item
+        return (not mig_enabled, len(members), -members[0].index)
+
+    return [(members[0], mig_enabled) for (mig_enabled, _), members in sorted(groups.items(), key=rank)]
+
+
+def full_gpus(model: DeviceModel, config: Config) -> Labels:
+    """Strategy `none`: one set of `nvidia.com/gpu.*` labels; MIG-enabled GPUs count, unshared."""
+    counts: dict[str, int] = defaultdict(int)
+    for gpu in model.gpus:
+        counts[gpu.name] += 1
+    labels: Labels = {}
+    for gpu, mig_enabled in _merge_order(model.gpus):
+        labels.update(full_gpu_labels(gpu, counts[gpu.name], None if mig_enabled else config.sharing))
+    return labels
+
+
+def _check_mig_readable(model: DeviceModel) -> None:
+    for gpu in model.gpus:
+        if gpu.mig_error is not None:
+            raise LabelError(
+                f"error creating labeler: error creating resource labeler: error getting MIG devices of GPU "
+                f"{gpu.index}: {gpu.mig_error}"
+            )
+
+
+def single(model: DeviceModel, config: Config) -> Labels:
+    labels = full_gpus(model, config)
+    labels["nvidia.com/mig.strategy"] = "single"
+    mig_gpus = [g for g in model.gpus if g.mig_enabled]
+    if not mig_gpus:
+        return labels
+    _check_mig_readable(model)
+    reason = None
+    if any(not g.mig_devices for g in mig_gpus):
+        reason = "at least one MIG device is enabled but empty"
+    elif len(mig_gpus) != len(model.gpus):
+        reason = "devices with MIG enabled and disable detected"
+    elif len({m.label_profile for m in model.mig_devices}) > 1:
+        reason = "more than one MIG device type present on node"
+    if reason is not None:
+        log.warning(f"Invalid configuration detected for mig-strategy=single: {reason}")
+        labels.update({
+            "nvidia.com/gpu.product": product(mig_gpus[0].name, "MIG", "INVALID"),
+            "nvidia.com/gpu.count": "0",
+            "nvidia.com/gpu.replicas": "0",
+            "nvidia.com/gpu.sharing-strategy": "",
+            "nvidia.com/gpu.memory": "0",
+        })
+        return labels
+    parent = mig_gpus[0]
+    labels.update(mig_labels("gpu", parent, parent.mig_devices[0], len(model.mig_devices), config.sharing))
+    return labels
+
+
+def mixed(model: DeviceModel, config: Config) -> Labels:
+    labels = full_gpus(model, config)
+    labels["nvidia.com/mig.strategy"] = "mixed"
+    _check_mig_readable(model)
+    by_profile: dict[str, list[tuple[Gpu, MigDevice]]] = defaultdict(list)
+    for gpu in model.gpus:
+        for mig in gpu.mig_devices:
+            by_profile[mig.label_profile].append((gpu, mig))
+    for profile, members in by_profile.items():
+        parent, first = members[0]
+        labels.update(mig_labels(f"mig-{profile}", parent, first, len(members), config.sharing))
+    return labels
+
+
+STRATEGIES = {"none": full_gpus, "single": single, "mixed": mixed}
+
+
+def resource_labels(model: DeviceModel, config: Config) -> Labels:
+    return STRATEGIES[config.mig_strategy](model, config)
+
+
+def mig_capable_labels(model: DeviceModel, config: Config) -> Labels:
+    return {"nvidia.com/mig.capable": str(any(g.mig_capable for g in model.gpus)).lower()}
+
+
+def mps_capable_labels(model: DeviceModel, config: Config) -> Labels:
+    if config.sharing.strategy != "mps":
+        return {"nvidia.com/mps.capable": "false"}
+    if any(g.mig_enabled for g in model.gpus):
+        raise LabelError(
+            "error creating labeler: error creating sharing labeler: failed to check MPS-capable: "
+            "MPS sharing is not supported for mig devices"
+        )
+    return {"nvidia.com/mps.capable": "true"}

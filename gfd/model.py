@@ -1,0 +1,94 @@
+"""The device model: one immutable snapshot of a node's GPUs, read once per cycle.
+
+Everything downstream (labelers, the device plugin) reads this and nothing else; only
+`gfd.discovery` builds it. Facts that upstream treats as optional (a failed memory query,
+an unreadable PCI class) are `None` here, so each consumer applies upstream's rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    """A MIG device (GPU instance + compute instance) on a MIG-enabled GPU."""
+
+    index: int
+    uuid: str
+    gi_id: int
+    ci_id: int
+    gi_profile_id: int
+    ci_profile_id: int
+    # go-nvlib profile string with its original '+' (e.g. "1g.5gb+me"); labels use `label_profile`.
+    profile: str
+    memory_mib: int
+    multiprocessors: int
+    gi_slices: int
+    ci_slices: int
+    copy_engines: int
+    decoders: int
+    encoders: int
+    jpeg_engines: int
+    ofa_engines: int
+
+    @property
+    def label_profile(self) -> str:
+        return self.profile.replace("+", ".")
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """GPU fabric (NVLink domain / IMEX) membership, only for fabric-attached GPUs."""
+
+    cluster_uuid: str
+    clique_id: int
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    uuid: str
+    name: str
+    memory_mib: int | None
+    compute_capability: tuple[int, int]
+    architecture: str
+    brand: str
+    pci_bus_id: str
+    pci_device_id: int
+    minor_number: int | None
+    numa_node: int | None
+    pci_class: int | None
+    mig_capable: bool
+    mig_enabled: bool
+    mig_devices: tuple[MigDevice, ...] = ()
+    # Upstream reads the MIG layout only for the single/mixed strategies and fails the pass then;
+    # we always read it and keep the error so the labelers can apply that rule.
+    mig_error: str | None = None
+    virtualization_mode: str = "none"
+    fabric: Fabric | None = None
+
+
+@dataclass(frozen=True)
+class Vgpu:
+    """Result of the PCI scan for vGPU host-driver signatures (upstream internal/vgpu)."""
+
+    present: bool
+    host_driver_version: str | None = None
+    host_driver_branch: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    driver_version: str
+    cuda_driver_version: int
+    gpus: tuple[Gpu, ...]
+    # Raw machine-type file content; None when the path is empty or unreadable.
+    machine_type: str | None
+    # None when the PCI scan failed (upstream then emits no vgpu labels at all).
+    vgpu: Vgpu | None
+    nvml_available: bool = True
+
+    @property
+    def mig_devices(self) -> tuple[MigDevice, ...]:
+        return tuple(m for g in self.gpus for m in g.mig_devices)
