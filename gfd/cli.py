@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import structlog
 
 from gfd import logs
-from gfd.config import CommandLine, Config, ConfigError, load_config, parse_command_line
+from gfd.config import Config, ConfigError, load_config, parse_command_line
 from gfd.config.model import STDOUT
 from gfd.outputs import Output, OutputError
 

@@ -12,7 +12,7 @@ from gfd.config.model import Imex, Sharing
 from gfd.config.options import GFD_OPTIONS
 from gfd.config.sharing import _lookup, parse_sharing, resource_name
 
-_TYPES = {"str": str, "bool": bool, "int": int, "float": (int, float)}
+_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "bool": bool, "int": int, "float": (int, float)}
 
 
 def read_config_file(path: str) -> tuple[dict[str, Any], Sharing, Imex]:
@@ -79,7 +79,7 @@ def _convert(raw: Any, kind: str, field: str, source: str, accepted: str) -> Any
                 raise ConfigError(source, field, str(e), accepted) from None
         raise ConfigError(source, field, f"expected a duration, got {raw!r}", accepted)
     expected = _TYPES[kind]
-    if isinstance(raw, bool) and kind != "bool" or not isinstance(raw, expected):
+    if (isinstance(raw, bool) and kind != "bool") or not isinstance(raw, expected):
         raise ConfigError(source, field, f"expected {_article(kind)}, got {raw!r}", accepted)
     return raw
 

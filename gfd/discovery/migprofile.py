@@ -22,7 +22,7 @@ def memory_gb(mig_memory_mib: int, parent_memory_mib: int) -> int:
     parent_bytes = parent_memory_mib * 1024 * 1024
     fraction = math.ceil(mig_memory_mib * 1024 * 1024 / parent_bytes * 8) / 8
     total_gb = math.ceil(parent_bytes / 2**30)
-    return int(math.floor(fraction * total_gb + 0.5))
+    return math.floor(fraction * total_gb + 0.5)
 
 
 def profile_name(gi_profile_id: int, ci_profile_id: int, mig_memory_mib: int, parent_memory_mib: int) -> str:

@@ -31,7 +31,7 @@ _BRANDS = {0: "unknown", 1: "quadro", 2: "tesla", 3: "nvs", 4: "grid", 5: "gefor
 _VIRTUALIZATION = {0: "none", 1: "passthrough", 2: "vgpu", 3: "host-vgpu", 4: "host-vsga"}
 _FABRIC_COMPLETED = 3
 
-NVMLError = pynvml.NVMLError
+NVMLError = pynvml.NVMLError  # pynvml is untyped: annotations below use Exception
 
 
 class DiscoveryError(Exception):
@@ -60,10 +60,13 @@ def shutdown() -> None:
         log.warning("error shutting down NVML", error=str(e))
 
 
-def error_name(e: NVMLError) -> str:
+def error_name(e: Exception) -> str:
     """Upstream prints NVML errors by their symbolic name (e.g. ERROR_LIBRARY_NOT_FOUND)."""
-    names = {v: k[5:] for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_") and isinstance(v, int)}
-    return names.get(e.value, f"ERROR_{e.value}")
+    value = getattr(e, "value", None)
+    names: dict[object, str] = {
+        v: k[5:] for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_") and isinstance(v, int)
+    }
+    return names.get(value, f"ERROR_{value}")
 
 
 def _fatal(what: str, call: Callable[..., T], *args: Any) -> T:
@@ -81,7 +84,7 @@ def _optional(what: str, call: Callable[..., T], *args: Any) -> T | None:
         return None
 
 
-def _unsupported(e: NVMLError) -> bool:
+def _unsupported(e: Exception) -> bool:
     return isinstance(e, pynvml.NVMLError_NotSupported | pynvml.NVMLError_FunctionNotFound)
 
 

@@ -54,8 +54,8 @@ def mode_labels(model: DeviceModel) -> Labels:
     classes = {g.pci_class for g in model.gpus}
     if len(classes) > 1:
         log.info("multiple PCI classes detected on the node", classes=sorted(map(str, classes)))
-    mode = _CLASS_MODES.get(classes.pop(), "unknown") if len(classes) == 1 and None not in classes else "unknown"
-    return {"nvidia.com/gpu.mode": mode}
+    only = classes.pop() if len(classes) == 1 else None
+    return {"nvidia.com/gpu.mode": "unknown" if only is None else _CLASS_MODES.get(only, "unknown")}
 
 
 def imex_labels(model: DeviceModel) -> Labels:

@@ -159,7 +159,7 @@ def _gpu_group(group: Any, catalog: dict[str, Any], field_name: str, src: str, s
         gpu = SimGpu(
             name=spec["name"],
             memory_mib=int(spec["memory_mib"]),
-            compute_capability=tuple(spec["compute_capability"]),  # type: ignore[arg-type]
+            compute_capability=(int(spec["compute_capability"][0]), int(spec["compute_capability"][1])),
             architecture=_ARCH[spec["architecture"]],
             brand=_BRAND[spec.get("brand", "nvidia")],
             pci_device_id=int(spec["pci_device_id"]),

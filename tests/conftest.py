@@ -1,0 +1,38 @@
+"""Shared fixtures: simulated nodes under the real pynvml, and label-set builders for expectations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from gfd.discovery.simulated.install import Simulation, install
+from gfd.discovery.simulated.profiles import build_node, load_profile
+
+
+@pytest.fixture
+def simulate() -> Iterator[Any]:
+    """simulate(name_or_dict) installs a simulated node under pynvml; removed after the test."""
+    sims: list[Simulation] = []
+
+    def _install(profile: str | dict[str, Any]) -> Simulation:
+        node = load_profile(profile) if isinstance(profile, str) else build_node(profile, "<test>")
+        sim = install(node)
+        sims.append(sim)
+        return sim
+
+    yield _install
+    for sim in sims:
+        sim.close()
+
+
+@pytest.fixture
+def write_yaml(tmp_path: Any) -> Any:
+    def _write(doc: Any, name: str = "config.yaml") -> str:
+        path = tmp_path / name
+        path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+        return str(path)
+
+    return _write

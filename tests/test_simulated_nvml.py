@@ -1,0 +1,86 @@
+"""The simulated library under the real pynvml binding: marshalling, errors, call counting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pynvml
+import pytest
+
+from gfd.discovery import nvml
+from gfd.discovery.simulated.profiles import Fault
+
+
+def test_pynvml_reads_the_profile_through_its_own_bindings(simulate: Any) -> None:
+    sim = simulate("dgx-a100")
+    pynvml.nvmlInit()
+    try:
+        assert pynvml.nvmlDeviceGetCount() == 8
+        h = pynvml.nvmlDeviceGetHandleByIndex(3)
+        assert pynvml.nvmlDeviceGetName(h) == "NVIDIA A100-SXM4-40GB"
+        assert pynvml.nvmlDeviceGetMemoryInfo(h).total == 40960 * 2**20
+        assert pynvml.nvmlDeviceGetCudaComputeCapability(h) == (8, 0)
+        assert pynvml.nvmlDeviceGetPciInfo(h).busId in (b"00000000:4E:00.0", "00000000:4E:00.0")
+        assert pynvml.nvmlDeviceGetMigMode(h) == [0, 0]
+        assert pynvml.nvmlSystemGetDriverVersion() == "550.54.15"
+        assert pynvml.nvmlDeviceGetUUID(h).startswith("GPU-")
+    finally:
+        pynvml.nvmlShutdown()
+    assert sim.library.calls["nvmlDeviceGetName"] == 1
+
+
+def test_mig_devices_walk(simulate: Any) -> None:
+    simulate("a100-80gb-mig-mixed")
+    pynvml.nvmlInit()
+    try:
+        parent = pynvml.nvmlDeviceGetHandleByIndex(0)
+        mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
+        assert pynvml.nvmlDeviceGetAttributes(mig).memorySizeMB == 40192
+        gi = pynvml.nvmlDeviceGetGpuInstanceById(parent, pynvml.nvmlDeviceGetGpuInstanceId(mig))
+        assert pynvml.nvmlGpuInstanceGetInfo(gi).profileId == 2
+        with pytest.raises(pynvml.NVMLError_NotFound):
+            pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 6)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def test_calls_before_init_are_uninitialized(simulate: Any) -> None:
+    simulate("t4")
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        pynvml.nvmlDeviceGetCount()
+
+
+def test_unknown_symbol_is_function_not_found(simulate: Any) -> None:
+    simulate("t4")
+    pynvml.nvmlInit()
+    try:
+        with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+            pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(0))
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def test_library_missing_and_appearing(simulate: Any) -> None:
+    sim = simulate("no-library")
+    with pytest.raises(nvml.NvmlUnavailable) as e:
+        nvml.init()
+    assert e.value.library_missing
+    sim.set_library_present(True)
+    nvml.init()
+    assert pynvml.nvmlDeviceGetCount() == 8
+    nvml.shutdown()
+
+
+def test_lost_gpu_and_per_gpu_faults(simulate: Any) -> None:
+    sim = simulate("t4")
+    sim.node.gpus[1].lost = True
+    sim.node.faults.append(Fault("nvmlDeviceGetBrand", pynvml.NVML_ERROR_UNKNOWN, gpu=2))
+    pynvml.nvmlInit()
+    try:
+        with pytest.raises(pynvml.NVMLError_GpuIsLost):
+            pynvml.nvmlDeviceGetHandleByIndex(1)
+        with pytest.raises(pynvml.NVMLError_Unknown):
+            pynvml.nvmlDeviceGetBrand(pynvml.nvmlDeviceGetHandleByIndex(2))
+        assert pynvml.nvmlDeviceGetBrand(pynvml.nvmlDeviceGetHandleByIndex(0)) == pynvml.NVML_BRAND_TESLA
+    finally:
+        pynvml.nvmlShutdown()
