@@ -107,3 +107,13 @@ def test_logs_are_json_when_not_a_tty(tmp_path: Path) -> None:
     assert proc.returncode == 0
     events = [json.loads(line) for line in proc.stderr.splitlines()]
     assert events[0]["event"] == "Running with config" and events[0]["level"] == "info"
+
+
+def test_oneshot_imports_no_heavy_client() -> None:
+    """kubernetes, grpc and prometheus_client stay out of the oneshot path (startup time and RSS)."""
+    code = ("import sys, gfd.cli; rc = gfd.cli.main(['--oneshot', '-o', '-', '--simulate=dgx-a100'], {}); "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'kubernetes', 'grpc', 'prometheus_client'}); "
+            "print('HEAVY', heavy, rc, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+                          env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)})
+    assert "HEAVY [] 0" in proc.stderr, proc.stderr

@@ -9,7 +9,6 @@ from typing import Any, NoReturn
 
 from gfd import __version__
 from gfd.config.errors import ConfigError
-from gfd.config.file import read_config_file
 from gfd.config.model import Config
 from gfd.config.options import GFD_OPTIONS, Option
 
@@ -98,6 +97,8 @@ def load_config(cmdline: CommandLine, options: Sequence[Option] = GFD_OPTIONS) -
     path = cmdline.given.get("config_file", "")
     kwargs: dict[str, Any] = {}
     if path:
+        from gfd.config.file import read_config_file  # only runs with a config file
+
         file_values, sharing, imex = read_config_file(path)
         values.update(file_values)
         explicit |= set(file_values)

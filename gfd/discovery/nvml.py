@@ -8,7 +8,6 @@ fail a pass.
 from __future__ import annotations
 
 import ctypes
-import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -216,4 +215,5 @@ def _fabric(handle: Any) -> Fabric | None:
     cluster = bytes(info.clusterUuid)
     if info.state != _FABRIC_COMPLETED or info.status != pynvml.NVML_SUCCESS or not any(cluster):
         return None
-    return Fabric(cluster_uuid=str(uuidlib.UUID(bytes=cluster)), clique_id=info.cliqueId)
+    h = cluster.hex()
+    return Fabric(cluster_uuid=f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", clique_id=info.cliqueId)

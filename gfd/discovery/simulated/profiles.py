@@ -1,23 +1,24 @@
-"""Machine profiles: YAML descriptions of simulated nodes, expanded against a GPU model catalog."""
+"""Machine profiles: YAML descriptions of simulated nodes, expanded against the GPU models in models/."""
 
 from __future__ import annotations
 
+import functools
 import os
-import uuid
+import zlib
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import yaml
 
 from gfd.config.errors import ConfigError
 
-PROFILE_DIR = "profiles"
-_NAMESPACE = uuid.UUID("6f1e0b1c-3c55-4a57-9b7e-0d5a3f6c2b10")
+# Package data read by path: importlib.resources would add ~2 ms of imports to every oneshot.
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROFILE_DIR = os.path.join(HERE, "profiles")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-@dataclass
+@dataclass(eq=False)
 class SimMig:
     profile: str
     gi_profile_id: int
@@ -36,7 +37,7 @@ class SimMig:
     uuid: str = ""
 
 
-@dataclass
+@dataclass(eq=False)
 class SimGpu:
     """Mutable on purpose: tests change a running simulation (GPU lost, MIG re-layout)."""
 
@@ -60,14 +61,14 @@ class SimGpu:
     lost: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class Fault:
     call: str
     error: int
     gpu: int | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class SimNode:
     name: str
     description: str
@@ -87,9 +88,14 @@ _GPU_FIELDS = {"name", "memory_mib", "compute_capability", "architecture", "bran
                "mig_capable", "numa_node", "fabric", "virtualization_mode", "vgpu", "bus_id"}
 
 
+def stable_uuid(seed: str) -> str:
+    """A UUID-shaped id that is the same for the same seed (zlib, not uuid/hashlib: oneshot start-up)."""
+    digits = "".join(f"{zlib.crc32(f'{i}:{seed}'.encode()):08x}" for i in range(4))
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:32]}"
+
+
 def builtin_names() -> list[str]:
-    folder = resources.files(__package__) / PROFILE_DIR
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(name[:-5] for name in os.listdir(PROFILE_DIR) if name.endswith(".yaml"))
 
 
 def load_profile(name_or_path: str) -> SimNode:
@@ -106,13 +112,22 @@ def load_profile(name_or_path: str) -> SimNode:
             raise ConfigError("flag --simulate", "simulate", f"unknown profile {name_or_path!r}",
                               ", ".join(builtin_names()) + ", list, or a path to a profile YAML file")
         path = f"<built-in {name_or_path}>"
-        text = (resources.files(__package__) / PROFILE_DIR / f"{name_or_path}.yaml").read_text("utf-8")
+        with open(os.path.join(PROFILE_DIR, f"{name_or_path}.yaml"), encoding="utf-8") as f:
+            text = f.read()
     return build_node(yaml.load(text, Loader=_Loader), path)
 
 
-def _catalog() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.load((resources.files(__package__) / "catalog.yaml").read_text("utf-8"),
-                                     Loader=_Loader)
+MODEL_DIR = os.path.join(HERE, "models")
+
+
+def model_names() -> list[str]:
+    return sorted(name[:-5] for name in os.listdir(MODEL_DIR) if name.endswith(".yaml"))
+
+
+@functools.cache
+def _model(name: str) -> dict[str, Any]:
+    with open(os.path.join(MODEL_DIR, f"{name}.yaml"), encoding="utf-8") as f:
+        data: dict[str, Any] = yaml.load(f, Loader=_Loader)
     return data
 
 
@@ -120,15 +135,14 @@ def build_node(doc: Any, source: str) -> SimNode:
     src = f"simulation profile {source}"
     if not isinstance(doc, dict):
         raise ConfigError(src, "", "expected a mapping", "description, machine, driver_version, gpus, faults")
-    catalog = _catalog()
     gpus: list[SimGpu] = []
     for i, group in enumerate(doc.get("gpus") or []):
-        gpus.extend(_gpu_group(group, catalog, f"gpus[{i}]", src, start=len(gpus)))
+        gpus.extend(_gpu_group(group, f"gpus[{i}]", src, start=len(gpus)))
     name = str(doc.get("name") or os.path.basename(source).removesuffix(".yaml"))
     for g in gpus:
-        g.uuid = g.uuid or f"GPU-{uuid.uuid5(_NAMESPACE, f'{name}/{g.minor}')}"
+        g.uuid = g.uuid or f"GPU-{stable_uuid(f'{name}/{g.minor}')}"
         for m in g.mig:
-            m.uuid = f"MIG-{uuid.uuid5(_NAMESPACE, f'{g.uuid}/{m.gi_id}/{m.ci_id}')}"
+            m.uuid = f"MIG-{stable_uuid(f'{g.uuid}/{m.gi_id}/{m.ci_id}')}"
     return SimNode(
         name=name,
         description=str(doc.get("description", "")),
@@ -142,10 +156,10 @@ def build_node(doc: Any, source: str) -> SimNode:
     )
 
 
-def _gpu_group(group: Any, catalog: dict[str, Any], field_name: str, src: str, start: int) -> list[SimGpu]:
-    if not isinstance(group, dict) or group.get("model") not in catalog:
-        raise ConfigError(src, f"{field_name}.model", f"unknown GPU model {group!r}", ", ".join(sorted(catalog)))
-    spec = dict(catalog[group["model"]])
+def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu]:
+    if not isinstance(group, dict) or group.get("model") not in model_names():
+        raise ConfigError(src, f"{field_name}.model", f"unknown GPU model {group!r}", ", ".join(model_names()))
+    spec = dict(_model(group["model"]))  # cached: never mutate it
     unknown = set(group) - _GPU_FIELDS - {"model", "count", "mig", "bus_ids"}
     if unknown:
         raise ConfigError(src, field_name, f"unknown keys {sorted(unknown)}", ", ".join(sorted(_GPU_FIELDS)))
