@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -13,6 +14,9 @@ from gfd import logs
 from gfd.config import Config, ConfigError, load_config, parse_command_line
 from gfd.config.model import STDOUT
 from gfd.outputs import Output, OutputError
+
+if TYPE_CHECKING:
+    from gfd.metrics import Metrics
 
 log = structlog.get_logger("gfd")
 
@@ -62,7 +66,7 @@ def oneshot(config: Config) -> int:
     return 0
 
 
-def make_output(config: Config) -> Output:
+def make_output(config: Config, metrics: Metrics | None = None) -> Output:
     from gfd.outputs.featurefile import FeatureFile
     from gfd.outputs.stdout import Stdout
 
@@ -71,7 +75,7 @@ def make_output(config: Config) -> Output:
     if config.writes_node_feature:
         from gfd.outputs.nodefeature import NodeFeatureOutput
 
-        return NodeFeatureOutput.from_config(config)
+        return NodeFeatureOutput.from_config(config, metrics)
     return FeatureFile(config.output_file)
 
 

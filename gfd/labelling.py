@@ -27,16 +27,16 @@ def read_model(source: NodeSource, config: Config) -> DeviceModel:
         if config.fail_on_init_error:
             raise PassError(source.init_failure(e)) from None
         log.warning("Failed to initialize resource manager; using empty manager", error=str(e))
-        return _read(source, nvml_ready=False)
+        return _read(source)
     try:
-        return _read(source, nvml_ready=True)
+        return _read(source)
     finally:
         source.close_nvml()
 
 
-def _read(source: NodeSource, nvml_ready: bool) -> DeviceModel:
+def _read(source: NodeSource) -> DeviceModel:
     try:
-        return source.read(nvml_ready)
+        return source.read()
     except DiscoveryError as e:
         raise PassError(str(e)) from None
 

@@ -88,6 +88,8 @@ class DeviceModel:
     # None when the PCI scan failed (upstream then emits no vgpu labels at all).
     vgpu: Vgpu | None
     nvml_available: bool = True
+    # (NVML function, error) for every query that failed in this read, fatal or not: for metrics.
+    nvml_errors: tuple[tuple[str, str], ...] = ()
 
     @property
     def mig_devices(self) -> tuple[MigDevice, ...]:

@@ -78,6 +78,9 @@ class Config:
     kube_api_burst: int = 10
     simulate: str = ""
     log_format: str = "auto"
+    metrics_address: str = ""
+    keep_output_on_exit: bool = False
+    node_feature_resync_ns: int = 3_600_000_000_000
     sharing: Sharing = field(default_factory=Sharing)
     imex: Imex = field(default_factory=Imex)
     # Options given explicitly (flag, env or file), by attribute name: decides the output (see outputs).

@@ -107,4 +107,10 @@ GFD_OPTIONS: tuple[Option, ...] = (
            help="run on a simulated node: a built-in profile name, a profile YAML path, or 'list'"),
     Option("log_format", ("--log-format",), ("GFD_LOG_FORMAT",), "str", "auto", None, ("auto", "console", "json"),
            help="log format: auto (console on a terminal, JSON otherwise), console or json"),
+    Option("metrics_address", ("--metrics-address",), ("GFD_METRICS_ADDRESS",), "str", "",
+           help="serve Prometheus /metrics and /healthz on HOST:PORT (daemon mode; off when empty)"),
+    Option("keep_output_on_exit", ("--keep-output-on-exit",), ("GFD_KEEP_OUTPUT_ON_EXIT",), "bool", False,
+           help="keep the feature file when stopping (upstream removes it, so NFD drops every GPU label)"),
+    Option("node_feature_resync_ns", ("--node-feature-resync",), ("GFD_NODE_FEATURE_RESYNC",), "duration",
+           3_600_000_000_000, help="how often the NodeFeature object is re-read when nothing changed"),
 )

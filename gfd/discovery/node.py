@@ -7,11 +7,11 @@ from gfd.discovery.sysfs import VgpuParseError, read_machine_type, read_pci_clas
 from gfd.model import DeviceModel
 
 
-def read_node(nvml_ready: bool, host_root: str, machine_type_file: str) -> DeviceModel:
-    """Read the node. With NVML not ready, the model has no GPUs (upstream's null manager)."""
-    gpus = nvml.read_gpus(lambda bus_id: read_pci_class(host_root, bus_id)) if nvml_ready else ()
+def read_node(reader: nvml.NvmlReader | None, host_root: str, machine_type_file: str) -> DeviceModel:
+    """Read the node. Without an NVML reader the model has no GPUs (upstream's null manager)."""
+    gpus = reader.read_gpus(lambda bus_id: read_pci_class(host_root, bus_id)) if reader is not None else ()
     # Upstream reads versions and the machine type only when there is a GPU to label.
-    driver, cuda = nvml.read_versions() if gpus else ("", 0)
+    driver, cuda = reader.read_versions() if reader is not None and gpus else ("", 0)
     try:
         vgpu = scan_vgpu(host_root)
     except VgpuParseError as e:
@@ -22,5 +22,6 @@ def read_node(nvml_ready: bool, host_root: str, machine_type_file: str) -> Devic
         gpus=gpus,
         machine_type=read_machine_type(host_root, machine_type_file) if gpus else None,
         vgpu=vgpu,
-        nvml_available=nvml_ready,
+        nvml_available=reader is not None,
+        nvml_errors=tuple(reader.errors) if reader is not None else (),
     )

@@ -2,12 +2,15 @@
 
 Which NVML failures are fatal, which are warnings, follows upstream GFD v0.20.0
 (shared/reference/gfd-labels.md §4); facts upstream does not read (UUID, brand, NUMA…) never
-fail a pass.
+fail a pass. A `NvmlReader` kept across cycles (the daemon) caches what cannot change while NVML
+stays initialised: per-GPU facts by GPU UUID, MIG device facts by MIG UUID (new instances get new
+UUIDs), and the driver versions. MIG mode, the MIG layout and fabric state are read every time.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -34,7 +37,11 @@ NVMLError = pynvml.NVMLError  # pynvml is untyped: annotations below use Excepti
 
 
 class DiscoveryError(Exception):
-    """A failure upstream treats as fatal for the labelling pass."""
+    """A failure upstream treats as fatal for the labelling pass; `call` is the NVML function."""
+
+    def __init__(self, message: str, call: str = "") -> None:
+        super().__init__(message)
+        self.call = call
 
 
 class NvmlUnavailable(DiscoveryError):
@@ -49,7 +56,7 @@ def init() -> None:
     try:
         pynvml.nvmlInit()
     except NVMLError as e:
-        raise NvmlUnavailable(error_name(e)) from None
+        raise NvmlUnavailable(error_name(e), "nvmlInit") from None
 
 
 def shutdown() -> None:
@@ -68,152 +75,193 @@ def error_name(e: Exception) -> str:
     return names.get(value, f"ERROR_{value}")
 
 
-def _fatal(what: str, call: Callable[..., T], *args: Any) -> T:
-    try:
-        return call(*args)
-    except NVMLError as e:
-        raise DiscoveryError(f"{what}: {error_name(e)}") from None
-
-
-def _optional(what: str, call: Callable[..., T], *args: Any) -> T | None:
-    try:
-        return call(*args)
-    except NVMLError as e:
-        log.warning(f"Ignoring error getting {what}", error=error_name(e))
-        return None
-
-
 def _unsupported(e: Exception) -> bool:
     return isinstance(e, pynvml.NVMLError_NotSupported | pynvml.NVMLError_FunctionNotFound)
-
-
-def read_versions() -> tuple[str, int]:
-    driver = _fatal("error getting driver version", pynvml.nvmlSystemGetDriverVersion)
-    cuda = _fatal("error getting CUDA driver version", pynvml.nvmlSystemGetCudaDriverVersion)
-    return driver, cuda
-
-
-def read_gpus(pci_class: Callable[[str], int | None]) -> tuple[Gpu, ...]:
-    count = _fatal("error getting devices", pynvml.nvmlDeviceGetCount)
-    gpus = []
-    for index in range(count):
-        handle = _fatal("error getting devices", pynvml.nvmlDeviceGetHandleByIndex, index)
-        name = _fatal("error getting devices", pynvml.nvmlDeviceGetName, handle)
-        if name in _SKIPPED_MODELS:
-            continue
-        gpus.append(_read_gpu(index, handle, name, pci_class))
-    return tuple(gpus)
-
-
-def _read_gpu(index: int, handle: Any, name: str, pci_class: Callable[[str], int | None]) -> Gpu:
-    memory = _optional("memory info for device", pynvml.nvmlDeviceGetMemoryInfo, handle)
-    memory_mib = memory.total // MIB if memory is not None else None
-    major, minor = _fatal("error getting CUDA compute capability", pynvml.nvmlDeviceGetCudaComputeCapability,
-                          handle)
-    mig_capable, mig_enabled = _mig_mode(handle)
-    pci = _optional("PCI info", pynvml.nvmlDeviceGetPciInfo, handle)
-    bus_id = _text(pci.busId) if pci is not None else ""
-    mig_devices: tuple[MigDevice, ...] = ()
-    mig_error = None
-    if mig_enabled:
-        try:
-            mig_devices = _read_mig_devices(handle, memory_mib)
-        except (NVMLError, MigProfileError) as e:
-            mig_error = error_name(e) if isinstance(e, NVMLError) else str(e)
-    return Gpu(
-        index=index,
-        uuid=_optional("UUID", pynvml.nvmlDeviceGetUUID, handle) or "",
-        name=name,
-        memory_mib=memory_mib,
-        compute_capability=(major, minor),
-        architecture=_ARCHITECTURES.get(_optional("architecture", pynvml.nvmlDeviceGetArchitecture, handle) or 0,
-                                        "unknown"),
-        brand=_BRANDS.get(_optional("brand", pynvml.nvmlDeviceGetBrand, handle) or 0, "unknown"),
-        pci_bus_id=bus_id,
-        pci_device_id=pci.pciDeviceId if pci is not None else 0,
-        minor_number=_optional("minor number", pynvml.nvmlDeviceGetMinorNumber, handle),
-        numa_node=_numa_node(handle),
-        pci_class=pci_class(bus_id) if bus_id else None,
-        mig_capable=mig_capable,
-        mig_enabled=mig_enabled,
-        mig_devices=mig_devices,
-        mig_error=mig_error,
-        virtualization_mode=_VIRTUALIZATION.get(
-            _optional("virtualization mode", pynvml.nvmlDeviceGetVirtualizationMode, handle) or 0, "unknown"),
-        fabric=_fabric(handle),
-    )
 
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _mig_mode(handle: Any) -> tuple[bool, bool]:
-    try:
-        current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
-    except NVMLError as e:
-        if _unsupported(e):
-            return False, False
-        raise DiscoveryError(f"error getting MIG mode: {error_name(e)}") from None
-    return True, current == pynvml.NVML_DEVICE_MIG_ENABLE
+class NvmlReader:
+    def __init__(self) -> None:
+        self._static: dict[str, Gpu] = {}
+        self._migs: dict[str, MigDevice] = {}
+        self._versions: tuple[str, int] | None = None
+        # (NVML function, error name) of every failed query in the last read, fatal or not.
+        self.errors: list[tuple[str, str]] = []
+
+    def _fatal(self, what: str, call: Callable[..., T], *args: Any) -> T:
+        try:
+            return call(*args)
+        except NVMLError as e:
+            self.errors.append((call.__name__, error_name(e)))
+            raise DiscoveryError(f"{what}: {error_name(e)}", call.__name__) from None
+
+    def _recorded(self, call: Callable[..., T], *args: Any) -> T:
+        """Call and, on an NVML error, record which function failed before re-raising."""
+        try:
+            return call(*args)
+        except NVMLError as e:
+            self.errors.append((call.__name__, error_name(e)))
+            raise
+
+    def _optional(self, what: str, call: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return call(*args)
+        except NVMLError as e:
+            self.errors.append((call.__name__, error_name(e)))
+            log.warning(f"Ignoring error getting {what}", error=error_name(e))
+            return None
+
+    def read_versions(self) -> tuple[str, int]:
+        if self._versions is None:
+            driver = self._fatal("error getting driver version", pynvml.nvmlSystemGetDriverVersion)
+            cuda = self._fatal("error getting CUDA driver version", pynvml.nvmlSystemGetCudaDriverVersion)
+            self._versions = (driver, cuda)
+        return self._versions
+
+    def read_gpus(self, pci_class: Callable[[str], int | None]) -> tuple[Gpu, ...]:
+        self.errors = []
+        count = self._fatal("error getting devices", pynvml.nvmlDeviceGetCount)
+        gpus = []
+        for index in range(count):
+            handle = self._fatal("error getting devices", pynvml.nvmlDeviceGetHandleByIndex, index)
+            uuid = self._optional("UUID", pynvml.nvmlDeviceGetUUID, handle) or ""
+            static = self._static.get(uuid) if uuid else None
+            if static is None:
+                name = self._fatal("error getting devices", pynvml.nvmlDeviceGetName, handle)
+                if name in _SKIPPED_MODELS:
+                    continue
+                errors_before = len(self.errors)
+                static = self._read_static(index, handle, uuid, name, pci_class)
+                if uuid and len(self.errors) == errors_before:
+                    self._static[uuid] = static  # only complete reads are kept: a failed query is retried
+            gpus.append(self._read_dynamic(dataclasses.replace(static, index=index), handle))
+        return tuple(gpus)
+
+    def _read_static(self, index: int, handle: Any, uuid: str, name: str,
+                     pci_class: Callable[[str], int | None]) -> Gpu:
+        memory = self._optional("memory info for device", pynvml.nvmlDeviceGetMemoryInfo, handle)
+        major, minor = self._fatal("error getting CUDA compute capability",
+                                   pynvml.nvmlDeviceGetCudaComputeCapability, handle)
+        pci = self._optional("PCI info", pynvml.nvmlDeviceGetPciInfo, handle)
+        bus_id = _text(pci.busId) if pci is not None else ""
+        return Gpu(
+            index=index,
+            uuid=uuid,
+            name=name,
+            memory_mib=memory.total // MIB if memory is not None else None,
+            compute_capability=(major, minor),
+            architecture=_ARCHITECTURES.get(
+                self._optional("architecture", pynvml.nvmlDeviceGetArchitecture, handle) or 0, "unknown"),
+            brand=_BRANDS.get(self._optional("brand", pynvml.nvmlDeviceGetBrand, handle) or 0, "unknown"),
+            pci_bus_id=bus_id,
+            pci_device_id=pci.pciDeviceId if pci is not None else 0,
+            minor_number=self._optional("minor number", pynvml.nvmlDeviceGetMinorNumber, handle),
+            numa_node=_numa_node(handle),
+            pci_class=pci_class(bus_id) if bus_id else None,
+            mig_capable=False,
+            mig_enabled=False,
+            virtualization_mode=_VIRTUALIZATION.get(
+                self._optional("virtualization mode", pynvml.nvmlDeviceGetVirtualizationMode, handle) or 0,
+                "unknown"),
+        )
+
+    def _read_dynamic(self, gpu: Gpu, handle: Any) -> Gpu:
+        mig_capable, mig_enabled = self._mig_mode(handle)
+        mig_devices: tuple[MigDevice, ...] = ()
+        mig_error = None
+        if mig_enabled:
+            try:
+                mig_devices = self._read_mig_devices(handle, gpu.memory_mib)
+            except NVMLError as e:
+                mig_error = error_name(e)
+            except MigProfileError as e:
+                mig_error = str(e)
+        return dataclasses.replace(gpu, mig_capable=mig_capable, mig_enabled=mig_enabled, mig_devices=mig_devices,
+                                   mig_error=mig_error, fabric=self._fabric(handle))
+
+    def _mig_mode(self, handle: Any) -> tuple[bool, bool]:
+        try:
+            current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
+        except NVMLError as e:
+            if _unsupported(e):
+                return False, False
+            self.errors.append(("nvmlDeviceGetMigMode", error_name(e)))
+            raise DiscoveryError(f"error getting MIG mode: {error_name(e)}", "nvmlDeviceGetMigMode") from None
+        return True, current == pynvml.NVML_DEVICE_MIG_ENABLE
+
+    def _read_mig_devices(self, parent: Any, parent_memory_mib: int | None) -> tuple[MigDevice, ...]:
+        if not parent_memory_mib:
+            raise MigProfileError("cannot name MIG profiles: parent memory unknown")
+        devices = []
+        call = self._recorded
+        for mig_index in range(call(pynvml.nvmlDeviceGetMaxMigDeviceCount, parent)):
+            try:
+                handle = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, mig_index)
+            except pynvml.NVMLError_NotFound:
+                continue  # an empty MIG slot
+            except NVMLError as e:
+                self.errors.append(("nvmlDeviceGetMigDeviceHandleByIndex", error_name(e)))
+                raise
+            uuid = call(pynvml.nvmlDeviceGetUUID, handle)
+            cached = self._migs.get(uuid)
+            if cached is None:
+                cached = self._migs[uuid] = _read_mig_device(call, parent, handle, uuid, parent_memory_mib)
+            devices.append(cached if cached.index == mig_index else dataclasses.replace(cached, index=mig_index))
+        return tuple(devices)
+
+    def _fabric(self, handle: Any) -> Fabric | None:
+        info = pynvml.c_nvmlGpuFabricInfo_v2_t()
+        try:
+            # pynvml hands the argument straight to C: the caller passes the pointer.
+            pynvml.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.byref(info))
+        except NVMLError as e:
+            if _unsupported(e):
+                return None
+            self.errors.append(("nvmlDeviceGetGpuFabricInfoV", error_name(e)))
+            raise DiscoveryError(f"error getting GPU fabric info: {error_name(e)}",
+                                 "nvmlDeviceGetGpuFabricInfoV") from None
+        cluster = bytes(info.clusterUuid)
+        if info.state != _FABRIC_COMPLETED or info.status != pynvml.NVML_SUCCESS or not any(cluster):
+            return None
+        h = cluster.hex()
+        return Fabric(cluster_uuid=f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", clique_id=info.cliqueId)
 
 
 def _numa_node(handle: Any) -> int | None:
     try:
         node = pynvml.nvmlDeviceGetNumaNodeId(handle)
     except NVMLError:
-        return None  # not reported on single-socket or older drivers: no NUMA hint
+        return None  # not reported on single-socket hosts or older drivers: no NUMA hint
     return int(node) if node >= 0 else None
 
 
-def _read_mig_devices(parent: Any, parent_memory_mib: int | None) -> tuple[MigDevice, ...]:
-    if not parent_memory_mib:
-        raise MigProfileError("cannot name MIG profiles: parent memory unknown")
-    devices = []
-    for mig_index in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(parent)):
-        try:
-            handle = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, mig_index)
-        except pynvml.NVMLError_NotFound:
-            continue
-        attrs = pynvml.nvmlDeviceGetAttributes(handle)
-        gi_id = pynvml.nvmlDeviceGetGpuInstanceId(handle)
-        ci_id = pynvml.nvmlDeviceGetComputeInstanceId(handle)
-        gi = pynvml.nvmlDeviceGetGpuInstanceById(parent, gi_id)
-        gi_profile = pynvml.nvmlGpuInstanceGetInfo(gi).profileId
-        ci = pynvml.nvmlGpuInstanceGetComputeInstanceById(gi, ci_id)
-        ci_profile = pynvml.nvmlComputeInstanceGetInfo(ci).profileId
-        devices.append(MigDevice(
-            index=mig_index,
-            uuid=pynvml.nvmlDeviceGetUUID(handle),
-            gi_id=gi_id,
-            ci_id=ci_id,
-            gi_profile_id=gi_profile,
-            ci_profile_id=ci_profile,
-            profile=profile_name(gi_profile, ci_profile, attrs.memorySizeMB, parent_memory_mib),
-            memory_mib=attrs.memorySizeMB,
-            multiprocessors=attrs.multiprocessorCount,
-            gi_slices=attrs.gpuInstanceSliceCount,
-            ci_slices=attrs.computeInstanceSliceCount,
-            copy_engines=attrs.sharedCopyEngineCount,
-            decoders=attrs.sharedDecoderCount,
-            encoders=attrs.sharedEncoderCount,
-            jpeg_engines=attrs.sharedJpegCount,
-            ofa_engines=attrs.sharedOfaCount,
-        ))
-    return tuple(devices)
-
-
-def _fabric(handle: Any) -> Fabric | None:
-    info = pynvml.c_nvmlGpuFabricInfo_v2_t()
-    try:
-        # pynvml hands the argument straight to C: the caller passes the pointer.
-        pynvml.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.byref(info))
-    except NVMLError as e:
-        if _unsupported(e):
-            return None
-        raise DiscoveryError(f"error getting GPU fabric info: {error_name(e)}") from None
-    cluster = bytes(info.clusterUuid)
-    if info.state != _FABRIC_COMPLETED or info.status != pynvml.NVML_SUCCESS or not any(cluster):
-        return None
-    h = cluster.hex()
-    return Fabric(cluster_uuid=f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", clique_id=info.cliqueId)
+def _read_mig_device(call: Callable[..., Any], parent: Any, handle: Any, uuid: str,
+                     parent_memory_mib: int) -> MigDevice:
+    attrs = call(pynvml.nvmlDeviceGetAttributes, handle)
+    gi_id = call(pynvml.nvmlDeviceGetGpuInstanceId, handle)
+    ci_id = call(pynvml.nvmlDeviceGetComputeInstanceId, handle)
+    gi = call(pynvml.nvmlDeviceGetGpuInstanceById, parent, gi_id)
+    gi_profile = call(pynvml.nvmlGpuInstanceGetInfo, gi).profileId
+    ci = call(pynvml.nvmlGpuInstanceGetComputeInstanceById, gi, ci_id)
+    ci_profile = call(pynvml.nvmlComputeInstanceGetInfo, ci).profileId
+    return MigDevice(
+        index=0,
+        uuid=uuid,
+        gi_id=gi_id,
+        ci_id=ci_id,
+        gi_profile_id=gi_profile,
+        ci_profile_id=ci_profile,
+        profile=profile_name(gi_profile, ci_profile, attrs.memorySizeMB, parent_memory_mib),
+        memory_mib=attrs.memorySizeMB,
+        multiprocessors=attrs.multiprocessorCount,
+        gi_slices=attrs.gpuInstanceSliceCount,
+        ci_slices=attrs.computeInstanceSliceCount,
+        copy_engines=attrs.sharedCopyEngineCount,
+        decoders=attrs.sharedDecoderCount,
+        encoders=attrs.sharedEncoderCount,
+        jpeg_engines=attrs.sharedJpegCount,
+        ofa_engines=attrs.sharedOfaCount,
+    )

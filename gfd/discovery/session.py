@@ -38,15 +38,21 @@ class NodeSource:
             self.simulation = install(load_profile(config.simulate))
             self.host_root = self.simulation.host_root
 
-    def open(self) -> None:
-        """Initialise NVML; NvmlUnavailable when it cannot be."""
-        nvml.init()
+        self.reader: nvml.NvmlReader | None = None
 
-    def read(self, nvml_ready: bool) -> DeviceModel:
-        return read_node(nvml_ready, self.host_root, self.machine_type_file)
+    def open(self) -> None:
+        """Initialise NVML (NvmlUnavailable when it cannot be); caches start empty each time."""
+        nvml.init()
+        self.reader = nvml.NvmlReader()
+
+    def read(self) -> DeviceModel:
+        """Read the node; with NVML closed the model has no GPUs."""
+        return read_node(self.reader, self.host_root, self.machine_type_file)
 
     def close_nvml(self) -> None:
-        nvml.shutdown()
+        if self.reader is not None:
+            self.reader = None
+            nvml.shutdown()
 
     def close(self) -> None:
         if self.simulation is not None:

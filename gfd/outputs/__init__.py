@@ -8,8 +8,16 @@ from typing import Protocol
 class Output(Protocol):
     def write(self, labels: dict[str, str]) -> None: ...
 
+    def needs_resync(self) -> bool:
+        """True when the destination must be rewritten even if the labels did not change."""
+        ...
+
     def remove(self) -> None: ...
 
 
 class OutputError(Exception):
     """Writing the labels failed (file system or API); the message says where and why."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

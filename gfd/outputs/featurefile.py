@@ -46,6 +46,10 @@ class FeatureFile:
         log.info("Writing labels to output file", path=self.path)
         write_atomically(self.path, render(labels))
 
+    def needs_resync(self) -> bool:
+        """Rewrite a file someone deleted, even if our labels did not change."""
+        return not os.path.exists(self.path)
+
     def remove(self) -> None:
         """Upstream's exit cleanup: the legacy gfd-tmp directory and the file itself."""
         legacy = os.path.join(os.path.dirname(self.path), "gfd-tmp")

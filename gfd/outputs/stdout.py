@@ -12,5 +12,8 @@ class Stdout:
         sys.stdout.buffer.write(render(labels))
         sys.stdout.flush()
 
+    def needs_resync(self) -> bool:
+        return False
+
     def remove(self) -> None:
         """Nothing to clean up: what went to stdout stays there."""

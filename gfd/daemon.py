@@ -1,0 +1,242 @@
+"""The long-running GFD: labels every sleep interval, survives NVML and API failures, reloads on SIGHUP.
+
+Differences from upstream, on purpose (see README): NVML is initialised once and re-initialised with
+capped backoff when it is missing or fails; a failed pass keeps the labels last published instead of
+exiting; outputs are rewritten only when the labels change; SIGHUP reloads without removing the
+feature file; a config that fails to load on SIGHUP leaves the old one running.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+import structlog
+
+from gfd.backoff import Backoff
+from gfd.config import CommandLine, Config, ConfigError, load_config
+from gfd.config.duration import INFINITE_NS
+from gfd.discovery.nvml import DiscoveryError, NvmlUnavailable
+from gfd.discovery.session import NodeSource
+from gfd.labels.compose import Labels, compose
+from gfd.labels.errors import LabelError
+from gfd.metrics import Metrics, serve
+from gfd.outputs import Output, OutputError
+from gfd.outputs.featurefile import FeatureFile
+
+log = structlog.get_logger("gfd")
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+NVML_RETRY_CAP_S = 30.0
+HEALTH_INTERVALS = 3
+HEALTH_MIN_S = 30.0
+
+
+@dataclass
+class _Run:
+    """What one config load owns: a SIGHUP starts a new run with a new timestamp."""
+
+    config: Config
+    source: NodeSource
+    output: Output
+    started_at: int = field(default_factory=lambda: int(time.time()))
+
+
+class Daemon:
+    def __init__(self, cmdline: CommandLine, config: Config, metrics: Metrics | None = None) -> None:
+        self.cmdline = cmdline
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.wake = threading.Event()
+        self.stop_requested = False
+        self.reload_requested = False
+        self.nvml_backoff = Backoff(initial=1.0, cap=NVML_RETRY_CAP_S)
+        self.output_backoff = Backoff(initial=1.0, cap=60.0)
+        self.nvml_retry_at = 0.0
+        self.output_retry_at = 0.0
+        self.published: Labels | None = None  # last label set written successfully
+        self.nvml_ever_up = False
+        self.last_success: float | None = None
+        self.started = time.monotonic()
+
+    # -- control ----------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("Received signal, shutting down", signal=signal.Signals(signum).name)
+        self.stop()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        log.info("Received SIGHUP, reloading")
+        self.reload_requested = True
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        self.wake.set()
+
+    def healthy(self) -> tuple[bool, str]:
+        """Fails when no cycle has produced and published labels within a few intervals."""
+        interval = self.config.sleep_interval_ns
+        grace = float("inf") if interval == INFINITE_NS else max(HEALTH_MIN_S, HEALTH_INTERVALS * interval / 1e9)
+        since = self.last_success if self.last_success is not None else self.started
+        age = time.monotonic() - since
+        if age <= grace or (interval == INFINITE_NS and self.last_success is not None):
+            return True, "ok"
+        return False, f"no successful labelling cycle for {age:.0f}s"
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        server = serve(self.metrics, self.config.metrics_address, self.healthy) \
+            if self.config.metrics_address else None
+        run = self._start_run(self.config)
+        try:
+            while not self.stop_requested:
+                cycle_start = time.monotonic()
+                self.cycle(run)
+                if run.config.oneshot:
+                    break
+                self._wait(cycle_start + run.config.sleep_interval_ns / 1e9)
+                if self.reload_requested and not self.stop_requested:
+                    run = self._reload(run)
+        finally:
+            self._finish(run)
+            if server is not None:
+                server.shutdown()
+        log.info("Exiting")
+        return 0
+
+    def _wait(self, deadline: float) -> None:
+        """Sleep until the interval ends, a retry is due, or a signal arrives."""
+        while not (self.stop_requested or self.reload_requested):
+            wake_at = min([deadline] + [t for t in (self.nvml_retry_at, self.output_retry_at) if t])
+            remaining = wake_at - time.monotonic()
+            if remaining <= 0:
+                return
+            self.wake.wait(remaining)
+            self.wake.clear()
+
+    def _start_run(self, config: Config) -> _Run:
+        from gfd.cli import make_output
+
+        self.config = config
+        run = _Run(config, NodeSource(config), make_output(config, self.metrics))
+        self.published = None
+        self.nvml_retry_at = self.output_retry_at = 0.0
+        return run
+
+    def _reload(self, run: _Run) -> _Run:
+        self.reload_requested = False
+        try:
+            config = load_config(self.cmdline)
+            new_run = self._start_run(config)
+        except (ConfigError, OutputError) as e:
+            log.error("reload failed; keeping the running config", error=str(e))
+            return run
+        log.info("config reloaded", config_file=config.config_file)
+        run.source.close_nvml()
+        run.source.close()
+        return new_run
+
+    def _finish(self, run: _Run) -> None:
+        run.source.close_nvml()
+        run.source.close()
+        cfg = run.config
+        keep = cfg.keep_output_on_exit or cfg.oneshot or cfg.sleep_interval_ns == INFINITE_NS
+        if isinstance(run.output, FeatureFile) and not keep:
+            log.info("removing the feature file on exit (upstream behaviour; --keep-output-on-exit keeps it)",
+                     path=run.output.path)
+            run.output.remove()
+
+    # -- one cycle --------------------------------------------------------------------------------
+    def cycle(self, run: _Run) -> None:
+        start = time.perf_counter()
+        labels = self._labels(run)
+        ok = labels is not None and self._publish(run, labels)
+        self.metrics.cycle_duration.observe(time.perf_counter() - start)
+        self.metrics.cycles.labels(result="success" if ok else "error").inc()
+        if ok:
+            self.last_success = time.monotonic()
+            self.metrics.last_success.set(time.time())
+
+    def _labels(self, run: _Run) -> Labels | None:
+        """This cycle's labels, or None to leave the published ones as they are."""
+        self._ensure_nvml(run)
+        if run.source.reader is None and (run.config.fail_on_init_error or self.nvml_ever_up):
+            return None  # nothing yet, or keep the last good set: never flap to a GPU-less set
+        try:
+            model = run.source.read()
+        except DiscoveryError as e:
+            self.metrics.nvml_errors.labels(call=e.call or "unknown", error=str(e).rsplit(": ", 1)[-1]).inc()
+            log.error("labelling pass failed; keeping the published labels and re-initialising NVML",
+                      error=str(e))
+            run.source.close_nvml()
+            self.metrics.nvml_up.set(0)
+            self.nvml_retry_at = time.monotonic() + self.nvml_backoff.next_delay()
+            return None
+        for call, error in model.nvml_errors:
+            self.metrics.nvml_errors.labels(call=call, error=error).inc()
+        try:
+            return compose(model, run.config, run.started_at)
+        except LabelError as e:
+            log.error("labelling pass failed; keeping the published labels", error=str(e))
+            return None
+
+    def _ensure_nvml(self, run: _Run) -> None:
+        if run.source.reader is not None or time.monotonic() < self.nvml_retry_at:
+            return
+        try:
+            run.source.open()
+        except NvmlUnavailable as e:
+            delay = self.nvml_backoff.next_delay()
+            self.nvml_retry_at = time.monotonic() + delay
+            event = log.warning if self.nvml_backoff.failures == 1 else log.debug
+            event("NVML unavailable; retrying", error=run.source.init_failure(e), retry_in_s=round(delay, 1))
+            self.metrics.nvml_errors.labels(call="nvmlInit", error=str(e)).inc()
+            return
+        log.info("NVML initialised", after_failures=self.nvml_backoff.failures)
+        self.nvml_backoff.reset()
+        self.nvml_retry_at = 0.0
+        self.nvml_ever_up = True
+        self.metrics.nvml_up.set(1)
+
+    def _publish(self, run: _Run, labels: Labels) -> bool:
+        name = type(run.output).__name__
+        if labels == self.published and not run.output.needs_resync():
+            self.metrics.writes_skipped.inc()
+            return True
+        if time.monotonic() < self.output_retry_at:
+            return False
+        try:
+            run.output.write(labels)
+        except OutputError as e:
+            delay = max(self.output_backoff.next_delay(), e.retry_after or 0.0)
+            self.output_retry_at = time.monotonic() + delay
+            self.metrics.write_errors.labels(output=name).inc()
+            log.error("writing labels failed; will retry", error=str(e), retry_in_s=round(delay, 1))
+            return False
+        self._log_changes(labels)
+        self.published = labels
+        self.output_backoff.reset()
+        self.output_retry_at = 0.0
+        self.metrics.writes.labels(output=name).inc()
+        self.metrics.labels.set(len(labels))
+        return True
+
+    def _log_changes(self, labels: Labels) -> None:
+        old = self.published or {}
+        changed = sorted(k for k in labels.keys() | old.keys() if labels.get(k) != old.get(k))
+        log.info("labels published", changed=changed if len(changed) <= 20 else f"{len(changed)} keys",
+                 count=len(labels))
+
+
+def run(cmdline: CommandLine, config: Config) -> int:
+    daemon = Daemon(cmdline, config)
+    daemon.install_signal_handlers()
+    return daemon.run()
