@@ -36,3 +36,27 @@ def write_yaml(tmp_path: Any) -> Any:
         return str(path)
 
     return _write
+
+
+@pytest.fixture
+def apiserver() -> Iterator[Any]:
+    from tests.apiserver import FakeApiServer
+
+    server = FakeApiServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def nfd_schemas() -> dict[str, Any]:
+    """openAPIV3Schema of the NFD CRDs, read from shared/crds at test time."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "crds" / "nfd-api-crds-v0.19.0.yaml"
+    if not path.exists():
+        pytest.skip(f"NFD CRDs not found at {path}")
+    schemas = {}
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == "CustomResourceDefinition":
+            schemas[doc["spec"]["names"]["kind"]] = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schemas

@@ -26,7 +26,7 @@ log = structlog.get_logger("gfd.outputs")
 GROUP, VERSION, PLURAL, KIND = "nfd.k8s-sigs.io", "v1alpha1", "nodefeatures", "NodeFeature"
 NODE_NAME_LABEL = "nfd.node.kubernetes.io/node-name"
 _CONFLICT_RETRIES = 3
-_TIMEOUT = (5.0, 10.0)  # connect, read (seconds): a hung API server must not hold the loop
+REQUEST_TIMEOUT = (5.0, 10.0)  # connect, read (seconds): a hung API server must not hold the loop
 
 
 class TokenBucket:
@@ -66,6 +66,7 @@ class NodeFeatureOutput:
         self.resync_seconds = resync_seconds
         self.bucket = TokenBucket(qps, burst)
         self.metrics = metrics
+        self.request_timeout = REQUEST_TIMEOUT
         self.known: dict[str, Any] | None = None  # the object as the server last returned it
         self.known_at = 0.0
         self.owner_references = self._resolve_owner_references()
@@ -152,7 +153,7 @@ class NodeFeatureOutput:
 
         self.bucket.take()
         try:
-            result = fn(*args, _request_timeout=_TIMEOUT)
+            result = fn(*args, _request_timeout=self.request_timeout)
         except ApiException as e:
             self._count(verb, str(e.status))
             if e.status == 404 and verb == "get":
@@ -185,7 +186,7 @@ class NodeFeatureOutput:
 
         try:
             self.bucket.take()
-            pod = self.core.read_namespaced_pod(self.pod_name, self.namespace, _request_timeout=_TIMEOUT)
+            pod = self.core.read_namespaced_pod(self.pod_name, self.namespace, _request_timeout=self.request_timeout)
             self._count("get-pod", "200")
         except (ApiException, HTTPError, OSError) as e:
             self._count("get-pod", str(getattr(e, "status", "error")))
