@@ -61,6 +61,8 @@ class Daemon:
         self.nvml_ever_up = False
         self.last_success: float | None = None
         self.started = time.monotonic()
+        self.health_min_s = HEALTH_MIN_S
+        self.current: _Run | None = None
 
     # -- control ----------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -84,7 +86,7 @@ class Daemon:
     def healthy(self) -> tuple[bool, str]:
         """Fails when no cycle has produced and published labels within a few intervals."""
         interval = self.config.sleep_interval_ns
-        grace = float("inf") if interval == INFINITE_NS else max(HEALTH_MIN_S, HEALTH_INTERVALS * interval / 1e9)
+        grace = float("inf") if interval == INFINITE_NS else max(self.health_min_s, HEALTH_INTERVALS * interval / 1e9)
         since = self.last_success if self.last_success is not None else self.started
         age = time.monotonic() - since
         if age <= grace or (interval == INFINITE_NS and self.last_success is not None):
@@ -127,6 +129,7 @@ class Daemon:
 
         self.config = config
         run = _Run(config, NodeSource(config), make_output(config, self.metrics))
+        self.current = run
         self.published = None
         self.nvml_retry_at = self.output_retry_at = 0.0
         return run
@@ -135,13 +138,18 @@ class Daemon:
         self.reload_requested = False
         try:
             config = load_config(self.cmdline)
+        except ConfigError as e:
+            log.error("reload failed; keeping the running config", error=str(e))
+            return run
+        # The old run lets go of NVML (and a simulation) before the new one takes it.
+        run.source.close_nvml()
+        run.source.close()
+        try:
             new_run = self._start_run(config)
         except (ConfigError, OutputError) as e:
             log.error("reload failed; keeping the running config", error=str(e))
-            return run
+            return self._start_run(run.config)
         log.info("config reloaded", config_file=config.config_file)
-        run.source.close_nvml()
-        run.source.close()
         return new_run
 
     def _finish(self, run: _Run) -> None:

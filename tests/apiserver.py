@@ -146,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
     state: State
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:

@@ -142,7 +142,8 @@ def build_node(doc: Any, source: str) -> SimNode:
     for g in gpus:
         g.uuid = g.uuid or f"GPU-{stable_uuid(f'{name}/{g.minor}')}"
         for m in g.mig:
-            m.uuid = f"MIG-{stable_uuid(f'{g.uuid}/{m.gi_id}/{m.ci_id}')}"
+            # Real MIG UUIDs are new for every created instance; the profile in the seed models that.
+            m.uuid = f"MIG-{stable_uuid(f'{g.uuid}/{m.gi_id}/{m.ci_id}/{m.profile}')}"
     return SimNode(
         name=name,
         description=str(doc.get("description", "")),

@@ -1,0 +1,102 @@
+"""Signals against the real process: SIGTERM mid-cycle, SIGHUP reload with a changed and a broken config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_daemon import eventually, read_labels
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(*args: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gfd", "--use-node-feature-api=false", f"--output-file={tmp_path / 'gfd'}",
+             "--log-format=json", *args],
+            stdout=log, stderr=log, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)})
+        procs.append(proc)
+        return proc
+
+    yield _spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def log_text(tmp_path: Path) -> str:
+    return (tmp_path / "daemon.log").read_text()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_sigterm_during_cycles_stops_cleanly(spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path,
+                                             keep: bool) -> None:
+    # A zero interval labels back to back, so the signal lands during a cycle.
+    proc = spawn("--simulate=a100-80gb-mig-mixed", "--mig-strategy=mixed", "--sleep-interval=0s",
+                 *(["--keep-output-on-exit"] if keep else []))
+    eventually(lambda: (tmp_path / "gfd").exists(), timeout=20)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
+    assert time.monotonic() - sent < 1.0
+    assert (tmp_path / "gfd").exists() is keep
+    assert '"event": "Exiting"' in log_text(tmp_path)
+
+
+def test_sighup_reloads_a_changed_config_and_survives_a_broken_one(spawn: Callable[..., subprocess.Popen[bytes]],
+                                                                    tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.yaml"
+
+    def write_config(replicas: int) -> None:
+        cfg.write_text(yaml.safe_dump({"version": "v1", "sharing": {"timeSlicing": {
+            "resources": [{"name": "nvidia.com/gpu", "replicas": replicas}]}}}))
+
+    write_config(2)
+    out = tmp_path / "gfd"
+    proc = spawn("--simulate=t4", f"--config-file={cfg}", "--sleep-interval=50ms")
+    eventually(lambda: read_labels(out).get("nvidia.com/gpu.replicas") == "2", timeout=20)
+    first_timestamp = read_labels(out)["nvidia.com/gfd.timestamp"]
+    time.sleep(1.1)  # the timestamp has one-second resolution
+
+    write_config(4)
+    proc.send_signal(signal.SIGHUP)
+    eventually(lambda: read_labels(out).get("nvidia.com/gpu.replicas") == "4")
+    assert read_labels(out)["nvidia.com/gfd.timestamp"] != first_timestamp  # a reload starts a new run
+
+    cfg.write_text("version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n"
+                   "      replicas: 1\n")
+    proc.send_signal(signal.SIGHUP)
+    eventually(lambda: "reload failed; keeping the running config" in log_text(tmp_path))
+    assert "number of replicas must be >= 2" in log_text(tmp_path)
+    time.sleep(0.2)
+    assert proc.poll() is None
+    assert read_labels(out).get("nvidia.com/gpu.replicas") == "4"
+    assert out.exists()  # a reload never removes the file (upstream does)
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
+
+
+def test_infinite_interval_labels_once_and_keeps_the_file(spawn: Callable[..., subprocess.Popen[bytes]],
+                                                          tmp_path: Path) -> None:
+    proc = spawn("--simulate=l4", "--sleep-interval=infinite")
+    eventually(lambda: (tmp_path / "gfd").exists(), timeout=20)
+    time.sleep(0.2)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=5) == 0
+    assert (tmp_path / "gfd").exists()
