@@ -118,7 +118,8 @@ def api_requests_per_hour(cycles: int) -> tuple[float, float, int]:
     server = FakeApiServer()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            cmdline = parse_command_line([*PROFILE, "--node-name=node1", f"--kubeconfig={server.kubeconfig(tmp + '/k')}",
+            kubeconfig = server.kubeconfig(tmp + "/k")
+            cmdline = parse_command_line([*PROFILE, "--node-name=node1", f"--kubeconfig={kubeconfig}",
                                           f"--node-feature-resync={interval_s * 60 * 1000:.0f}ms"], {})
             daemon = Daemon(cmdline, load_config(cmdline))
             run = daemon._start_run(daemon.config)
