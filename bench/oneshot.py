@@ -25,7 +25,7 @@ def in_process_pass(passes: int) -> tuple[float, float, int]:
 
     logs.configure("json", level=40)
     config = load_config(parse_command_line(["--simulate", PROFILE, "--mig-strategy=mixed"], {}))
-    source = NodeSource(config)
+    source = NodeSource.for_gfd(config)
     assert source.simulation is not None
     try:
         wall, cpu = [], []

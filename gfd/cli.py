@@ -50,7 +50,7 @@ def oneshot(config: Config) -> int:
     from gfd.labelling import PassError, labels_for, read_model
 
     try:
-        source = NodeSource(config)
+        source = NodeSource.for_gfd(config)
     except ConfigError as e:
         log.error(str(e))
         return 1

@@ -128,7 +128,7 @@ class Daemon:
         from gfd.cli import make_output
 
         self.config = config
-        run = _Run(config, NodeSource(config), make_output(config, self.metrics))
+        run = _Run(config, NodeSource.for_gfd(config), make_output(config, self.metrics))
         self.current = run
         self.published = None
         self.nvml_retry_at = self.output_retry_at = 0.0

@@ -70,6 +70,19 @@ class Gpu:
 
 
 @dataclass(frozen=True)
+class Link:
+    """How two GPUs (by index) are connected: active NVLinks between them and their PCIe relationship.
+
+    `pcie` is NVML's common-ancestor level: internal, single, multiple, hostbridge, node or system.
+    """
+
+    a: int
+    b: int
+    nvlinks: int
+    pcie: str
+
+
+@dataclass(frozen=True)
 class Vgpu:
     """Result of the PCI scan for vGPU host-driver signatures (upstream internal/vgpu)."""
 
@@ -90,6 +103,8 @@ class DeviceModel:
     nvml_available: bool = True
     # (NVML function, error) for every query that failed in this read, fatal or not: for metrics.
     nvml_errors: tuple[tuple[str, str], ...] = ()
+    # GPU pairs (a < b), read only when asked for (the device plugin's preferred allocation).
+    links: tuple[Link, ...] = ()
 
     @property
     def mig_devices(self) -> tuple[MigDevice, ...]:

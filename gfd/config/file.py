@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -9,13 +10,13 @@ import yaml
 from gfd.config.duration import parse_duration
 from gfd.config.errors import ConfigError
 from gfd.config.model import Imex, Sharing
-from gfd.config.options import GFD_OPTIONS
+from gfd.config.options import GFD_OPTIONS, Option
 from gfd.config.sharing import _lookup, parse_sharing, resource_name
 
 _TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "bool": bool, "int": int, "float": (int, float)}
 
 
-def read_config_file(path: str) -> tuple[dict[str, Any], Sharing, Imex]:
+def read_config_file(path: str, options: Sequence[Option] = GFD_OPTIONS) -> tuple[dict[str, Any], Sharing, Imex]:
     """Return (option values set by the file, sharing, imex); ConfigError on any problem."""
     source = f"config file {path}"
     try:
@@ -40,7 +41,7 @@ def read_config_file(path: str) -> tuple[dict[str, Any], Sharing, Imex]:
         raise ConfigError(source, "version", f"unknown version: {version}", "v1")
 
     values: dict[str, Any] = {}
-    for opt in GFD_OPTIONS:
+    for opt in options:
         if opt.file_key is None:
             continue
         raw = _get_path(doc, opt.file_key, source)
@@ -48,8 +49,10 @@ def read_config_file(path: str) -> tuple[dict[str, Any], Sharing, Imex]:
             continue
         field = ".".join(opt.file_key)
         values[opt.dest] = _convert(raw, opt.kind, field, source, opt.accepted)
-        if opt.choices is not None and values[opt.dest] not in opt.choices:
-            raise ConfigError(source, field, f'invalid value "{values[opt.dest]}"', opt.accepted)
+        try:
+            opt.check_choice(values[opt.dest])
+        except ValueError as e:
+            raise ConfigError(source, field, str(e), opt.accepted) from None
 
     _validate_resources(_lookup(doc, "resources"), source)
     sharing = parse_sharing(_lookup(doc, "sharing"), source)
@@ -68,6 +71,13 @@ def _get_path(doc: dict[str, Any], path: tuple[str, ...], source: str) -> Any:
 
 
 def _convert(raw: Any, kind: str, field: str, source: str, accepted: str) -> Any:
+    if kind in ("list", "intlist"):
+        # flags.plugin.deviceListStrategy: a string or a list of strings (upstream accepts both).
+        items = raw.split(",") if isinstance(raw, str) else raw
+        item_type = int if kind == "intlist" else str
+        if not isinstance(items, list) or not all(isinstance(i, item_type) for i in items):
+            raise ConfigError(source, field, f"expected a string or a list of strings, got {raw!r}", accepted)
+        return tuple(items)
     if kind == "duration":
         # A number in the file is nanoseconds (Go's Duration is an int64 in JSON).
         if isinstance(raw, int) and not isinstance(raw, bool):

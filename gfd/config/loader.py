@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from gfd import __version__
 from gfd.config.errors import ConfigError
 from gfd.config.model import Config
 from gfd.config.options import GFD_OPTIONS, Option
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -25,12 +27,10 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError("command line", "", message, "see --help")
 
 
-def _build_parser(options: Sequence[Option]) -> _Parser:
-    parser = _Parser(
-        prog="gpu-feature-discovery",
-        description="GPU Feature Discovery: generate labels for NVIDIA devices",
-        allow_abbrev=False,
-    )
+def _build_parser(options: Sequence[Option], prog: str) -> _Parser:
+    descriptions = {"gpu-feature-discovery": "GPU Feature Discovery: generate labels for NVIDIA devices",
+                    "nvidia-device-plugin": "NVIDIA device plugin for Kubernetes"}
+    parser = _Parser(prog=prog, description=descriptions.get(prog), allow_abbrev=False)
     parser.add_argument("--version", "-v", action="version", version=__version__)
     for opt in options:
         names = list(opt.flags)
@@ -56,9 +56,10 @@ def _split_bool_values(argv: Sequence[str], options: Sequence[Option]) -> list[s
 
 
 def parse_command_line(
-    argv: Sequence[str], environ: Mapping[str, str], options: Sequence[Option] = GFD_OPTIONS
+    argv: Sequence[str], environ: Mapping[str, str], options: Sequence[Option] = GFD_OPTIONS,
+    prog: str = "gpu-feature-discovery",
 ) -> CommandLine:
-    parser = _build_parser(options)
+    parser = _build_parser(options, prog)
     namespace, extra = parser.parse_known_args(_split_bool_values(argv, options))
     unknown = [a for a in extra if a.startswith("-")]
     if unknown:
@@ -73,7 +74,7 @@ def parse_command_line(
             if env not in environ:
                 continue
             text = environ[env]
-            if text == "" and opt.kind in ("duration", "int", "float"):
+            if text == "" and opt.kind in ("duration", "int", "float", "intlist"):
                 break  # urfave/cli ignores an empty numeric env var (default kept)
             if text == "" and opt.kind == "bool":
                 given[opt.dest] = False
@@ -90,8 +91,13 @@ def _convert(opt: Option, text: str, source: str) -> Any:
         raise ConfigError(source, opt.name, str(e), opt.accepted) from None
 
 
-def load_config(cmdline: CommandLine, options: Sequence[Option] = GFD_OPTIONS) -> Config:
-    """Build the effective Config; re-run on SIGHUP to re-read the file."""
+def load_config(cmdline: CommandLine) -> Config:
+    """GFD's effective config; re-run on SIGHUP to re-read the file."""
+    return load(cmdline, GFD_OPTIONS, Config)
+
+
+def load(cmdline: CommandLine, options: Sequence[Option], factory: Callable[..., T]) -> T:
+    """Defaults < config file < env < flags, into `factory` (GFD's Config or the plugin's)."""
     values: dict[str, Any] = {o.dest: o.default for o in options}
     explicit = set(cmdline.given)
     path = cmdline.given.get("config_file", "")
@@ -99,9 +105,9 @@ def load_config(cmdline: CommandLine, options: Sequence[Option] = GFD_OPTIONS) -
     if path:
         from gfd.config.file import read_config_file  # only runs with a config file
 
-        file_values, sharing, imex = read_config_file(path)
+        file_values, sharing, imex = read_config_file(path, options)
         values.update(file_values)
         explicit |= set(file_values)
         kwargs = {"sharing": sharing, "imex": imex}
     values.update(cmdline.given)
-    return Config(**values, **kwargs, explicit=frozenset(explicit))
+    return factory(**values, **kwargs, explicit=frozenset(explicit))

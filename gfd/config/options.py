@@ -44,14 +44,18 @@ class Option:
             "duration": parse_duration,
             "int": int,
             "float": float,
+            # Comma-separated lists, as urfave/cli StringSlice / IntSlice flags and env vars.
+            "list": lambda t: tuple(i.strip() for i in t.split(",") if i.strip()),
+            "intlist": lambda t: tuple(int(i) for i in t.split(",") if i.strip()),
         }
         value = parsers[self.kind](text)
         self.check_choice(value)
         return value
 
     def check_choice(self, value: Any) -> None:
-        if self.choices is not None and value not in self.choices:
-            raise ValueError(f'invalid value "{value}"')
+        for item in value if isinstance(value, tuple) else (value,):
+            if self.choices is not None and item not in self.choices:
+                raise ValueError(f'invalid value "{item}"')
 
     @property
     def accepted(self) -> str:
@@ -63,10 +67,15 @@ class Option:
             "int": "an integer",
             "float": "a number",
             "str": "a string",
+            "list": "a comma-separated list",
+            "intlist": "a comma-separated list of integers",
         }[self.kind]
 
     def show_default(self) -> str:
-        return format_duration(self.default) if self.kind == "duration" else str(self.default)
+        if self.kind == "duration":
+            return format_duration(self.default)
+        return ",".join(map(str, self.default)) if isinstance(self.default, tuple) else str(self.default)
+
 
 
 GFD_OPTIONS: tuple[Option, ...] = (

@@ -7,7 +7,8 @@ from gfd.discovery.sysfs import VgpuParseError, read_machine_type, read_pci_clas
 from gfd.model import DeviceModel
 
 
-def read_node(reader: nvml.NvmlReader | None, host_root: str, machine_type_file: str) -> DeviceModel:
+def read_node(reader: nvml.NvmlReader | None, host_root: str, machine_type_file: str,
+              topology: bool = False) -> DeviceModel:
     """Read the node. Without an NVML reader the model has no GPUs (upstream's null manager)."""
     gpus = reader.read_gpus(lambda bus_id: read_pci_class(host_root, bus_id)) if reader is not None else ()
     # Upstream reads versions and the machine type only when there is a GPU to label.
@@ -24,4 +25,5 @@ def read_node(reader: nvml.NvmlReader | None, host_root: str, machine_type_file:
         vgpu=vgpu,
         nvml_available=reader is not None,
         nvml_errors=tuple(reader.errors) if reader is not None else (),
+        links=reader.read_links(gpus) if reader is not None and topology and len(gpus) > 1 else (),
     )

@@ -18,7 +18,7 @@ import pynvml
 import structlog
 
 from gfd.discovery.migprofile import MigProfileError, profile_name
-from gfd.model import Fabric, Gpu, MigDevice
+from gfd.model import Fabric, Gpu, Link, MigDevice
 
 log = structlog.get_logger("gfd.discovery")
 
@@ -32,6 +32,8 @@ _BRANDS = {0: "unknown", 1: "quadro", 2: "tesla", 3: "nvs", 4: "grid", 5: "gefor
            14: "nvidia"}
 _VIRTUALIZATION = {0: "none", 1: "passthrough", 2: "vgpu", 3: "host-vgpu", 4: "host-vsga"}
 _FABRIC_COMPLETED = 3
+_PCIE_LEVELS = {0: "internal", 10: "single", 20: "multiple", 30: "hostbridge", 40: "node", 50: "system"}
+_MAX_NVLINKS = 18  # upstream caps the links counted per GPU
 
 NVMLError = pynvml.NVMLError  # pynvml is untyped: annotations below use Exception
 
@@ -88,6 +90,7 @@ class NvmlReader:
         self._static: dict[str, Gpu] = {}
         self._migs: dict[str, MigDevice] = {}
         self._versions: tuple[str, int] | None = None
+        self._links: dict[tuple[str, ...], tuple[Link, ...]] = {}
         # (NVML function, error name) of every failed query in the last read, fatal or not.
         self.errors: list[tuple[str, str]] = []
 
@@ -139,6 +142,37 @@ class NvmlReader:
                     self._static[uuid] = static  # only complete reads are kept: a failed query is retried
             gpus.append(self._read_dynamic(dataclasses.replace(static, index=index), handle))
         return tuple(gpus)
+
+    def read_links(self, gpus: tuple[Gpu, ...]) -> tuple[Link, ...]:
+        """NVLink counts and PCIe levels for every GPU pair; cached while the same GPUs are present."""
+        key = tuple(g.uuid for g in gpus)
+        if key not in self._links:
+            handles = [self._fatal("error getting devices", pynvml.nvmlDeviceGetHandleByIndex, g.index) for g in gpus]
+            by_bus = {g.pci_bus_id.lower(): g.index for g in gpus if g.pci_bus_id}
+            nvlinks = [self._nvlink_peers(h, by_bus) for h in handles]
+            links = []
+            for i, a in enumerate(gpus):
+                for j in range(i + 1, len(gpus)):
+                    level = self._fatal("error getting topology", pynvml.nvmlDeviceGetTopologyCommonAncestor,
+                                        handles[i], handles[j])
+                    count = min(_MAX_NVLINKS, nvlinks[i].count(gpus[j].index))
+                    links.append(Link(a.index, gpus[j].index, count, _PCIE_LEVELS.get(level, "system")))
+            self._links[key] = tuple(links)
+        return self._links[key]
+
+    def _nvlink_peers(self, handle: Any, by_bus: dict[str, int]) -> list[int]:
+        """GPU indices at the far end of each active NVLink (NVSwitch ends are not GPUs and drop out)."""
+        peers = []
+        for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
+            try:
+                if pynvml.nvmlDeviceGetNvLinkState(handle, link) != pynvml.NVML_FEATURE_ENABLED:
+                    continue
+                remote = _text(pynvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId).lower()
+            except NVMLError:
+                break  # no such link (or no NVLink at all): the link list ends here
+            if remote in by_bus:
+                peers.append(by_bus[remote])
+        return peers
 
     def _read_static(self, index: int, handle: Any, uuid: str, name: str,
                      pci_class: Callable[[str], int | None]) -> Gpu:

@@ -21,33 +21,36 @@ class NodeSource:
     any drop-in NVML works.
     """
 
-    def __init__(self, config: Config) -> None:
-        if config.device_discovery_strategy not in SUPPORTED_STRATEGIES:
+    def __init__(self, discovery_strategy: str, simulate: str = "", machine_type_file: str = "") -> None:
+        if discovery_strategy not in SUPPORTED_STRATEGIES:
             raise ConfigError(
                 "option device-discovery-strategy", "deviceDiscoveryStrategy",
-                f"'{config.device_discovery_strategy}' is not implemented yet", ", ".join(SUPPORTED_STRATEGIES),
+                f"'{discovery_strategy}' is not implemented yet", ", ".join(SUPPORTED_STRATEGIES),
             )
-        self.strategy = config.device_discovery_strategy
-        self.machine_type_file = config.machine_type_file
+        self.strategy = discovery_strategy
+        self.machine_type_file = machine_type_file
         self.simulation = None
         self.host_root = "/"
-        if config.simulate:
+        self.reader: nvml.NvmlReader | None = None
+        if simulate:
             from gfd.discovery.simulated.install import install
             from gfd.discovery.simulated.profiles import load_profile
 
-            self.simulation = install(load_profile(config.simulate))
+            self.simulation = install(load_profile(simulate))
             self.host_root = self.simulation.host_root
 
-        self.reader: nvml.NvmlReader | None = None
+    @classmethod
+    def for_gfd(cls, config: Config) -> NodeSource:
+        return cls(config.device_discovery_strategy, config.simulate, config.machine_type_file)
 
     def open(self) -> None:
         """Initialise NVML (NvmlUnavailable when it cannot be); caches start empty each time."""
         nvml.init()
         self.reader = nvml.NvmlReader()
 
-    def read(self) -> DeviceModel:
+    def read(self, topology: bool = False) -> DeviceModel:
         """Read the node; with NVML closed the model has no GPUs."""
-        return read_node(self.reader, self.host_root, self.machine_type_file)
+        return read_node(self.reader, self.host_root, self.machine_type_file, topology)
 
     def close_nvml(self) -> None:
         if self.reader is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from ctypes import CFUNCTYPE, c_int, c_uint, c_void_p
 from typing import Any
@@ -23,7 +23,10 @@ INVALID_ARGUMENT = 2
 NOT_SUPPORTED = 3
 NOT_FOUND = 6
 INSUFFICIENT_SIZE = 7
+TIMEOUT = 10
 GPU_IS_LOST = 15
+XID_CRITICAL = 0x8
+ALL_INSTANCES = 0xFFFFFFFF
 
 _P = c_void_p  # every pointer or handle argument
 
@@ -52,6 +55,10 @@ class _Struct:
 
     class ComputeInstanceInfo(ctypes.Structure):
         _fields_ = [("device", c_void_p), ("gpuInstance", c_void_p), ("id", c_uint), ("profileId", c_uint)]
+
+    class EventData(ctypes.Structure):
+        _fields_ = [("device", c_void_p), ("eventType", ctypes.c_ulonglong), ("eventData", ctypes.c_ulonglong),
+                    ("gpuInstanceId", c_uint), ("computeInstanceId", c_uint)]
 
     class FabricInfoV2(ctypes.Structure):
         _fields_ = [("version", c_uint), ("clusterUuid", ctypes.c_uint8 * 16), ("status", c_int),
@@ -92,8 +99,17 @@ class SimulatedLibrary:
         self._handles: dict[int, Any] = {}
         self._ids: dict[tuple[Any, ...], int] = {}
         self._functions: dict[str, Any] = {}
+        self._events: deque[tuple[SimGpu, int, int, int]] = deque()
+        self._event_ready = threading.Condition()
+        self._registered: set[int] = set()  # id() of GPUs whose XID events are registered
         for name, argtypes, impl in self._entry_points():
             self._functions[name] = CFUNCTYPE(c_int, *argtypes)(self._wrap(name, impl))
+
+    def inject_xid(self, gpu_index: int, xid: int, gi_id: int = ALL_INSTANCES, ci_id: int = ALL_INSTANCES) -> None:
+        """An XID critical error on a GPU, delivered to event sets that registered it."""
+        with self._event_ready:
+            self._events.append((self.node.gpus[gpu_index], xid, gi_id, ci_id))
+            self._event_ready.notify_all()
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -111,6 +127,17 @@ class SimulatedLibrary:
         return self._ids[key]
 
     def _wrap(self, name: str, impl: Callable[..., int]) -> Callable[..., int]:
+        if name == "nvmlEventSetWait_v2":
+            # Blocks for up to its timeout: it must not hold the lock every other call needs.
+            def wait(*args: Any) -> int:
+                with self._lock:
+                    self.calls[name] += 1
+                    if not self._initialised:
+                        return UNINITIALIZED
+                return impl(*args)
+
+            return wait
+
         def call(*args: Any) -> int:
             with self._lock:
                 self.calls[name] += 1
@@ -165,6 +192,14 @@ class SimulatedLibrary:
             ("nvmlGpuInstanceGetComputeInstanceById", (_P, c_uint, _P), self._instance(self._compute_instance)),
             ("nvmlComputeInstanceGetInfo_v2", (_P, _P), self._instance(self._ci_info)),
             ("nvmlDeviceGetGpuFabricInfoV", (_P, _P), self._device(self._fabric)),
+            ("nvmlDeviceGetTopologyCommonAncestor", (_P, _P, _P), self._device(self._common_ancestor)),
+            ("nvmlDeviceGetNvLinkState", (_P, c_uint, _P), self._device(self._nvlink_state)),
+            ("nvmlDeviceGetNvLinkRemotePciInfo_v2", (_P, c_uint, _P), self._device(self._nvlink_remote)),
+            ("nvmlEventSetCreate", (_P,), lambda out: _write_ptr(out, self._handle(self._registered))),
+            ("nvmlEventSetFree", (_P,), lambda _set: SUCCESS),
+            ("nvmlDeviceGetSupportedEventTypes", (_P, _P), self._device(self._supported_events)),
+            ("nvmlDeviceRegisterEvents", (_P, ctypes.c_ulonglong, _P), self._device(self._register_events)),
+            ("nvmlEventSetWait_v2", (_P, _P, c_uint), self._event_wait),
         ]
 
     # -- adapters from a raw handle to the simulated object ---------------------------------------
@@ -287,6 +322,56 @@ class SimulatedLibrary:
     def _ci_info(self, ref: _InstanceRef, ptr: int) -> int:
         info = _Struct.ComputeInstanceInfo.from_address(ptr)
         info.device, info.id, info.profileId = self._handle(ref.gpu), ref.mig.ci_id, ref.mig.ci_profile_id
+        return SUCCESS
+
+    def _common_ancestor(self, gpu: SimGpu, other_handle: int, ptr: int) -> int:
+        other = self._gpu(other_handle)
+        if other is None:
+            return INVALID_ARGUMENT
+        a, b = sorted((gpu.minor, other.minor))
+        level = 0 if a == b else self.node.pcie.get((a, b), self.node.pcie_default)
+        return _write_uint(ptr, level)
+
+    @staticmethod
+    def _nvlink_state(gpu: SimGpu, link: int, ptr: int) -> int:
+        if not gpu.nvlinks:
+            return NOT_SUPPORTED
+        return INVALID_ARGUMENT if link >= len(gpu.nvlinks) else _write_uint(ptr, 1)
+
+    @staticmethod
+    def _nvlink_remote(gpu: SimGpu, link: int, ptr: int) -> int:
+        if link >= len(gpu.nvlinks):
+            return INVALID_ARGUMENT
+        info = _Struct.PciInfo.from_address(ptr)
+        info.busId = info.busIdLegacy = gpu.nvlinks[link].encode()
+        return SUCCESS
+
+    @staticmethod
+    def _supported_events(gpu: SimGpu, ptr: int) -> int:
+        if not gpu.events_supported:
+            return NOT_SUPPORTED
+        ctypes.c_ulonglong.from_address(ptr).value = XID_CRITICAL | 0x3
+        return SUCCESS
+
+    def _register_events(self, gpu: SimGpu, mask: int, _set: int) -> int:
+        if not gpu.events_supported:
+            return NOT_SUPPORTED
+        if mask & XID_CRITICAL:
+            self._registered.add(id(gpu))
+        return SUCCESS
+
+    def _event_wait(self, _set: int, ptr: int, timeout_ms: int) -> int:
+        with self._event_ready:
+            if not self._event_ready.wait_for(lambda: bool(self._events), timeout_ms / 1000):
+                return TIMEOUT
+            gpu, xid, gi_id, ci_id = self._events.popleft()
+        if id(gpu) not in self._registered:
+            return TIMEOUT  # not registered: the set would not see it
+        data = _Struct.EventData.from_address(ptr)
+        with self._lock:
+            data.device = self._handle(gpu)
+        data.eventType, data.eventData = XID_CRITICAL, xid
+        data.gpuInstanceId, data.computeInstanceId = gi_id, ci_id
         return SUCCESS
 
     @staticmethod

@@ -59,6 +59,8 @@ class SimGpu:
     virtualization_mode: int = 0
     vgpu: dict[str, str] | None = None
     lost: bool = False
+    nvlinks: list[str] = field(default_factory=list)  # remote PCI bus id per active NVLink
+    events_supported: bool = True
 
 
 @dataclass(eq=False)
@@ -79,13 +81,15 @@ class SimNode:
     faults: list[Fault] = field(default_factory=list)
     library_present: bool = True
     extra_pci_functions: list[dict[str, Any]] = field(default_factory=list)
+    pcie: dict[tuple[int, int], int] = field(default_factory=dict)  # (a, b) with a < b -> NVML level
+    pcie_default: int = 40
 
 
 _ARCH = {"kepler": 2, "maxwell": 3, "pascal": 4, "volta": 5, "turing": 6, "ampere": 7, "ada": 8, "hopper": 9,
          "blackwell": 10, "rubin": 13}
 _BRAND = {"unknown": 0, "quadro": 1, "tesla": 2, "nvs": 3, "grid": 4, "geforce": 5, "titan": 6, "nvidia": 14}
 _GPU_FIELDS = {"name", "memory_mib", "compute_capability", "architecture", "brand", "pci_device_id", "pci_class",
-               "mig_capable", "numa_node", "fabric", "virtualization_mode", "vgpu", "bus_id"}
+               "mig_capable", "numa_node", "fabric", "virtualization_mode", "vgpu", "bus_id", "events_supported"}
 
 
 def stable_uuid(seed: str) -> str:
@@ -144,7 +148,7 @@ def build_node(doc: Any, source: str) -> SimNode:
         for m in g.mig:
             # Real MIG UUIDs are new for every created instance; the profile in the seed models that.
             m.uuid = f"MIG-{stable_uuid(f'{g.uuid}/{m.gi_id}/{m.ci_id}/{m.profile}')}"
-    return SimNode(
+    node = SimNode(
         name=name,
         description=str(doc.get("description", "")),
         machine=str(doc.get("machine", "")),
@@ -155,6 +159,30 @@ def build_node(doc: Any, source: str) -> SimNode:
         library_present=doc.get("library", "present") != "missing",
         extra_pci_functions=list(doc.get("extra_pci_functions") or []),
     )
+    _topology(node, doc.get("topology") or {}, src)
+    return node
+
+
+_PCIE_LEVELS = {"internal": 0, "single": 10, "multiple": 20, "hostbridge": 30, "node": 40, "system": 50}
+
+
+def _topology(node: SimNode, raw: dict[str, Any], src: str) -> None:
+    """`nvlink: [[a, b, count], ...]`; `pcie: {default: LEVEL, LEVEL: [[gpu, ...], ...]}` where each
+    group lists GPUs whose every pair has that level (more specific levels win over broader ones)."""
+    for a, b, count in raw.get("nvlink") or []:
+        for _ in range(count):
+            node.gpus[a].nvlinks.append(node.gpus[b].bus_id)
+            node.gpus[b].nvlinks.append(node.gpus[a].bus_id)
+    pcie = dict(raw.get("pcie") or {})
+    default = pcie.pop("default", "node")
+    if default not in _PCIE_LEVELS or not set(pcie) <= set(_PCIE_LEVELS):
+        raise ConfigError(src, "topology.pcie", f"unknown level in {sorted({default, *pcie})}", ", ".join(_PCIE_LEVELS))
+    node.pcie_default = _PCIE_LEVELS[default]
+    for level in sorted(pcie, key=lambda name: -_PCIE_LEVELS[name]):  # broad first, specific last
+        for group in pcie[level]:
+            for i, a in enumerate(group):
+                for b in group[i + 1 :]:
+                    node.pcie[(min(a, b), max(a, b))] = _PCIE_LEVELS[level]
 
 
 def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu]:
@@ -186,6 +214,7 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
             fabric=spec.get("fabric"),
             virtualization_mode=int(spec.get("virtualization_mode", 0)),
             vgpu=spec.get("vgpu"),
+            events_supported=bool(spec.get("events_supported", True)),
         )
         if layout is not None:
             if not gpu.mig_capable:

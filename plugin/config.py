@@ -1,0 +1,168 @@
+"""nvidia-device-plugin flags, env vars and the shared v1 config file (upstream cmd/nvidia-device-plugin)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gfd.config import ConfigError, Sharing
+from gfd.config.loader import load, parse_command_line
+from gfd.config.model import DISCOVERY_STRATEGIES, MIG_STRATEGIES, Imex
+from gfd.config.options import Option
+
+DEVICE_LIST_STRATEGIES = ("envvar", "volume-mounts", "cdi-annotations", "cdi-cri")
+DEVICE_ID_STRATEGIES = ("uuid", "index")
+ALLOCATION_POLICIES = ("distributed", "packed")
+KUBELET_SOCKET = "/var/lib/kubelet/device-plugins/kubelet.sock"
+
+PLUGIN_OPTIONS: tuple[Option, ...] = (
+    Option("mig_strategy", ("--mig-strategy",), ("MIG_STRATEGY",), "str", "none", ("flags", "migStrategy"),
+           help="the desired strategy for exposing MIG devices on GPUs that support it"),
+    Option("fail_on_init_error", ("--fail-on-init-error",), ("FAIL_ON_INIT_ERROR",), "bool", True,
+           ("flags", "failOnInitError"), help="fail the plugin if an error is encountered during initialization"),
+    Option("nvidia_driver_root", ("--driver-root", "--nvidia-driver-root"), ("NVIDIA_DRIVER_ROOT",), "str", "/",
+           ("flags", "nvidiaDriverRoot"), help="the root path for the NVIDIA driver installation"),
+    Option("nvidia_dev_root", ("--dev-root", "--nvidia-dev-root"), ("NVIDIA_DEV_ROOT",), "str", "",
+           ("flags", "nvidiaDevRoot"), help="the root path for the NVIDIA device nodes (default: the driver root)"),
+    Option("pass_device_specs", ("--pass-device-specs",), ("PASS_DEVICE_SPECS",), "bool", False,
+           ("flags", "plugin", "passDeviceSpecs"), help="pass the list of DeviceSpecs to the kubelet on Allocate()"),
+    Option("device_list_strategy", ("--device-list-strategy",), ("DEVICE_LIST_STRATEGY",), "list", ("envvar",),
+           ("flags", "plugin", "deviceListStrategy"), help="the desired strategy for passing the device list"),
+    Option("device_id_strategy", ("--device-id-strategy",), ("DEVICE_ID_STRATEGY",), "str", "uuid",
+           ("flags", "plugin", "deviceIDStrategy"), help="the desired strategy for passing device IDs"),
+    Option("gdrcopy_enabled", ("--gdrcopy-enabled",), ("GDRCOPY_ENABLED",), "bool", False,
+           ("flags", "gdrcopyEnabled"), help="ensure that containers that request GPUs get GDRCopy"),
+    Option("gds_enabled", ("--gds-enabled",), ("GDS_ENABLED",), "bool", False, ("flags", "gdsEnabled"),
+           help="ensure that containers that request GPUs get GPUDirect Storage"),
+    Option("mofed_enabled", ("--mofed-enabled",), ("MOFED_ENABLED",), "bool", False, ("flags", "mofedEnabled"),
+           help="ensure that containers that request GPUs get MOFED"),
+    Option("cdi_annotation_prefix", ("--cdi-annotation-prefix",), ("CDI_ANNOTATION_PREFIX",), "str", "cdi.k8s.io/",
+           ("flags", "plugin", "cdiAnnotationPrefix"), help="the prefix to use for CDI container annotation keys"),
+    Option("nvidia_cdi_hook_path", ("--nvidia-cdi-hook-path", "--nvidia-ctk-path"),
+           ("NVIDIA_CDI_HOOK_PATH", "NVIDIA_CTK_PATH"), "str", "/usr/bin/nvidia-ctk",
+           ("flags", "plugin", "nvidiaCTKPath"), help="the path to use for NVIDIA CDI hooks in the generated spec"),
+    Option("container_driver_root", ("--driver-root-ctr-path", "--container-driver-root"),
+           ("DRIVER_ROOT_CTR_PATH", "CONTAINER_DRIVER_ROOT"), "str", "/driver-root",
+           ("flags", "plugin", "containerDriverRoot"), help="the path where the NVIDIA driver root is mounted"),
+    Option("mps_root", ("--mps-root",), ("MPS_ROOT",), "str", "", ("flags", "mpsRoot"),
+           help="the MPS root on the host"),
+    Option("shared_devices_allocation_policy", ("--shared-devices-allocation-policy",),
+           ("SHARED_DEVICES_ALLOCATION_POLICY",), "str", "distributed",
+           ("flags", "plugin", "sharedDevicesAllocationPolicy"), help="distributed or packed"),
+    Option("device_discovery_strategy", ("--device-discovery-strategy",), ("DEVICE_DISCOVERY_STRATEGY",), "str",
+           "auto", ("flags", "deviceDiscoveryStrategy"), help="the strategy to use to discover devices"),
+    Option("imex_channel_ids", ("--imex-channel-ids",), ("IMEX_CHANNEL_IDS",), "intlist", (),
+           help="a list of IMEX channels to inject"),
+    Option("imex_required", ("--imex-required",), ("IMEX_REQUIRED",), "bool", False,
+           help="the specified IMEX channels are required"),
+    Option("kubelet_socket", ("--kubelet-socket",), ("KUBELET_SOCKET",), "str", KUBELET_SOCKET,
+           help="the kubelet's registration socket; empty skips registration"),
+    Option("config_file", ("--config-file",), ("CONFIG_FILE",), "str", "",
+           help="the path to a config file as an alternative to command line options or environment variables"),
+    Option("cdi_feature_flags", ("--cdi-feature-flags",), ("CDI_FEATURE_FLAGS",), "list", (),
+           help="feature flags for the CDI spec generator"),
+    Option("cdi_disable_hooks", ("--cdi-disable-hooks",), ("CDI_DISABLE_HOOKS",), "list", (),
+           help="CDI hooks to leave out of generated specs ('all' for every hook)"),
+    # Ours, not upstream's.
+    Option("simulate", ("--simulate",), ("DP_SIMULATE", "GFD_SIMULATE"), "str", "",
+           help="run on a simulated node: a built-in profile name or a profile YAML path"),
+    Option("log_format", ("--log-format",), ("DP_LOG_FORMAT",), "str", "auto", None, ("auto", "console", "json"),
+           help="log format"),
+    Option("metrics_address", ("--metrics-address",), ("DP_METRICS_ADDRESS",), "str", "",
+           help="serve Prometheus /metrics on HOST:PORT (off when empty)"),
+    Option("health_recovery_ns", ("--health-recovery-period",), ("DP_HEALTH_RECOVERY_PERIOD",), "duration",
+           300_000_000_000, help="an unhealthy device is healthy again after its checks pass for this long"),
+    Option("health_probe_ns", ("--health-probe-interval",), ("DP_HEALTH_PROBE_INTERVAL",), "duration",
+           30_000_000_000, help="how often every GPU is probed (finds GPUs lost without an XID)"),
+)
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    mig_strategy: str = "none"
+    fail_on_init_error: bool = True
+    nvidia_driver_root: str = "/"
+    nvidia_dev_root: str = ""
+    pass_device_specs: bool = False
+    device_list_strategy: tuple[str, ...] = ("envvar",)
+    device_id_strategy: str = "uuid"
+    gdrcopy_enabled: bool = False
+    gds_enabled: bool = False
+    mofed_enabled: bool = False
+    cdi_annotation_prefix: str = "cdi.k8s.io/"
+    nvidia_cdi_hook_path: str = "/usr/bin/nvidia-ctk"
+    container_driver_root: str = "/driver-root"
+    mps_root: str = ""
+    shared_devices_allocation_policy: str = "distributed"
+    device_discovery_strategy: str = "auto"
+    imex_channel_ids: tuple[int, ...] = ()
+    imex_required: bool = False
+    kubelet_socket: str = KUBELET_SOCKET
+    config_file: str = ""
+    cdi_feature_flags: tuple[str, ...] = ()
+    cdi_disable_hooks: tuple[str, ...] = ()
+    simulate: str = ""
+    log_format: str = "auto"
+    metrics_address: str = ""
+    health_recovery_ns: int = 300_000_000_000
+    health_probe_ns: int = 30_000_000_000
+    sharing: Sharing = field(default_factory=Sharing)
+    imex: Imex = field(default_factory=Imex)
+    explicit: frozenset[str] = frozenset()
+
+    @property
+    def dev_root(self) -> str:
+        return self.nvidia_dev_root or self.nvidia_driver_root
+
+    @property
+    def plugin_dir(self) -> str:
+        return os.path.dirname(self.kubelet_socket) if self.kubelet_socket else os.path.dirname(KUBELET_SOCKET)
+
+    @property
+    def channel_ids(self) -> tuple[int, ...]:
+        """--imex-channel-ids overrides the file's imex.channelIDs when given."""
+        return self.imex_channel_ids if "imex_channel_ids" in self.explicit else self.imex.channel_ids
+
+    @property
+    def cdi_only(self) -> bool:
+        return all(s.startswith("cdi-") for s in self.device_list_strategy)
+
+
+def load_plugin_config(argv: Sequence[str], environ: Mapping[str, str]) -> PluginConfig:
+    return validate(load(parse_command_line(argv, environ, PLUGIN_OPTIONS, "nvidia-device-plugin"),
+                         PLUGIN_OPTIONS, PluginConfig))
+
+
+def validate(config: PluginConfig) -> PluginConfig:
+    """Upstream's start-up validation, in its order and with its messages."""
+    src = "unable to validate flags"
+
+    def fail(field_name: str, message: str, accepted: str) -> None:
+        raise ConfigError(src, field_name, message, accepted)
+
+    for strategy in config.device_list_strategy:
+        if strategy not in DEVICE_LIST_STRATEGIES:
+            fail("device-list-strategy", f"invalid --device-list-strategy option: invalid strategy: {strategy}",
+                 ", ".join(DEVICE_LIST_STRATEGIES))
+    if config.device_id_strategy not in DEVICE_ID_STRATEGIES:
+        fail("device-id-strategy", f"invalid --device-id-strategy option: {config.device_id_strategy}",
+             ", ".join(DEVICE_ID_STRATEGIES))
+    if config.shared_devices_allocation_policy not in ALLOCATION_POLICIES:
+        fail("shared-devices-allocation-policy",
+             f"invalid --shared-devices-allocation-policy option: {config.shared_devices_allocation_policy}",
+             ", ".join(ALLOCATION_POLICIES))
+    if config.sharing.strategy == "mps":
+        if config.mig_strategy == "mixed":
+            fail("mig-strategy", "using --mig-strategy=mixed is not supported with MPS", "none, single")
+        if not config.mps_root:
+            fail("mps-root", "using MPS requires --mps-root to be specified", "a host directory")
+    if config.device_discovery_strategy not in DISCOVERY_STRATEGIES[:3]:
+        fail("device-discovery-strategy",
+             f"invalid --device-discovery-strategy option {config.device_discovery_strategy}", "auto, nvml, tegra")
+    if config.mig_strategy not in MIG_STRATEGIES:
+        fail("mig-strategy", f"unknown MIG strategy: {config.mig_strategy}", ", ".join(MIG_STRATEGIES))
+    if config.channel_ids not in ((), (0,)):
+        fail("imex-channel-ids", "invalid IMEX channel IDs: invalid IMEX config: channelIDs must be [] or [0]; "
+             f"found [{' '.join(map(str, config.channel_ids))}]", "[] or [0]")
+    return config
