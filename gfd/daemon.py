@@ -95,7 +95,7 @@ class Daemon:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
-        server = serve(self.metrics, self.config.metrics_address, self.healthy) \
+        server = serve(self.metrics.registry, self.config.metrics_address, self.healthy) \
             if self.config.metrics_address else None
         run = self._start_run(self.config)
         try:

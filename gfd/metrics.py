@@ -37,9 +37,9 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes every few seconds would flood the log."""
 
 
-def serve(metrics: Metrics, address: str, healthy: Callable[[], tuple[bool, str]]) -> WSGIServer:
+def serve(registry: CollectorRegistry, address: str, healthy: Callable[[], tuple[bool, str]]) -> WSGIServer:
     """Serve /metrics (and any other path) plus /healthz from a daemon thread; returns the server."""
-    metrics_app = make_wsgi_app(metrics.registry)
+    metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("PATH_INFO") == "/healthz":

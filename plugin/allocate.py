@@ -1,0 +1,128 @@
+"""Allocate responses, as upstream builds them (internal/plugin/server.go, internal/rm/rm.go)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+
+from plugin.config import PluginConfig
+from plugin.resources import PluginDevice, Resource
+
+CDI_VENDOR = "k8s.device-plugin.nvidia.com"
+DEVICE_LIST_DIR = "/var/run/nvidia-container-devices"
+CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+
+
+class AllocateError(Exception):
+    """A request the plugin refuses; the message is upstream's, surfaced to the user by the kubelet."""
+
+
+@dataclass
+class Mount:
+    container_path: str
+    host_path: str
+
+
+@dataclass
+class DeviceSpec:
+    container_path: str
+    host_path: str
+    permissions: str = "rw"
+
+
+@dataclass
+class ContainerAllocation:
+    envs: dict[str, str] = field(default_factory=dict)
+    mounts: list[Mount] = field(default_factory=list)
+    devices: list[DeviceSpec] = field(default_factory=list)
+    annotations: dict[str, str] = field(default_factory=dict)
+    cdi_devices: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeDevices:
+    """Host facts Allocate needs beyond the device model: IMEX channels, MIG capability minors and
+    which control devices exist in the plugin's container."""
+
+    imex_channels: tuple[int, ...] = ()
+    mig_cap_minors: dict[str, int] = field(default_factory=dict)  # "gpu0/gi1/access" -> minor
+    control_devices: tuple[str, ...] = ()
+
+
+def validate(resource: Resource, ids: list[str]) -> list[PluginDevice]:
+    devices = []
+    for device_id in ids:
+        device = resource.device(device_id)
+        if device is None:
+            raise AllocateError(f'invalid allocation request for "{resource.name}": invalid request: '
+                                f"unknown device: {device_id}")
+        devices.append(device)
+    if resource.replicas > 1 and len(ids) > 1 and resource.fail_requests_greater_than_one:
+        raise AllocateError(f'invalid allocation request for "{resource.name}": invalid request: '
+                            f"maximum request size for shared resources is 1; found {len(ids)}")
+    return devices
+
+
+def allocate(resource: Resource, ids: list[str], config: PluginConfig, node: NodeDevices) -> ContainerAllocation:
+    devices = validate(resource, ids)
+    # Replicas name their device; the container sees each physical device once, in request order.
+    by_index = config.device_id_strategy == "index"
+    visible = list(dict.fromkeys(d.index if by_index else d.uuid for d in devices))
+    out = ContainerAllocation()
+    strategies = config.device_list_strategy
+    if any(s.startswith("cdi-") for s in strategies):
+        _cdi(out, visible, config, node)
+    if resource.mps:
+        _mps(out, resource, config)
+    for enabled, env in ((config.gdrcopy_enabled, "NVIDIA_GDRCOPY"), (config.gds_enabled, "NVIDIA_GDS"),
+                         (config.mofed_enabled, "NVIDIA_MOFED")):
+        if enabled:
+            out.envs[env] = "enabled"
+    if config.cdi_only:
+        return out
+    if "envvar" in strategies:
+        out.envs["NVIDIA_VISIBLE_DEVICES"] = ",".join(visible)
+        if node.imex_channels:
+            out.envs["NVIDIA_IMEX_CHANNELS"] = ",".join(map(str, node.imex_channels))
+    if "volume-mounts" in strategies:
+        out.envs["NVIDIA_VISIBLE_DEVICES"] = DEVICE_LIST_DIR
+        out.mounts += [Mount(f"{DEVICE_LIST_DIR}/{v}", "/dev/null") for v in visible]
+        out.mounts += [Mount(f"{DEVICE_LIST_DIR}/imex/{c}", "/dev/null") for c in node.imex_channels]
+    if config.pass_device_specs:
+        out.devices = _device_specs(devices, config, node)
+    return out
+
+
+def _cdi(out: ContainerAllocation, visible: list[str], config: PluginConfig, node: NodeDevices) -> None:
+    names = [f"{CDI_VENDOR}/gpu={v}" for v in visible]
+    names += [f"{CDI_VENDOR}/imex-channel={c}" for c in node.imex_channels]
+    names += [f"{CDI_VENDOR}/{kind}=all" for enabled, kind in (
+        (config.gdrcopy_enabled, "gdrcopy"), (config.gds_enabled, "gds"), (config.mofed_enabled, "mofed"))
+        if enabled]
+    if not names:
+        return
+    if "cdi-annotations" in config.device_list_strategy:
+        # A fresh key per response, as upstream: the runtime merges annotations by key.
+        out.annotations[f"{config.cdi_annotation_prefix}nvidia-device-plugin_{uuid.uuid4()}"] = ",".join(names)
+    if "cdi-cri" in config.device_list_strategy:
+        out.cdi_devices += names
+
+
+def _mps(out: ContainerAllocation, resource: Resource, config: PluginConfig) -> None:
+    pipe = f"/mps/{resource.name}/pipe"
+    out.envs["CUDA_MPS_PIPE_DIRECTORY"] = pipe
+    out.mounts += [Mount(pipe, os.path.join(config.mps_root, resource.name, "pipe")),
+                   Mount("/dev/shm", os.path.join(config.mps_root, "shm"))]
+
+
+def _device_specs(devices: list[PluginDevice], config: PluginConfig, node: NodeDevices) -> list[DeviceSpec]:
+    paths = list(node.control_devices)
+    for d in devices:  # the requested IDs as sent: duplicates (replicas of one GPU) are kept, as upstream
+        paths.append(f"/dev/nvidia{d.gpu.minor_number}")
+        if d.mig is not None:
+            base = f"gpu{d.gpu.minor_number}/gi{d.mig.gi_id}"
+            paths.append(f"/dev/nvidia-caps/nvidia-cap{node.mig_cap_minors[f'{base}/access']}")
+            paths.append(f"/dev/nvidia-caps/nvidia-cap{node.mig_cap_minors[f'{base}/ci{d.mig.ci_id}/access']}")
+    paths += [f"/dev/nvidia-caps-imex-channels/channel{c}" for c in node.imex_channels]
+    return [DeviceSpec(p, os.path.join(config.dev_root, p.lstrip("/"))) for p in paths]

@@ -1,0 +1,169 @@
+"""`nvidia-device-plugin`: upstream flags, env and config file; serves every resource to the kubelet."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import structlog
+
+from gfd import logs
+from gfd.config import ConfigError
+from plugin.config import PluginConfig, load_plugin_config
+
+if TYPE_CHECKING:
+    from gfd.discovery.session import NodeSource
+    from plugin.health import HealthChecker
+    from plugin.kubelet import KubeletRegistrar
+
+log = structlog.get_logger("plugin")
+
+
+class StartError(Exception):
+    """Start-up cannot continue (exit 1), like upstream's fatal errors."""
+
+
+@dataclass
+class _Plugins:
+    """Everything one start owns; a SIGHUP stops it and builds a new one."""
+
+    source: NodeSource
+    checker: HealthChecker
+    registrar: KubeletRegistrar
+
+
+class DevicePlugin:
+    def __init__(self, argv: Sequence[str], environ: Mapping[str, str], config: PluginConfig) -> None:
+        from plugin.metrics import PluginMetrics
+
+        self.argv, self.environ, self.config = argv, environ, config
+        self.metrics = PluginMetrics()
+        self.stop_event = threading.Event()
+        self.reload = False
+        self.registrar_stop = threading.Event()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("Received signal, shutting down", signal=signal.Signals(signum).name)
+        self.stop()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        log.info("Received SIGHUP, restarting")
+        self.reload = True
+        self.registrar_stop.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.registrar_stop.set()
+
+    def run(self) -> int:
+        server = None
+        if self.config.metrics_address:
+            from gfd.metrics import serve
+
+            server = serve(self.metrics.registry, self.config.metrics_address, lambda: (True, "ok"))
+        try:
+            while not self.stop_event.is_set():
+                self.registrar_stop.clear()
+                try:
+                    plugins = self.start()
+                except StartError as e:
+                    log.error(f"error starting plugins: {e}")
+                    return 1
+                try:
+                    if plugins is None:
+                        self.registrar_stop.wait()  # nothing to serve: wait for a signal
+                    else:
+                        plugins.registrar.run(self.registrar_stop)
+                finally:
+                    self.shutdown(plugins)
+                if self.reload and not self.stop_event.is_set():
+                    self.reload = False
+                    try:
+                        self.config = load_plugin_config(self.argv, self.environ)
+                    except ConfigError as e:
+                        log.error("reload failed; keeping the running config", error=str(e))
+        finally:
+            if server is not None:
+                server.shutdown()
+        log.info("Exiting")
+        return 0
+
+    def start(self) -> _Plugins | None:
+        """Discover, build resources, serve and register. None: no devices, wait for signals."""
+        from gfd.discovery.nvml import DiscoveryError, NvmlUnavailable
+        from gfd.discovery.session import NodeSource
+        from plugin.health import HealthChecker, HealthState, XidPolicy
+        from plugin.host import read_node_devices
+        from plugin.kubelet import KubeletRegistrar
+        from plugin.resources import ResourceError, build_resources
+        from plugin.server import DevicePluginService, ResourceServer
+
+        config = self.config
+        strategy = "nvml" if config.device_discovery_strategy == "auto" else config.device_discovery_strategy
+        try:
+            source = NodeSource(strategy, config.simulate)
+        except ConfigError as e:
+            raise StartError(str(e)) from None
+        try:
+            source.open()
+        except NvmlUnavailable as e:
+            source.close()
+            if config.fail_on_init_error:
+                raise StartError(f"nvml init failed: {e}") from None
+            log.warning(f"nvml init failed: {e}; if this is a GPU node, did you set the container runtime to "
+                        "nvidia?")
+            log.info("No devices found. Waiting indefinitely.")
+            return None
+        try:
+            model = source.read(topology=True)
+            resources = build_resources(model, config)
+            node = read_node_devices(config, resources, source.host_root)
+        except (DiscoveryError, ResourceError) as e:
+            source.close_nvml()
+            source.close()
+            raise StartError(str(e)) from None
+        if not resources:
+            log.info("No devices found. Waiting indefinitely.")
+        state = HealthState(config.health_recovery_ns / 1e9)
+        checker = HealthChecker(model.gpus, state, XidPolicy.from_env(self.environ), config.health_probe_ns / 1e9)
+        services = [DevicePluginService(r, config, node, state, model.links, self.metrics) for r in resources]
+        registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir) for s in services], config.kubelet_socket,
+                                     self.metrics)
+        registrar.start()
+        checker.start()
+        return _Plugins(source, checker, registrar)
+
+    @staticmethod
+    def shutdown(plugins: _Plugins | None) -> None:
+        if plugins is None:
+            return
+        plugins.registrar.stop()
+        plugins.checker.stop()
+        plugins.checker.join(2)
+        plugins.source.close_nvml()
+        plugins.source.close()
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    environ = os.environ if environ is None else environ
+    try:
+        config = load_plugin_config(argv, environ)
+    except ConfigError as e:
+        print(f"nvidia-device-plugin: error starting plugins: {e}", file=sys.stderr)
+        return 1
+    logs.configure(config.log_format)
+    plugin = DevicePlugin(argv, environ, config)
+    plugin.install_signal_handlers()
+    return plugin.run()

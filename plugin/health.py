@@ -1,0 +1,182 @@
+"""Device health: XID events, probes and recovery, feeding ListAndWatch.
+
+Beyond upstream (which never recovers and marks every device on a lost GPU): a fault marks only its
+unit (a GPU with its replicas and MIG devices, or one MIG device); a unit whose probe passes with no new
+fault for the recovery period is healthy again; a periodic probe finds GPUs lost without any XID; and a
+watcher that cannot start reports every device unhealthy instead of silently checking nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from gfd.discovery.events import ALL_INSTANCES, EventWatcher, WatchError, XidEvent, probe
+from gfd.model import Gpu
+from plugin.resources import PluginDevice, Resource
+
+log = structlog.get_logger("plugin.health")
+
+DEFAULT_IGNORED_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+Unit = tuple[str, int, int]  # (GPU UUID, GI id, CI id); -1/-1 is the whole GPU
+
+
+@dataclass(frozen=True)
+class XidPolicy:
+    """Which XIDs mark a device unhealthy (upstream DP_DISABLE_HEALTHCHECKS / DP_ENABLE_HEALTHCHECKS)."""
+
+    enabled: bool = True
+    ignored: frozenset[int] = DEFAULT_IGNORED_XIDS
+    forced: frozenset[int] = frozenset()
+    all_forced: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> XidPolicy:
+        disable = [v.strip() for v in environ.get("DP_DISABLE_HEALTHCHECKS", "").lower().split(",") if v.strip()]
+        enable = [v.strip() for v in environ.get("DP_ENABLE_HEALTHCHECKS", "").lower().split(",") if v.strip()]
+        all_forced = "all" in enable
+        # Upstream quirk kept: `all`/`xids` in DISABLE turns the checker off unless ENABLE says `all`.
+        enabled = all_forced or not ({"all", "xids"} & set(disable))
+        ignored = DEFAULT_IGNORED_XIDS | {int(v) for v in disable if v.isdigit()}
+        forced = frozenset(int(v) for v in enable if v.isdigit())
+        return cls(enabled, frozenset(ignored), forced, all_forced)
+
+    def critical(self, xid: int) -> bool:
+        return self.all_forced or xid in self.forced or xid not in self.ignored
+
+
+class HealthState:
+    """Which units are unhealthy; ListAndWatch streams wait on `changed`."""
+
+    def __init__(self, recovery_s: float) -> None:
+        self.recovery_s = recovery_s
+        self.changed = threading.Condition()
+        self.version = 0
+        self._faults: dict[Unit, tuple[float, str]] = {}  # unit -> (time of the last fault, reason)
+        self._all_reason: str | None = None
+
+    def healthy(self, device: PluginDevice) -> bool:
+        if self._all_reason is not None:
+            return False
+        gpu_unit: Unit = (device.gpu.uuid, -1, -1)
+        return gpu_unit not in self._faults and device.unit not in self._faults
+
+    def snapshot(self, resource: Resource) -> tuple[int, list[tuple[PluginDevice, bool]]]:
+        with self.changed:
+            return self.version, [(d, self.healthy(d)) for d in resource.devices]
+
+    def fault(self, unit: Unit, reason: str) -> None:
+        with self.changed:
+            new = unit not in self._faults
+            self._faults[unit] = (time.monotonic(), reason)
+            if new:
+                log.warning("device marked unhealthy", gpu=unit[0], gi=unit[1], ci=unit[2], reason=reason)
+                self._bump()
+
+    def fault_all(self, reason: str) -> None:
+        with self.changed:
+            if self._all_reason is None:
+                log.error("all devices marked unhealthy", reason=reason)
+                self._all_reason = reason
+                self._bump()
+
+    def clear_all(self) -> None:
+        with self.changed:
+            if self._all_reason is not None:
+                log.info("health checks running again", was=self._all_reason)
+                self._all_reason = None
+                self._bump()
+
+    def recover(self, still_failing: set[str]) -> None:
+        """Units without a fault for the recovery period, on GPUs that answer probes, are healthy again."""
+        now = time.monotonic()
+        with self.changed:
+            for unit, (since, reason) in list(self._faults.items()):
+                if unit[0] not in still_failing and now - since >= self.recovery_s:
+                    del self._faults[unit]
+                    log.info("device healthy again", gpu=unit[0], gi=unit[1], ci=unit[2], was=reason)
+                    self._bump()
+
+    def unhealthy_units(self) -> dict[Unit, str]:
+        with self.changed:
+            return {u: r for u, (_, r) in self._faults.items()}
+
+    def _bump(self) -> None:
+        self.version += 1
+        self.changed.notify_all()
+
+
+class HealthChecker(threading.Thread):
+    """Watches XID events and probes GPUs; owns nothing but the watcher and the state it updates."""
+
+    def __init__(self, gpus: tuple[Gpu, ...], state: HealthState, policy: XidPolicy, probe_s: float,
+                 wait_ms: int = 500) -> None:
+        super().__init__(name="health", daemon=True)
+        self.gpus, self.state, self.policy = gpus, state, policy
+        self.probe_s, self.wait_ms = probe_s, wait_ms
+        self.stopped = threading.Event()
+        self.by_uuid = {g.uuid: g for g in gpus}
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def run(self) -> None:
+        if not self.policy.enabled:
+            log.info("health checks disabled (DP_DISABLE_HEALTHCHECKS)")
+            return
+        while not self.stopped.is_set():
+            watcher = self._start_watcher()
+            if watcher is None:
+                self.stopped.wait(1.0)  # retried: devices recover once a watcher runs again
+                continue
+            try:
+                self._watch(watcher)
+            except WatchError as e:
+                self.state.fault_all(str(e))
+            finally:
+                watcher.close()
+
+    def _start_watcher(self) -> EventWatcher | None:
+        try:
+            watcher = EventWatcher(self.gpus)
+        except WatchError as e:
+            self.state.fault_all(f"health watcher cannot start: {e}")
+            return None
+        self.state.clear_all()
+        for uuid in watcher.unsupported:
+            log.warning("device is too old to support health checking", gpu=uuid)
+        for uuid, error in watcher.failed.items():
+            self.state.fault((uuid, -1, -1), f"cannot register for events: {error}")
+        return watcher
+
+    def _watch(self, watcher: EventWatcher) -> None:
+        next_probe = 0.0
+        while not self.stopped.is_set():
+            if time.monotonic() >= next_probe:
+                self.probe_all()
+                next_probe = time.monotonic() + self.probe_s
+            event = watcher.wait(min(self.wait_ms, max(1, int((next_probe - time.monotonic()) * 1000))))
+            if event is not None:
+                self.on_xid(event)
+
+    def on_xid(self, event: XidEvent) -> None:
+        if not self.policy.critical(event.xid):
+            log.info("ignoring XID", xid=event.xid, gpu=event.gpu_uuid)
+            return
+        whole_gpu = event.gi_id == ALL_INSTANCES or event.ci_id == ALL_INSTANCES
+        unit: Unit = (event.gpu_uuid, -1, -1) if whole_gpu else (event.gpu_uuid, event.gi_id, event.ci_id)
+        self.state.fault(unit, f"XID {event.xid}")
+
+    def probe_all(self) -> None:
+        failing = set()
+        for gpu in self.gpus:
+            error = probe(gpu)
+            if error is not None:
+                failing.add(gpu.uuid)
+                self.state.fault((gpu.uuid, -1, -1), f"probe failed: {error}")
+        self.state.recover(failing)

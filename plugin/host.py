@@ -1,0 +1,73 @@
+"""Host facts Allocate needs, read once at start: IMEX channels, MIG capability minors, control devices."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import structlog
+
+from plugin.allocate import CONTROL_DEVICES, NodeDevices
+from plugin.config import PluginConfig
+from plugin.resources import Resource, ResourceError
+
+log = structlog.get_logger("plugin")
+MIG_MINORS = "proc/driver/nvidia-caps/mig-minors"
+
+
+def read_node_devices(config: PluginConfig, resources: list[Resource], root: str = "/") -> NodeDevices:
+    """`root` is where the container's / is for these reads (a simulated node's tree in tests)."""
+    minors = _mig_minors(root) if config.pass_device_specs else {}
+    if config.pass_device_specs:
+        for device in (d for r in resources for d in r.devices if d.mig is not None):
+            assert device.mig is not None
+            base = f"gpu{device.gpu.minor_number}/gi{device.mig.gi_id}"
+            for key in (f"{base}/access", f"{base}/ci{device.mig.ci_id}/access"):
+                if key not in minors:
+                    raise ResourceError(f"missing MIG GPU instance capability path: {key}")
+    return NodeDevices(
+        imex_channels=_imex_channels(config, root),
+        mig_cap_minors=minors,
+        control_devices=tuple(p for p in CONTROL_DEVICES if os.path.exists(_under(root, p))),
+    )
+
+
+def _under(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+def _mig_minors(root: str) -> dict[str, int]:
+    """`gpu0/gi1/access 21` lines; missing file = no MIG on this host."""
+    try:
+        with open(_under(root, MIG_MINORS), encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    minors = {}
+    for line in lines:
+        key, _, minor = line.rpartition(" ")
+        if key and minor.isdigit():
+            minors[key] = int(minor)
+    return minors
+
+
+def _imex_channels(config: PluginConfig, root: str) -> tuple[int, ...]:
+    found = []
+    driver_root = _under(root, config.container_driver_root)
+    dev_root = driver_root if os.path.isdir(os.path.join(driver_root, "dev")) else root
+    for channel in config.channel_ids:
+        path = f"/dev/nvidia-caps-imex-channels/channel{channel}"
+        if any(_is_char_device(_under(base, path)) for base in (dev_root, root)):
+            found.append(channel)
+        elif config.imex.required or config.imex_required:
+            raise ResourceError(f"error querying IMEX channels: requested IMEX channel channel{channel} does not exist")
+        else:
+            log.warning(f"Ignoring requested IMEX channel channel{channel} (not found)")
+    return tuple(found)
+
+
+def _is_char_device(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False

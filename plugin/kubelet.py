@@ -1,0 +1,102 @@
+"""Registration with the kubelet, and re-registration when it restarts.
+
+A restarting kubelet deletes every plugin socket and creates a new kubelet.sock. Upstream waits for an
+inotify event on kubelet.sock (and never re-registers when it misses one); here a cheap poll of both
+the kubelet's socket and our own sockets notices either change within `poll_s`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import grpc
+import structlog
+
+from gfd.backoff import Backoff
+from plugin.api import api_pb2, api_pb2_grpc
+from plugin.metrics import PluginMetrics
+from plugin.server import OPTIONS, ResourceServer
+
+log = structlog.get_logger("plugin")
+API_VERSION = "v1beta1"
+
+
+class KubeletRegistrar:
+    def __init__(self, servers: list[ResourceServer], kubelet_socket: str, metrics: PluginMetrics,
+                 poll_s: float = 0.1, register_timeout_s: float = 10.0) -> None:
+        self.servers, self.kubelet_socket, self.metrics = servers, kubelet_socket, metrics
+        self.poll_s, self.register_timeout_s = poll_s, register_timeout_s
+        self.kubelet_inode: int | None = None
+        self.pending: set[int] = set()  # servers (by position) still to register
+        self.backoff = Backoff(initial=0.2, cap=10.0)
+        self.retry_at = 0.0
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+            log.info("serving", resource=server.service.resource.name, socket=server.path)
+        self.kubelet_inode = self._kubelet_inode()
+        self.pending = set(range(len(self.servers)))
+        self._register_pending("start")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch until `stop` is set: re-serve lost sockets, re-register after kubelet restarts."""
+        while not stop.wait(self.poll_s):
+            self.check()
+
+    def check(self) -> None:
+        inode = self._kubelet_inode()
+        restarted = inode is not None and inode != self.kubelet_inode
+        self.kubelet_inode = inode
+        for n, server in enumerate(self.servers):
+            if restarted or server.socket_gone():
+                log.info("re-serving and re-registering", resource=server.service.resource.name,
+                         reason="kubelet restarted" if restarted else "socket removed")
+                server.stop()
+                server.start()
+                self.pending.add(n)
+        if self.pending and (restarted or time.monotonic() >= self.retry_at):
+            self._register_pending("kubelet restart" if restarted else "retry")
+
+    def _register_pending(self, reason: str) -> None:
+        if not self.kubelet_socket:
+            log.info("Skipping registration with Kubelet")
+            self.pending.clear()
+            return
+        for n in sorted(self.pending):
+            server = self.servers[n]
+            try:
+                self._register(server)
+            except grpc.RpcError as e:
+                delay = self.backoff.next_delay()
+                self.retry_at = time.monotonic() + delay
+                log.warning("registration failed; will retry", resource=server.service.resource.name,
+                            error=e.details() if hasattr(e, "details") else str(e), retry_in_s=round(delay, 2))
+                return
+            self.pending.discard(n)
+            self.metrics.registrations.labels(resource=server.service.resource.name, reason=reason).inc()
+        self.backoff.reset()
+
+    def _register(self, server: ResourceServer) -> None:
+        # The kubelet calls GetDevicePluginOptions on our socket before Register returns: the server is
+        # already serving and its handlers take no lock held here.
+        with grpc.insecure_channel(f"unix://{self.kubelet_socket}") as channel:
+            stub = api_pb2_grpc.RegistrationStub(channel)  # type: ignore[no-untyped-call]
+            stub.Register(api_pb2.RegisterRequest(
+                version=API_VERSION, endpoint=os.path.basename(server.path),
+                resource_name=server.service.resource.name, options=OPTIONS), timeout=self.register_timeout_s)
+        log.info("registered with the kubelet", resource=server.service.resource.name)
+
+    def _kubelet_inode(self) -> int | None:
+        if not self.kubelet_socket:
+            return None
+        try:
+            return os.stat(self.kubelet_socket).st_ino
+        except FileNotFoundError:
+            return None

@@ -1,0 +1,131 @@
+"""One resource's DevicePlugin gRPC service on its unix socket."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import structlog
+
+from gfd.model import Link
+from plugin.allocate import AllocateError, NodeDevices, allocate
+from plugin.api import api_pb2, api_pb2_grpc
+from plugin.config import PluginConfig
+from plugin.health import HealthState
+from plugin.metrics import PluginMetrics
+from plugin.preferred import PreferredError, pair_scores, preferred
+from plugin.resources import Resource
+
+log = structlog.get_logger("plugin")
+OPTIONS = api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+_STREAM_POLL_S = 0.2  # how often an idle ListAndWatch stream notices the server stopping
+
+
+class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
+    def __init__(self, resource: Resource, config: PluginConfig, node: NodeDevices, state: HealthState,
+                 links: tuple[Link, ...], metrics: PluginMetrics) -> None:
+        self.resource, self.config, self.node, self.state = resource, config, node, state
+        self.scores = pair_scores(links)
+        self.metrics = metrics
+        self.stopping = False
+
+    def GetDevicePluginOptions(self, request: Any, context: Any) -> Any:
+        return OPTIONS
+
+    def ListAndWatch(self, request: Any, context: Any) -> Iterator[Any]:
+        seen = -1
+        while not self.stopping and context.is_active():
+            version, devices = self.state.snapshot(self.resource)
+            if version != seen:
+                seen = version
+                yield self._list(devices)
+            with self.state.changed:
+                if self.state.version == seen:
+                    self.state.changed.wait(_STREAM_POLL_S)
+
+    def _list(self, devices: list[Any]) -> Any:
+        out = []
+        for device, healthy in devices:
+            numa = device.gpu.numa_node
+            topology = api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=numa)]) if numa is not None else None
+            out.append(api_pb2.Device(ID=device.id, health="Healthy" if healthy else "Unhealthy", topology=topology))
+            self.metrics.device_health.labels(resource=self.resource.name, device=device.id).set(int(healthy))
+        return api_pb2.ListAndWatchResponse(devices=out)
+
+    def Allocate(self, request: Any, context: Any) -> Any:
+        responses = []
+        for container in request.container_requests:
+            try:
+                result = allocate(self.resource, list(container.devices_ids), self.config, self.node)
+            except AllocateError as e:
+                self.metrics.allocate_errors.labels(resource=self.resource.name).inc()
+                log.warning("allocate refused", resource=self.resource.name, error=str(e))
+                context.abort(grpc.StatusCode.UNKNOWN, str(e))
+            self.metrics.allocations.labels(resource=self.resource.name).inc(len(container.devices_ids))
+            responses.append(api_pb2.ContainerAllocateResponse(
+                envs=result.envs,
+                mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path) for m in result.mounts],
+                devices=[api_pb2.DeviceSpec(container_path=d.container_path, host_path=d.host_path,
+                                            permissions=d.permissions) for d in result.devices],
+                annotations=result.annotations,
+                cdi_devices=[api_pb2.CDIDevice(name=n) for n in result.cdi_devices],
+            ))
+        return api_pb2.AllocateResponse(container_responses=responses)
+
+    def GetPreferredAllocation(self, request: Any, context: Any) -> Any:
+        responses = []
+        for container in request.container_requests:
+            try:
+                ids = preferred(self.resource, list(container.available_deviceIDs),
+                                list(container.must_include_deviceIDs), container.allocation_size, self.scores,
+                                self.config.shared_devices_allocation_policy)
+            except PreferredError as e:
+                context.abort(grpc.StatusCode.UNKNOWN, str(e))
+            responses.append(api_pb2.ContainerPreferredAllocationResponse(deviceIDs=ids))
+        return api_pb2.PreferredAllocationResponse(container_responses=responses)
+
+    def PreStartContainer(self, request: Any, context: Any) -> Any:
+        return api_pb2.PreStartContainerResponse()
+
+
+class ResourceServer:
+    """Serves one resource on `<plugin dir>/<socket name>`; the socket exists exactly while serving."""
+
+    def __init__(self, service: DevicePluginService, plugin_dir: str) -> None:
+        self.service = service
+        self.path = os.path.join(plugin_dir, service.resource.socket_name)
+        self.server: grpc.Server | None = None
+        self.inode: int | None = None
+
+    def start(self) -> None:
+        if os.path.exists(self.path):
+            os.unlink(self.path)  # a stale socket from an earlier run
+        # One worker per concurrent ListAndWatch (the kubelet's, plus one during a re-registration)
+        # and room for Allocate / GetPreferredAllocation / the options call made inside Register.
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dp"))
+        api_pb2_grpc.add_DevicePluginServicer_to_server(self.service, server)  # type: ignore[no-untyped-call]
+        server.add_insecure_port(f"unix://{self.path}")
+        self.service.stopping = False
+        server.start()
+        self.server = server
+        self.inode = os.stat(self.path).st_ino
+
+    def socket_gone(self) -> bool:
+        """True when our socket file was deleted or replaced (e.g. by a restarting kubelet)."""
+        try:
+            return os.stat(self.path).st_ino != self.inode
+        except FileNotFoundError:
+            return True
+
+    def stop(self) -> None:
+        self.service.stopping = True
+        with self.service.state.changed:
+            self.service.state.changed.notify_all()  # wake ListAndWatch streams so they end now
+        if self.server is not None:
+            self.server.stop(grace=0.5).wait()
+            self.server = None
+        if not self.socket_gone() and os.path.exists(self.path):
+            os.unlink(self.path)
