@@ -47,6 +47,7 @@ class DevicePlugin:
         self.stop_event = threading.Event()
         self.reload = False
         self.registrar_stop = threading.Event()
+        self.current: _Plugins | None = None
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -140,9 +141,10 @@ class DevicePlugin:
         services = [DevicePluginService(r, config, node, state, model.links, self.metrics) for r in resources]
         registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir) for s in services], config.kubelet_socket,
                                      self.metrics)
+        self.current = plugins = _Plugins(source, checker, registrar)
         registrar.start()
         checker.start()
-        return _Plugins(source, checker, registrar)
+        return plugins
 
     @staticmethod
     def shutdown(plugins: _Plugins | None) -> None:

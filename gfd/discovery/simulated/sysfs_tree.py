@@ -55,6 +55,23 @@ def materialise(node: SimNode, root: str) -> None:
     dmi = os.path.join(root, "sys/class/dmi/id")
     os.makedirs(dmi, exist_ok=True)
     _write(os.path.join(dmi, "product_name"), f"{node.machine}\n".encode())
+    caps = os.path.join(root, "proc/driver/nvidia-caps")
+    os.makedirs(caps, exist_ok=True)
+    _write(os.path.join(caps, "mig-minors"), mig_minors(len(node.gpus)).encode())
+
+
+def mig_minors(gpus: int) -> str:
+    """The driver's capability-minor table: config, monitor, then every GPU/GI/CI access file."""
+    lines = ["config 1", "monitor 2"]
+    minor = 3
+    for gpu in range(gpus):
+        for gi in range(15):
+            lines.append(f"gpu{gpu}/gi{gi}/access {minor}")
+            minor += 1
+            for ci in range(8):
+                lines.append(f"gpu{gpu}/gi{gi}/ci{ci}/access {minor}")
+                minor += 1
+    return "\n".join(lines) + "\n"
 
 
 def _write(path: str, data: bytes) -> None:
