@@ -42,7 +42,7 @@ class _Registration(api_pb2_grpc.RegistrationServicer):
         if "/" not in request.resource_name or request.resource_name.startswith("kubernetes.io/"):
             context.abort(grpc.StatusCode.UNKNOWN, f'the ResourceName "{request.resource_name}" is invalid')
         channel = grpc.insecure_channel(f"unix://{os.path.join(self.kubelet.directory, request.endpoint)}")
-        stub = api_pb2_grpc.DevicePluginStub(channel)
+        stub = api_pb2_grpc.DevicePluginStub(channel)  # type: ignore[no-untyped-call]
         try:
             options = stub.GetDevicePluginOptions(api_pb2.Empty(), timeout=10)
         except grpc.RpcError as e:
@@ -71,7 +71,7 @@ class KubeletStandIn:
 
     def start(self) -> None:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        api_pb2_grpc.add_RegistrationServicer_to_server(_Registration(self), server)
+        api_pb2_grpc.add_RegistrationServicer_to_server(_Registration(self), server)  # type: ignore[no-untyped-call]
         server.add_insecure_port(f"unix://{self.socket}")
         server.start()
         self.server = server

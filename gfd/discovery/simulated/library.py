@@ -15,7 +15,11 @@ from collections.abc import Callable
 from ctypes import CFUNCTYPE, c_int, c_uint, c_void_p
 from typing import Any
 
+import structlog
+
 from gfd.discovery.simulated.profiles import SimGpu, SimMig, SimNode
+
+log = structlog.get_logger("gfd.simulated")
 
 SUCCESS = 0
 UNINITIALIZED = 1
@@ -25,6 +29,7 @@ NOT_FOUND = 6
 INSUFFICIENT_SIZE = 7
 TIMEOUT = 10
 GPU_IS_LOST = 15
+UNKNOWN = 999
 XID_CRITICAL = 0x8
 ALL_INSTANCES = 0xFFFFFFFF
 
@@ -150,7 +155,11 @@ class SimulatedLibrary:
                         return fault.error
                 if gpu is not None and gpu.lost:
                     return GPU_IS_LOST
-                return impl(*args)
+                try:
+                    return impl(*args)
+                except Exception:  # a simulator bug: fail this call loudly instead of returning garbage
+                    log.exception("simulated NVML call failed", call=name)
+                    return UNKNOWN
 
         return call
 

@@ -208,7 +208,7 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
             pci_device_id=int(spec["pci_device_id"]),
             pci_class=int(spec.get("pci_class", 0x030200)),
             mig_capable=bool(spec.get("mig_capable", False)),
-            bus_id=bus_ids[n] if n < len(bus_ids) else f"00000000:{0x10 + 0x10 * index:02X}:00.0",
+            bus_id=bus_ids[n] if n < len(bus_ids) else f"00000000:{(0x10 + 0x08 * index) % 0x100:02X}:00.0",
             minor=index,
             numa_node=int(spec.get("numa_node", index * 2 // max(1, int(group.get("count", 1))))),
             fabric=spec.get("fabric"),
