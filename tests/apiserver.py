@@ -44,6 +44,7 @@ class State:
     faults: list[Fault] = field(default_factory=list)
     events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)  # (rv, type, object)
     oldest_watchable_rv: int = 0
+    watch_generation: int = 0  # bumped to end every open watch stream
     lock: threading.Condition = field(default_factory=threading.Condition)
     rv: itertools.count = field(default_factory=lambda: itertools.count(100))  # type: ignore[type-arg]
 
@@ -105,10 +106,13 @@ class FakeApiServer:
             self.state.requests.clear()
 
     def compact(self) -> None:
-        """Forget the event history, so a watch from an older resourceVersion gets 410 Gone."""
+        """Forget the event history and end open watches: a client that watches again from its last
+        resourceVersion gets 410 Gone, as from a real API server after etcd compaction."""
         with self.state.lock:
             self.state.oldest_watchable_rv = next(self.state.rv)
             self.state.events.clear()
+            self.state.watch_generation += 1
+            self.state.lock.notify_all()
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -184,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers = {"Retry-After": str(int(fault.retry_after))} if fault.retry_after is not None else None
                 self._send(fault.status, _status(fault.status, "Injected", "injected fault"), headers)
                 return
-        if self.command == "GET" and "watch=true" in query:
+        if self.command == "GET" and "watch=true" in query.lower():
             self._watch(path, query)
             return
         with state.lock:
@@ -239,9 +243,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         self._stream_start()
         sent = since
+        with state.lock:
+            generation = state.watch_generation
         try:
             while time.monotonic() < deadline:
                 with state.lock:
+                    if state.watch_generation != generation:
+                        break
                     pending = [(rv, t, o) for rv, t, o in state.events if rv > sent and
                                (not field_name or o["metadata"]["name"] == field_name)]
                     if not pending:

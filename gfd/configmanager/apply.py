@@ -1,0 +1,58 @@
+"""Edges of the config manager: point CONFIG_FILE_DST at the chosen file, signal the main process."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import structlog
+
+from gfd.configmanager.select import EMPTY
+
+log = structlog.get_logger("config-manager")
+
+
+def link_target(srcdir: str, name: str) -> str:
+    return "/dev/null" if name == EMPTY else os.path.join(srcdir, name)
+
+
+def current_target(dst: str) -> str | None:
+    try:
+        return os.readlink(dst)
+    except OSError:
+        return None
+
+
+def point(dst: str, target: str) -> bool:
+    """Atomically make `dst` a symlink to `target`; False when it already was."""
+    if current_target(dst) == target:
+        log.info("Already configured. Skipping update...", target=target)
+        return False
+    tmp = f"{dst}.tmp-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, dst)
+    log.info("Updated config", file=dst, target=target)
+    return True
+
+
+def find_pid(process: str, proc: str = "/proc") -> int:
+    """The process whose argv[0] is `process` (or ends with /`process`); shares our PID namespace."""
+    for entry in os.listdir(proc):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        if argv0 == process or argv0.endswith("/" + process) or os.path.basename(argv0) == process:
+            return int(entry)
+    raise LookupError("error finding pid: no process found")
+
+
+def send(process: str, signum: int) -> None:
+    pid = find_pid(process)
+    os.kill(pid, signum)
+    log.info("Sent signal", signal=signal.Signals(signum).name, process=process, pid=pid)

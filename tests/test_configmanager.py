@@ -1,0 +1,165 @@
+"""config-manager: selection rules, the symlink, signalling a real process, and the node watch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gfd.configmanager.apply import find_pid, point, send
+from gfd.configmanager.cli import ConfigManager, Settings, core_api, main
+from gfd.configmanager.select import EMPTY, SelectError, select
+from tests.apiserver import FakeApiServer
+
+LABEL = "nvidia.com/device-plugin.config"
+NODE = "/api/v1/nodes/gpu-node-1"
+
+
+@pytest.mark.parametrize(("label", "available", "default", "fallbacks", "expected"), [
+    ("mig", ["default", "mig"], "", ["named"], "mig"),
+    (None, ["a", "b"], "b", ["named"], "b"),
+    (None, ["default", "b"], "", ["named", "single"], "default"),
+    (None, ["only"], "", ["named", "single"], "only"),
+    (None, ["a", "b"], "", ["named", "single", "empty"], EMPTY),
+    (None, [], "", ["empty"], EMPTY),
+])
+def test_selection(label: str | None, available: list[str], default: str, fallbacks: list[str],
+                   expected: str) -> None:
+    assert select(label, available, default, fallbacks) == expected
+
+
+@pytest.mark.parametrize(("label", "available", "default", "fallbacks", "message"), [
+    ("nope", ["a"], "", ["named"], "specified config nope does not exist"),
+    (None, ["a", "b"], "c", ["named"], "default config c does not exist"),
+    (None, [], "", ["named"], "no configuration files available"),
+    (None, ["a", "b"], "", ["named", "single"], "no config was set, no default was provided, and all fallbacks failed"),
+    (None, ["a"], "", ["bogus"], "unknown fallback strategy: bogus"),
+])
+def test_selection_errors(label: str | None, available: list[str], default: str, fallbacks: list[str],
+                          message: str) -> None:
+    with pytest.raises(SelectError, match=message):
+        select(label, available, default, fallbacks)
+
+
+def test_point_is_atomic_and_idempotent(tmp_path: Path) -> None:
+    dst = str(tmp_path / "config.yaml")
+    assert point(dst, "/available-configs/a") is True
+    assert os.readlink(dst) == "/available-configs/a"
+    assert point(dst, "/available-configs/a") is False
+    assert point(dst, "/dev/null") is True
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml"]
+
+
+def hup_child(tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
+    """A real process whose argv[0] is `name`; it writes a file when it gets SIGHUP."""
+    marker = tmp_path / "got-hup"
+    code = ("import signal, sys, time, pathlib\n"
+            f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(marker)!r}).write_text('hup'))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(30)\n")
+    proc = subprocess.Popen([name, "-c", code], executable=sys.executable, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    return proc
+
+
+def got_hup(marker: Path, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker.exists() and marker.read_text() == "hup":
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_signal_reaches_the_named_process(tmp_path: Path) -> None:
+    proc = hup_child(tmp_path, "gpu-feature-discovery")
+    try:
+        assert find_pid("gpu-feature-discovery") == proc.pid
+        send("gpu-feature-discovery", signal.SIGHUP)
+        assert got_hup(tmp_path / "got-hup")
+    finally:
+        proc.kill()
+        proc.wait()
+    with pytest.raises(LookupError, match="error finding pid: no process found"):
+        find_pid("no-such-process-name")
+
+
+def settings(tmp_path: Path, kubeconfig: str, **overrides: Any) -> Settings:
+    src = tmp_path / "available-configs"
+    src.mkdir(exist_ok=True)
+    for name in ("default", "mig-mixed"):
+        (src / name).write_text(f"version: v1\n# {name}\n")
+    (src / "..data").mkdir(exist_ok=True)  # Kubernetes' own entry in a ConfigMap mount: ignored
+    env = {"NODE_NAME": "gpu-node-1", "NODE_LABEL": LABEL, "CONFIG_FILE_SRCDIR": str(src),
+           "CONFIG_FILE_DST": str(tmp_path / "config.yaml"), "FALLBACK_STRATEGIES": "named,single",
+           "KUBECONFIG": kubeconfig, **overrides}
+    return Settings.from_env(env)
+
+
+def put_node(apiserver: FakeApiServer, label: str | None) -> None:
+    current = apiserver.get_object(NODE) or {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-1"}}
+    current["metadata"]["labels"] = {LABEL: label} if label else {}
+    apiserver.put_object(NODE, current)
+
+
+def test_oneshot_picks_the_labelled_config_or_fails(tmp_path: Path, apiserver: FakeApiServer) -> None:
+    kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
+    put_node(apiserver, "mig-mixed")
+    s = settings(tmp_path, kubeconfig, ONESHOT="true")
+    assert ConfigManager(s, core_api(kubeconfig)).run_once() == 0
+    assert os.readlink(s.dst) == os.path.join(s.srcdir, "mig-mixed")
+    put_node(apiserver, "does-not-exist")
+    env = {"NODE_NAME": "gpu-node-1", "NODE_LABEL": LABEL, "CONFIG_FILE_SRCDIR": s.srcdir,
+           "CONFIG_FILE_DST": s.dst, "ONESHOT": "true", "KUBECONFIG": kubeconfig}
+    assert main(env) == 1
+
+
+def test_missing_required_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main({"NODE_LABEL": LABEL}) == 1
+    assert "invalid <node-name>: must not be empty string" in capsys.readouterr().err
+
+
+def test_sidecar_follows_label_changes_and_survives_410(tmp_path: Path, apiserver: FakeApiServer) -> None:
+    kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
+    put_node(apiserver, None)
+    proc = hup_child(tmp_path, "nvidia-device-plugin")
+    s = settings(tmp_path, kubeconfig, SEND_SIGNAL="true", SIGNAL="1", PROCESS_TO_SIGNAL="nvidia-device-plugin")
+    manager = ConfigManager(s, core_api(kubeconfig))
+    thread = threading.Thread(target=manager.watch, kwargs={"stop_after": 8.0}, daemon=True)
+    thread.start()
+    marker = tmp_path / "got-hup"
+
+    def wait_for(target: str) -> None:
+        deadline = time.monotonic() + 6
+        while os.path.realpath(s.dst) != os.path.realpath(target) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.readlink(s.dst) == target
+
+    try:
+        wait_for(os.path.join(s.srcdir, "default"))  # no label: the `named` fallback
+        assert got_hup(marker)  # the first selection is a change too: the main process reloads
+        marker.unlink()
+        put_node(apiserver, "mig-mixed")
+        wait_for(os.path.join(s.srcdir, "mig-mixed"))
+        assert got_hup(marker)
+        marker.unlink()
+        put_node(apiserver, "typo-config")  # unknown: keep the current config, no signal
+        time.sleep(0.3)
+        assert os.readlink(s.dst) == os.path.join(s.srcdir, "mig-mixed") and not marker.exists()
+        # Expire the watch's resourceVersion: the re-opened watch gets 410 Gone and the node is read again.
+        gets_before = len([r for r in apiserver.requests("GET") if r.path == NODE])
+        apiserver.compact()
+        put_node(apiserver, "default")
+        wait_for(os.path.join(s.srcdir, "default"))
+        assert len([r for r in apiserver.requests("GET") if r.path == NODE]) == gets_before + 1
+    finally:
+        proc.kill()
+        proc.wait()
+        thread.join(10)
