@@ -1,0 +1,266 @@
+"""The chart through the real Helm engine (helm-python-sdk): every documented mode, values, RBAC, schemas."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from gfd.config import load_config, parse_command_line
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm"
+NS = "nvidia-device-plugin"
+K8S_VERSION = "1.33.0"
+UPSTREAM_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    {"matchExpressions": [{"key": "feature.node.kubernetes.io/pci-10de.present", "operator": "In",
+                           "values": ["true"]}]},
+    {"matchExpressions": [{"key": "feature.node.kubernetes.io/cpu-model.vendor_id", "operator": "In",
+                           "values": ["NVIDIA"]}]},
+    {"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]}]}}}
+UPSTREAM_TOLERATIONS = [{"key": "CriticalAddonsOnly", "operator": "Exists"},
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+@pytest.fixture(scope="module")
+def chart() -> Any:
+    return helm_python.Chart.load(str(CHART))
+
+
+def render(chart: Any, values: dict[str, Any] | None = None, namespace: str = NS) -> dict[tuple[str, str], Any]:
+    out = chart.render(values or {}, name="nvdp", namespace=namespace)
+    docs = [d for text in out.values() for d in yaml.safe_load_all(text) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def container(objects: dict[tuple[str, str], Any], daemonset: str, name: str) -> dict[str, Any]:
+    spec = objects[("DaemonSet", daemonset)]["spec"]["template"]["spec"]
+    return next(c for c in spec["containers"] + spec.get("initContainers", []) if c["name"] == name)
+
+
+def env(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+PLUGIN, GFD = "nvdp-nvidia-device-plugin", "nvdp-nvidia-device-plugin-gpu-feature-discovery"
+MODES = {
+    "plugin only (default)": ({}, {PLUGIN}),
+    "combined": ({"gfd": {"enabled": True}}, {PLUGIN, GFD}),
+    "standalone GFD": ({"gfd": {"enabled": True}, "devicePlugin": {"enabled": False}}, {GFD}),
+    "nothing but RBAC (upstream README's standalone command)": ({"devicePlugin": {"enabled": False}}, set()),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_daemonsets_per_mode_and_no_mps_daemon(chart: Any, mode: str) -> None:
+    values, expected = MODES[mode]
+    objects = render(chart, values)
+    assert {name for kind, name in objects if kind == "DaemonSet"} == expected
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)  # raises on any schema violation
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rendering_is_fast(chart: Any, mode: str) -> None:
+    started = time.perf_counter()
+    render(chart, MODES[mode][0])
+    assert time.perf_counter() - started < 2.0  # the issue's bound; a render takes milliseconds
+
+
+def test_lint_is_clean_but_for_the_unvendored_nfd_subchart() -> None:
+    report = helm_python.lint(str(CHART), namespace=NS, strict=False)
+    assert report["errors"] == []
+    findings = [(m["severity"], m["error"]) for m in report["messages"]]
+    # NFD is fetched with `helm dependency update helm/` (needs registry.k8s.io; not reachable here).
+    assert findings == [(2, "chart directory is missing these dependencies: node-feature-discovery")]
+
+
+def test_chart_declares_nfd_like_upstream() -> None:
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["dependencies"] == [{"name": "node-feature-discovery", "alias": "nfd", "version": "0.19.0",
+                                     "repository": "oci://registry.k8s.io/nfd/charts",
+                                     "condition": "nfd.enabled,gfd.enabled"}]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["nfd"]["master"]["config"]["extraLabelNs"] == ["nvidia.com"]
+    assert values["nfd"]["worker"]["config"]["sources"]["pci"] == {"deviceClassWhitelist": ["02", "03"],
+                                                                  "deviceLabelFields": ["vendor"]}
+
+
+def test_plugin_daemonset_defaults(chart: Any) -> None:
+    objects = render(chart)
+    pod = objects[("DaemonSet", PLUGIN)]["spec"]["template"]["spec"]
+    assert pod["affinity"] == UPSTREAM_AFFINITY and pod["tolerations"] == UPSTREAM_TOLERATIONS
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["serviceAccountName"] == "nvdp-nvidia-device-plugin-service-account"
+    ctr = container(objects, PLUGIN, "nvidia-device-plugin-ctr")
+    assert ctr["command"] == ["nvidia-device-plugin"]
+    assert ctr["image"] == "ghcr.io/gfd-py/k8s-device-plugin:v0.1.0"
+    assert env(ctr) == {"MPS_ROOT": "/run/nvidia/mps", "NVIDIA_VISIBLE_DEVICES": "all",
+                        "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+    assert ctr["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                      "capabilities": {"drop": ["ALL"]}}
+    mounts = {m["name"]: m["mountPath"] for m in ctr["volumeMounts"]}
+    volumes = {v["name"]: v.get("hostPath") for v in pod["volumes"]}
+    assert mounts["kubelet-device-plugins-dir"] == "/var/lib/kubelet/device-plugins"
+    assert volumes["kubelet-device-plugins-dir"] == {"path": "/var/lib/kubelet/device-plugins", "type": "Directory"}
+    assert volumes["cdi-root"] == {"path": "/var/run/cdi", "type": "DirectoryOrCreate"}
+    assert "initContainers" not in pod and "shareProcessNamespace" not in pod
+
+
+def test_values_become_env_and_security_contexts(chart: Any) -> None:
+    objects = render(chart, {"gfd": {"enabled": True}, "migStrategy": "mixed", "failOnInitError": False,
+                             "compatWithCPUManager": True, "deviceListStrategy": "envvar,cdi-cri",
+                             "deviceIDStrategy": "index", "nvidiaDriverRoot": "/run/nvidia/driver",
+                             "gdsEnabled": True, "deviceDiscoveryStrategy": "nvml", "noTimestamp": True,
+                             "sleepInterval": "30s", "runtimeClassName": "nvidia",
+                             "cdi": {"nvidiaHookPath": "/usr/local/bin/nvidia-cdi-hook"}})
+    plugin = container(objects, PLUGIN, "nvidia-device-plugin-ctr")
+    assert env(plugin) == {
+        "MPS_ROOT": "/run/nvidia/mps", "MIG_STRATEGY": "mixed", "FAIL_ON_INIT_ERROR": "false",
+        "PASS_DEVICE_SPECS": "true", "DEVICE_LIST_STRATEGY": "envvar,cdi-cri", "DEVICE_ID_STRATEGY": "index",
+        "NVIDIA_DRIVER_ROOT": "/run/nvidia/driver", "NVIDIA_CDI_HOOK_PATH": "/usr/local/bin/nvidia-cdi-hook",
+        "GDS_ENABLED": "true", "NVIDIA_MIG_MONITOR_DEVICES": "all", "DEVICE_DISCOVERY_STRATEGY": "nvml",
+        "NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+    assert plugin["securityContext"] == {"privileged": True}
+    assert {"name": "driver-root", "mountPath": "/driver-root", "readOnly": True} in plugin["volumeMounts"]
+    gfd = container(objects, GFD, "gpu-feature-discovery-ctr")
+    assert env(gfd) == {
+        "NODE_NAME": {"fieldRef": {"fieldPath": "spec.nodeName"}},
+        "NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
+        "MIG_STRATEGY": "mixed", "FAIL_ON_INIT_ERROR": "false", "GFD_NO_TIMESTAMP": "true",
+        "GFD_SLEEP_INTERVAL": "30s", "NVIDIA_MIG_MONITOR_DEVICES": "all", "DEVICE_DISCOVERY_STRATEGY": "nvml"}
+    assert gfd["securityContext"] == {"privileged": True}
+    for name in (PLUGIN, GFD):
+        assert objects[("DaemonSet", name)]["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"migStrategy": "single"}, {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"],
+                                                                                 "add": ["SYS_ADMIN"]}}),
+    ({"deviceListStrategy": "volume-mounts"}, {"readOnlyRootFilesystem": True,
+                                               "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]}}),
+    ({"migStrategy": "none"}, {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                               "capabilities": {"drop": ["ALL"]}}),
+    ({"securityContext": {"runAsUser": 0}}, {"runAsUser": 0}),
+])
+def test_plugin_security_context_rules(chart: Any, values: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert container(render(chart, values), PLUGIN, "nvidia-device-plugin-ctr")["securityContext"] == expected
+
+
+def test_gfd_daemonset_mounts_and_unprivileged_option(chart: Any) -> None:
+    objects = render(chart, {"gfd": {"enabled": True, "securityContext": None}})  # null drops the default
+    pod = objects[("DaemonSet", GFD)]["spec"]["template"]["spec"]
+    ctr = container(objects, GFD, "gpu-feature-discovery-ctr")
+    assert ctr["command"] == ["gpu-feature-discovery"]
+    assert {m["name"]: m["mountPath"] for m in ctr["volumeMounts"]} == {
+        "output-dir": "/etc/kubernetes/node-feature-discovery/features.d", "host-sys": "/sys", "config": "/config"}
+    volumes = {v["name"]: v.get("hostPath") for v in pod["volumes"]}
+    assert volumes["output-dir"] == {"path": "/etc/kubernetes/node-feature-discovery/features.d",
+                                     "type": "DirectoryOrCreate"}
+    assert volumes["host-sys"] == {"path": "/sys", "type": "Directory"}
+    assert ctr["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                      "capabilities": {"drop": ["ALL"]}}
+    assert pod["affinity"] == UPSTREAM_AFFINITY
+
+
+def rules(objects: dict[tuple[str, str], Any], kind: str, name: str) -> list[tuple[tuple[str, ...], ...]]:
+    return [(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in objects[(kind, name)]["rules"]]
+
+
+def test_rbac_is_least_privilege(chart: Any) -> None:
+    plugin_only = render(chart)
+    assert not any(kind in ("ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding") for kind, _ in plugin_only)
+    combined = render(chart, {"gfd": {"enabled": True}, "config": {"map": {"default": "version: v1"}}})
+    assert rules(combined, "Role", GFD) == [(("nfd.k8s-sigs.io",), ("nodefeatures",), ("get", "create", "update")),
+                                            (("",), ("pods",), ("get",))]
+    assert combined[("Role", GFD)]["metadata"]["namespace"] == NS
+    assert rules(combined, "ClusterRole", "nvdp-nvidia-device-plugin-role") == [
+        (("",), ("nodes",), ("get", "list", "watch"))]
+    binding = combined[("RoleBinding", GFD)]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "nvdp-nvidia-device-plugin-service-account",
+                                    "namespace": NS}]
+    assert binding["roleRef"] == {"kind": "Role", "name": GFD, "apiGroup": "rbac.authorization.k8s.io"}
+
+
+def test_config_map_mode(chart: Any) -> None:
+    configs = {"default": "version: v1\nflags:\n  migStrategy: none\n",
+               "mig-mixed": "version: v1\nflags:\n  migStrategy: mixed\n"}
+    objects = render(chart, {"gfd": {"enabled": True}, "config": {"map": configs, "default": "default"}})
+    assert objects[("ConfigMap", "nvdp-nvidia-device-plugin-configs")]["data"] == {
+        k: v.rstrip("\n") for k, v in configs.items()}
+    for ds, main_process, prefix in ((PLUGIN, "nvidia-device-plugin", "nvidia-device-plugin"),
+                                     (GFD, "gpu-feature-discovery", "gpu-feature-discovery")):
+        pod = objects[("DaemonSet", ds)]["spec"]["template"]
+        assert pod["spec"]["shareProcessNamespace"] is True
+        assert "checksum/config" in pod["metadata"]["annotations"]
+        init, sidecar = container(objects, ds, f"{prefix}-init"), container(objects, ds, f"{prefix}-sidecar")
+        assert init["command"] == sidecar["command"] == ["config-manager"]
+        assert env(init)["ONESHOT"] == "true" and env(init)["SEND_SIGNAL"] == "false"
+        assert env(sidecar)["ONESHOT"] == "false" and env(sidecar)["SEND_SIGNAL"] == "true"
+        assert env(sidecar)["PROCESS_TO_SIGNAL"] == main_process and env(sidecar)["SIGNAL"] == "1"
+        assert env(init)["DEFAULT_CONFIG"] == "default" and env(init)["FALLBACK_STRATEGIES"] == "named,single"
+        main = container(objects, ds, f"{prefix}-ctr")
+        assert env(main)["CONFIG_FILE"] == "/config/config.yaml"
+        assert env(main)["NVIDIA_MIG_MONITOR_DEVICES"] == "all"  # a config may enable MIG
+
+
+@pytest.mark.parametrize(("values", "namespace", "message"), [
+    ({"namespace": "x"}, NS, "Value 'namespace' set to x"),
+    ({}, "default", "Running in the 'default' namespace is not recommended."),
+    ({"config": {"name": "cm", "map": {"a": "x"}}}, NS, "Only one of 'config.name' or 'config.map'"),
+    ({"config": {"map": {"a": "x", "b": "y"}, "fallbackStrategies": ["named"]}}, NS,
+     "Fallbacks are attempted in order and the current set is [named]."),
+])
+def test_upstream_validation_errors(chart: Any, values: dict[str, Any], namespace: str, message: str) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as e:
+        render(chart, values, namespace)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"migStrategy": "mixxed"}, "at '/migStrategy': value must be one of 'none', 'single', 'mixed'"),
+    ({"migStategy": "mixed"}, "additional properties 'migStategy' not allowed"),
+    ({"gfd": {"enabled": "yes"}}, "at '/gfd/enabled': got string, want boolean"),
+    ({"deviceListStrategy": "envvar,bogus"}, "at '/deviceListStrategy'"),
+])
+def test_schema_rejects_mistyped_values(chart: Any, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        render(chart, values)
+
+
+def test_upstream_readme_values_render_and_their_configs_load(chart: Any, tmp_path: Path) -> None:
+    values = yaml.safe_load((ROOT / "tests/data/upstream-readme-values.yaml").read_text())
+    objects = render(chart, values)
+    assert ("DaemonSet", GFD) in objects and ("DaemonSet", PLUGIN) in objects
+    for name, text in values["config"]["map"].items():
+        path = tmp_path / name
+        path.write_text(text)
+        load_config(parse_command_line(["--config-file", str(path)], {}))  # our loader accepts each
+
+
+def test_static_manifests_are_the_chart(tmp_path: Path) -> None:
+    import runpy
+
+    generator = runpy.run_path(str(CHART / "static/generate.py"))
+    for name, (namespace, release, values) in generator["MANIFESTS"].items():
+        committed = (CHART / "static" / name).read_text()
+        assert committed == generator["render"](namespace, release, values), f"{name} drifted: regenerate it"
+        for doc in yaml.safe_load_all(committed):
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_nfd_rules_validate_against_the_crd(nfd_schemas: dict[str, Any]) -> None:
+    for path in sorted((ROOT / "nfd-rules").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc.get("kind") == "NodeFeatureRule":
+                jsonschema.validate(doc, nfd_schemas["NodeFeatureRule"])
+                assert doc["spec"]["rules"][0]["labels"] == {"feature.node.kubernetes.io/pci-10de.present": "true"}
+    worker = yaml.safe_load((ROOT / "nfd-rules/nfd-worker.conf.yaml").read_text())
+    assert worker["sources"]["pci"] == {"deviceClassWhitelist": ["02", "03"], "deviceLabelFields": ["vendor"]}
