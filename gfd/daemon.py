@@ -8,14 +8,13 @@ feature file; a config that fails to load on SIGHUP leaves the old one running.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from types import FrameType
 
 import structlog
 
+from gfd import signals
 from gfd.backoff import Backoff
 from gfd.config import CommandLine, Config, ConfigError, load_config
 from gfd.config.duration import INFINITE_NS
@@ -29,7 +28,6 @@ from gfd.outputs.featurefile import FeatureFile
 
 log = structlog.get_logger("gfd")
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 NVML_RETRY_CAP_S = 30.0
 HEALTH_INTERVALS = 3
 HEALTH_MIN_S = 30.0
@@ -65,17 +63,7 @@ class Daemon:
         self.current: _Run | None = None
 
     # -- control ----------------------------------------------------------------------------------
-    def install_signal_handlers(self) -> None:
-        for sig in _STOP_SIGNALS:
-            signal.signal(sig, self._on_stop_signal)
-        signal.signal(signal.SIGHUP, self._on_hup)
-
-    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("Received signal, shutting down", signal=signal.Signals(signum).name)
-        self.stop()
-
-    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
-        log.info("Received SIGHUP, reloading")
+    def request_reload(self) -> None:
         self.reload_requested = True
         self.wake.set()
 
@@ -246,5 +234,5 @@ class Daemon:
 
 def run(cmdline: CommandLine, config: Config) -> int:
     daemon = Daemon(cmdline, config)
-    daemon.install_signal_handlers()
+    signals.install(daemon.stop, daemon.request_reload)
     return daemon.run()

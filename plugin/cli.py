@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import structlog
 
-from gfd import logs
+from gfd import logs, signals
 from gfd.config import ConfigError
 from plugin.config import PluginConfig, load_plugin_config
 
@@ -49,17 +47,8 @@ class DevicePlugin:
         self.registrar_stop = threading.Event()
         self.current: _Plugins | None = None
 
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            signal.signal(sig, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
-
-    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("Received signal, shutting down", signal=signal.Signals(signum).name)
-        self.stop()
-
-    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
-        log.info("Received SIGHUP, restarting")
+    def request_reload(self) -> None:
+        """A full restart: stop serving, reload the config, rediscover, serve and register again."""
         self.reload = True
         self.registrar_stop.set()
 
@@ -167,5 +156,5 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 1
     logs.configure(config.log_format)
     plugin = DevicePlugin(argv, environ, config)
-    plugin.install_signal_handlers()
+    signals.install(plugin.stop, plugin.request_reload)
     return plugin.run()

@@ -11,10 +11,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from gfd.backoff import Backoff
 from gfd.config import load_config, parse_command_line
@@ -86,12 +84,6 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         r.daemon.stop()
         r.thread.join(5)
         assert not r.thread.is_alive()
-
-
-def profile(tmp_path: Path, doc: dict[str, Any]) -> str:
-    path = tmp_path / "profile.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
 
 
 def test_labels_appear_once_nvml_arrives_without_restart(start: Callable[..., Running], tmp_path: Path) -> None:

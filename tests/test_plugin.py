@@ -69,12 +69,6 @@ def start(kubelet: KubeletStandIn, tmp_path: Path) -> Iterator[Callable[..., Run
         assert not r.thread.is_alive()
 
 
-def config_file(tmp_path: Path, doc: dict[str, Any]) -> str:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
-
-
 def test_registration_handshake_and_initial_list(start: Callable[..., Running], kubelet: KubeletStandIn) -> None:
     r = start("--simulate=dgx-a100")
     reg = kubelet.registered("nvidia.com/gpu")
@@ -207,8 +201,8 @@ def test_single_strategy_advertises_mig_devices_as_gpus(start: Callable[..., Run
 
 
 def test_time_slicing_replicas_and_rename(start: Callable[..., Running], kubelet: KubeletStandIn,
-                                          tmp_path: Path) -> None:
-    cfg = config_file(tmp_path, {"version": "v1", "sharing": {"timeSlicing": {
+                                          write_yaml: Any) -> None:
+    cfg = write_yaml({"version": "v1", "sharing": {"timeSlicing": {
         "renameByDefault": True, "failRequestsGreaterThanOne": True,
         "resources": [{"name": "nvidia.com/gpu", "replicas": 3}]}}})
     r = start("--simulate=t4", f"--config-file={cfg}")
@@ -229,8 +223,8 @@ def test_time_slicing_replicas_and_rename(start: Callable[..., Running], kubelet
     assert len({p.split("::")[0] for p in picks}) == 4
 
 
-def test_mps_responses(start: Callable[..., Running], kubelet: KubeletStandIn, tmp_path: Path) -> None:
-    cfg = config_file(tmp_path, {"sharing": {"mps": {"resources": [{"name": "nvidia.com/gpu", "replicas": 2}]}}})
+def test_mps_responses(start: Callable[..., Running], kubelet: KubeletStandIn, write_yaml: Any) -> None:
+    cfg = write_yaml({"sharing": {"mps": {"resources": [{"name": "nvidia.com/gpu", "replicas": 2}]}}})
     r = start("--simulate=l4", f"--config-file={cfg}", "--mps-root=/run/nvidia/mps")
     gpu = r.sim.node.gpus[0].uuid
     resp = kubelet.allocate("nvidia.com/gpu", f"{gpu}::1")
