@@ -6,17 +6,13 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import structlog
 
 from gfd import logs
 from gfd.config import Config, ConfigError, load_config, parse_command_line
-from gfd.config.model import STDOUT
-from gfd.outputs import Output, OutputError
-
-if TYPE_CHECKING:
-    from gfd.metrics import Metrics
+from gfd.outputs import OutputError
+from gfd.outputs.choose import make_output
 
 log = structlog.get_logger("gfd")
 
@@ -64,19 +60,6 @@ def oneshot(config: Config) -> int:
     finally:
         source.close()
     return 0
-
-
-def make_output(config: Config, metrics: Metrics | None = None) -> Output:
-    from gfd.outputs.featurefile import FeatureFile
-    from gfd.outputs.stdout import Stdout
-
-    if config.output_file in (STDOUT, ""):
-        return Stdout()
-    if config.writes_node_feature:
-        from gfd.outputs.nodefeature import NodeFeatureOutput
-
-        return NodeFeatureOutput.from_config(config, metrics)
-    return FeatureFile(config.output_file)
 
 
 def _loggable(config: Config) -> dict[str, object]:

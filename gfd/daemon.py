@@ -24,6 +24,7 @@ from gfd.labels.compose import Labels, compose
 from gfd.labels.errors import LabelError
 from gfd.metrics import Metrics, serve
 from gfd.outputs import Output, OutputError
+from gfd.outputs.choose import make_output
 from gfd.outputs.featurefile import FeatureFile
 
 log = structlog.get_logger("gfd")
@@ -113,8 +114,6 @@ class Daemon:
             self.wake.clear()
 
     def _start_run(self, config: Config) -> _Run:
-        from gfd.cli import make_output
-
         self.config = config
         run = _Run(config, NodeSource.for_gfd(config), make_output(config, self.metrics))
         self.current = run
