@@ -84,9 +84,13 @@ class Daemon:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
+        try:
+            run = self._start_run(self.config)
+        except (ConfigError, OutputError) as e:
+            log.error(str(e))  # a setup problem (no cluster credentials, no node name): not retried
+            return 1
         server = serve(self.metrics.registry, self.config.metrics_address, self.healthy) \
             if self.config.metrics_address else None
-        run = self._start_run(self.config)
         try:
             while not self.stop_requested:
                 cycle_start = time.monotonic()

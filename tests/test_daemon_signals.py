@@ -100,3 +100,11 @@ def test_infinite_interval_labels_once_and_keeps_the_file(spawn: Callable[..., s
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=5) == 0
     assert (tmp_path / "gfd").exists()
+
+
+def test_node_feature_mode_without_cluster_credentials_is_one_clear_error() -> None:
+    proc = subprocess.run([sys.executable, "-m", "gfd", "--simulate=t4", "--node-name=n1", "--log-format=json"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1
+    assert "failed to create clientsets" in proc.stderr and "Traceback" not in proc.stderr

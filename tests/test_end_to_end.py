@@ -274,7 +274,7 @@ def test_mig_query_errors_fail_only_the_mig_strategies(capsys: Any, tmp_path: An
 
 
 @pytest.mark.parametrize("call", ["nvmlDeviceGetUUID", "nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetBrand",
-                                  "nvmlDeviceGetNumaNodeId", "nvmlDeviceGetArchitecture"])
+                                  "nvmlDeviceGetMinorNumber", "nvmlDeviceGetArchitecture"])
 def test_facts_upstream_does_not_read_never_fail_a_pass(capsys: Any, tmp_path: Any, call: str) -> None:
     code, labels, _ = run(capsys, "--simulate", fault_profile(tmp_path, call))
     assert code == 0 and labels["nvidia.com/gpu.product"] == A100_40

@@ -347,3 +347,22 @@ def test_lost_sockets_and_fault_state_do_not_leak_between_runs(start: Callable[.
     r.plugin.stop()
     r.thread.join(5)
     assert not os.path.exists(os.path.join(kubelet.directory, "nvidia-gpu.sock"))
+
+
+def test_reload_rebuilds_resources_from_the_changed_config(start: Callable[..., Running], kubelet: KubeletStandIn,
+                                                           tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("version: v1\n")
+    r = start("--simulate=t4", f"--config-file={cfg}")
+    first = kubelet.registered("nvidia.com/gpu")
+    assert len(first.devices) == 4
+    cfg.write_text("version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n"
+                   "      replicas: 2\n")
+    r.plugin.request_reload()  # what SIGHUP does
+    kubelet.wait(lambda: kubelet.registrations.get("nvidia.com/gpu") is not first and
+                 len(kubelet.registrations["nvidia.com/gpu"].devices) == 8)
+    cfg.write_text("version: v2\n")  # broken: the running config stays
+    r.plugin.request_reload()
+    time.sleep(0.5)
+    assert r.thread.is_alive()
+    assert len(kubelet.registered("nvidia.com/gpu").devices) == 8

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gfd.discovery.simulated.sysfs_tree import pci_config
-from gfd.discovery.sysfs import VgpuParseError, read_machine_type, read_pci_class, scan_vgpu
+from gfd.discovery.sysfs import PciFacts, VgpuParseError, read_machine_type, scan_vgpu
 from gfd.model import Vgpu
 
 
@@ -72,10 +72,16 @@ def test_fuzzed_config_space_never_crashes(tmp_path_factory: pytest.TempPathFact
     assert result is not None and isinstance(result.present, bool)
 
 
-def test_pci_class_uses_sysfs_address_of_an_nvml_bus_id(tmp_path: Path) -> None:
+def test_pci_facts_use_the_sysfs_address_of_an_nvml_bus_id(tmp_path: Path) -> None:
     pci_function(tmp_path, "0000:07:00.0", pci_config(None), cls="0x030000")
-    assert read_pci_class(str(tmp_path), "00000000:07:00.0") == 0x030000
-    assert read_pci_class(str(tmp_path), "00000000:08:00.0") is None
+    (tmp_path / "sys/bus/pci/devices/0000:07:00.0/numa_node").write_text("1\n")
+    pci_function(tmp_path, "0000:0a:00.0", pci_config(None))
+    (tmp_path / "sys/bus/pci/devices/0000:0a:00.0/numa_node").write_text("-1\n")
+    facts = PciFacts(str(tmp_path))
+    assert facts.pci_class("00000000:07:00.0") == 0x030000
+    assert facts.numa_node("00000000:07:00.0") == 1
+    assert facts.numa_node("00000000:0A:00.0") is None  # -1: no NUMA affinity
+    assert facts.pci_class("00000000:08:00.0") is None and facts.numa_node("00000000:08:00.0") is None
 
 
 def test_machine_type(tmp_path: Path) -> None:

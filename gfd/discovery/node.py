@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from gfd.discovery import nvml
-from gfd.discovery.sysfs import VgpuParseError, read_machine_type, read_pci_class, scan_vgpu
+from gfd.discovery.sysfs import PciFacts, VgpuParseError, read_machine_type, scan_vgpu
 from gfd.model import DeviceModel
 
 
 def read_node(reader: nvml.NvmlReader | None, host_root: str, machine_type_file: str,
               topology: bool = False) -> DeviceModel:
     """Read the node. Without an NVML reader the model has no GPUs (upstream's null manager)."""
-    gpus = reader.read_gpus(lambda bus_id: read_pci_class(host_root, bus_id)) if reader is not None else ()
+    gpus = reader.read_gpus(PciFacts(host_root)) if reader is not None else ()
     # Upstream reads versions and the machine type only when there is a GPU to label.
     driver, cuda = reader.read_versions() if reader is not None and gpus else ("", 0)
     try:

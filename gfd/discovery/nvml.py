@@ -18,6 +18,7 @@ import pynvml
 import structlog
 
 from gfd.discovery.migprofile import MigProfileError, profile_name
+from gfd.discovery.sysfs import PciFacts
 from gfd.model import Fabric, Gpu, Link, MigDevice
 
 log = structlog.get_logger("gfd.discovery")
@@ -124,7 +125,7 @@ class NvmlReader:
             self._versions = (driver, cuda)
         return self._versions
 
-    def read_gpus(self, pci_class: Callable[[str], int | None]) -> tuple[Gpu, ...]:
+    def read_gpus(self, pci: PciFacts) -> tuple[Gpu, ...]:
         self.errors = []
         count = self._fatal("error getting devices", pynvml.nvmlDeviceGetCount)
         gpus = []
@@ -137,7 +138,7 @@ class NvmlReader:
                 if name in _SKIPPED_MODELS:
                     continue
                 errors_before = len(self.errors)
-                static = self._read_static(index, handle, uuid, name, pci_class)
+                static = self._read_static(index, handle, uuid, name, pci)
                 if uuid and len(self.errors) == errors_before:
                     self._static[uuid] = static  # only complete reads are kept: a failed query is retried
             gpus.append(self._read_dynamic(dataclasses.replace(static, index=index), handle))
@@ -174,8 +175,7 @@ class NvmlReader:
                 peers.append(by_bus[remote])
         return peers
 
-    def _read_static(self, index: int, handle: Any, uuid: str, name: str,
-                     pci_class: Callable[[str], int | None]) -> Gpu:
+    def _read_static(self, index: int, handle: Any, uuid: str, name: str, pci_facts: PciFacts) -> Gpu:
         memory = self._optional("memory info for device", pynvml.nvmlDeviceGetMemoryInfo, handle)
         major, minor = self._fatal("error getting CUDA compute capability",
                                    pynvml.nvmlDeviceGetCudaComputeCapability, handle)
@@ -193,8 +193,8 @@ class NvmlReader:
             pci_bus_id=bus_id,
             pci_device_id=pci.pciDeviceId if pci is not None else 0,
             minor_number=self._optional("minor number", pynvml.nvmlDeviceGetMinorNumber, handle),
-            numa_node=_numa_node(handle),
-            pci_class=pci_class(bus_id) if bus_id else None,
+            numa_node=pci_facts.numa_node(bus_id) if bus_id else None,
+            pci_class=pci_facts.pci_class(bus_id) if bus_id else None,
             mig_capable=False,
             mig_enabled=False,
             virtualization_mode=_VIRTUALIZATION.get(
@@ -262,14 +262,6 @@ class NvmlReader:
             return None
         h = cluster.hex()
         return Fabric(cluster_uuid=f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", clique_id=info.cliqueId)
-
-
-def _numa_node(handle: Any) -> int | None:
-    try:
-        node = pynvml.nvmlDeviceGetNumaNodeId(handle)
-    except NVMLError:
-        return None  # not reported on single-socket hosts or older drivers: no NUMA hint
-    return int(node) if node >= 0 else None
 
 
 def _read_mig_device(call: Callable[..., Any], parent: Any, handle: Any, uuid: str,

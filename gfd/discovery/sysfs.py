@@ -40,15 +40,32 @@ def read_machine_type(host_root: str, path: str) -> str | None:
         return None
 
 
-def read_pci_class(host_root: str, bus_id: str) -> int | None:
-    """The 24-bit PCI class of a GPU; None (warned) when sysfs cannot tell."""
-    address = _sysfs_address(bus_id)
-    try:
-        with open(os.path.join(host_root, PCI_DEVICES, address, "class"), encoding="ascii") as f:
-            return int(f.read().strip(), 16)
-    except (OSError, ValueError) as e:
-        log.warning("error getting PCI class", bus_id=bus_id, error=str(e))
-        return None
+class PciFacts:
+    """Per-GPU facts from /sys/bus/pci/devices/<address>: the PCI class (gpu.mode) and the NUMA node
+    (the device plugin's topology hint, read where upstream reads it)."""
+
+    def __init__(self, host_root: str) -> None:
+        self.host_root = host_root
+
+    def _read(self, bus_id: str, name: str) -> str:
+        with open(os.path.join(self.host_root, PCI_DEVICES, _sysfs_address(bus_id), name), encoding="ascii") as f:
+            return f.read().strip()
+
+    def pci_class(self, bus_id: str) -> int | None:
+        """The 24-bit PCI class; None (warned) when sysfs cannot tell."""
+        try:
+            return int(self._read(bus_id, "class"), 16)
+        except (OSError, ValueError) as e:
+            log.warning("error getting PCI class", bus_id=bus_id, error=str(e))
+            return None
+
+    def numa_node(self, bus_id: str) -> int | None:
+        """None when the file is missing or negative (no NUMA affinity), as upstream."""
+        try:
+            node = int(self._read(bus_id, "numa_node"))
+        except (OSError, ValueError):
+            return None
+        return node if node >= 0 else None
 
 
 def _sysfs_address(bus_id: str) -> str:

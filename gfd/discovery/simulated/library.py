@@ -188,7 +188,6 @@ class SimulatedLibrary:
             ("nvmlDeviceGetArchitecture", (_P, _P), self._device(lambda g, p: _write_uint(p, g.architecture))),
             ("nvmlDeviceGetBrand", (_P, _P), self._device(lambda g, p: _write_uint(p, g.brand))),
             ("nvmlDeviceGetMinorNumber", (_P, _P), self._device(lambda g, p: _write_uint(p, g.minor))),
-            ("nvmlDeviceGetNumaNodeId", (_P, _P), self._device(self._numa)),
             ("nvmlDeviceGetVirtualizationMode", (_P, _P),
              self._device(lambda g, p: _write_uint(p, g.virtualization_mode))),
             ("nvmlDeviceGetMaxMigDeviceCount", (_P, _P), self._device(self._max_mig)),
@@ -284,10 +283,6 @@ class SimulatedLibrary:
         info.pciDeviceId = gpu.pci_device_id
         info.pciSubSystemId = 0
         return SUCCESS
-
-    @staticmethod
-    def _numa(gpu: SimGpu, ptr: int) -> int:
-        return NOT_SUPPORTED if gpu.numa_node < 0 else _write_int(ptr, gpu.numa_node)
 
     @staticmethod
     def _max_mig(gpu: SimGpu, ptr: int) -> int:

@@ -41,17 +41,18 @@ def materialise(node: SimNode, root: str) -> None:
     devices = os.path.join(root, PCI_DEVICES)
     os.makedirs(devices, exist_ok=True)
     functions = [
-        (_address(g.bus_id), "0x10de", g.pci_class, g.vgpu) for g in node.gpus
+        (_address(g.bus_id), "0x10de", g.pci_class, g.vgpu, g.numa_node) for g in node.gpus
     ] + [
-        (f["address"], f.get("vendor", "0x10de"), int(f.get("class", 0x040300)), f.get("vgpu"))
+        (f["address"], f.get("vendor", "0x10de"), int(f.get("class", 0x040300)), f.get("vgpu"), -1)
         for f in node.extra_pci_functions
     ]
-    for address, vendor, pci_class, vgpu in functions:
+    for address, vendor, pci_class, vgpu, numa_node in functions:
         path = os.path.join(devices, address)
         os.makedirs(path, exist_ok=True)
         _write(os.path.join(path, "vendor"), f"{vendor}\n".encode())
         _write(os.path.join(path, "class"), f"0x{pci_class:06x}\n".encode())
         _write(os.path.join(path, "config"), pci_config(vgpu))
+        _write(os.path.join(path, "numa_node"), f"{numa_node}\n".encode())
     dmi = os.path.join(root, "sys/class/dmi/id")
     os.makedirs(dmi, exist_ok=True)
     _write(os.path.join(dmi, "product_name"), f"{node.machine}\n".encode())
