@@ -167,7 +167,7 @@ class Daemon:
     def _labels(self, run: _Run) -> Labels | None:
         """This cycle's labels, or None to leave the published ones as they are."""
         self._ensure_nvml(run)
-        if run.source.reader is None and (run.config.fail_on_init_error or self.nvml_ever_up):
+        if not run.source.ready and (run.config.fail_on_init_error or self.nvml_ever_up):
             return None  # nothing yet, or keep the last good set: never flap to a GPU-less set
         try:
             model = run.source.read()
@@ -188,7 +188,7 @@ class Daemon:
             return None
 
     def _ensure_nvml(self, run: _Run) -> None:
-        if run.source.reader is not None or time.monotonic() < self.nvml_retry_at:
+        if run.source.ready or time.monotonic() < self.nvml_retry_at:
             return
         try:
             run.source.open()

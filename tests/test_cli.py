@@ -62,8 +62,8 @@ def test_bad_flag_exits_1(capsys: Any) -> None:
 
 
 def test_unimplemented_discovery_backends_are_refused_clearly(capsys: Any) -> None:
-    assert main(["--oneshot", "-o", "-", "--device-discovery-strategy=vfio", "--simulate=t4"], {}) == 1
-    assert "'vfio' is not implemented yet" in capsys.readouterr().err
+    assert main(["--oneshot", "-o", "-", "--device-discovery-strategy=tegra", "--simulate=t4"], {}) == 1
+    assert "'tegra' is not implemented yet" in capsys.readouterr().err
 
 
 def test_file_write_error_exits_1_without_traceback(tmp_path: Path, capsys: Any) -> None:

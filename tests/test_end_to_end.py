@@ -311,3 +311,37 @@ def test_timestamp_is_the_run_start(capsys: Any) -> None:
     main(["--oneshot", "-o", "-", "--simulate", "t4"], {})
     labels = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert before <= int(labels["nvidia.com/gfd.timestamp"]) <= int(time.time())
+
+
+VFIO = {
+    "nvidia.com/cuda.driver-version.full": "unknown.unknown.unknown",
+    "nvidia.com/cuda.driver-version.major": "unknown", "nvidia.com/cuda.driver-version.minor": "unknown",
+    "nvidia.com/cuda.driver-version.revision": "unknown", "nvidia.com/cuda.driver.major": "unknown",
+    "nvidia.com/cuda.driver.minor": "unknown", "nvidia.com/cuda.driver.rev": "unknown",
+} | {k: v for k, v in versions("1.2.3", "0.0").items() if "runtime" in k} | \
+    compute(-1, -1, "undefined") | flags(False, machine="PowerEdge-XE8545") | \
+    resource("gpu", "GA100-A100-SXM4-40GB", 2, memory=2**37)
+
+
+@pytest.mark.parametrize("strategy", ["none", "mixed"])
+def test_vfio_back_end_labels_passthrough_gpus_from_sysfs(capsys: Any, strategy: str) -> None:
+    """Upstream's vfio labels: PCI-ID name, -1/-1 compute, unknown driver, CUDA 0.0, BAR bytes as memory."""
+    code, labels, err = run(capsys, "--simulate", "vfio-passthrough", "--device-discovery-strategy=vfio",
+                            f"--mig-strategy={strategy}")
+    assert code == 0
+    assert labels == VFIO | ({"nvidia.com/mig.strategy": "mixed"} if strategy == "mixed" else {})
+    assert "skipping NVIDIA GPU not bound to vfio-pci" in err  # the T4 on the nvidia driver
+
+
+def test_vfio_without_a_pci_id_database_names_by_device_id(tmp_path: Any) -> None:
+    from gfd.discovery.simulated.profiles import load_profile
+    from gfd.discovery.simulated.sysfs_tree import materialise
+    from gfd.discovery.vfio import read_vfio_gpus
+
+    materialise(load_profile("vfio-passthrough"), str(tmp_path))
+    (tmp_path / "usr/share/misc/pci.ids").unlink()
+    vf = tmp_path / "sys/bus/pci/devices/0000:18:00.0"
+    (vf / "physfn").symlink_to(tmp_path / "sys/bus/pci/devices/0000:10:00.0")  # an SR-IOV VF: skipped
+    gpus = read_vfio_gpus(str(tmp_path))
+    # NVML's bus-id form (8-digit domain), so sysfs lookups work the same for both back-ends.
+    assert [(g.name, g.pci_bus_id, g.memory_mib) for g in gpus] == [("Device 20b0", "00000000:10:00.0", 2**37)]

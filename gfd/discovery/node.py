@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from gfd.discovery import nvml
 from gfd.discovery.sysfs import PciFacts, VgpuParseError, read_machine_type, scan_vgpu
-from gfd.model import DeviceModel
+from gfd.discovery.vfio import UNKNOWN_DRIVER, read_vfio_gpus
+from gfd.model import DeviceModel, Gpu
 
 
 def read_node(reader: nvml.NvmlReader | None, host_root: str, machine_type_file: str,
               topology: bool = False) -> DeviceModel:
-    """Read the node. Without an NVML reader the model has no GPUs (upstream's null manager)."""
+    """Read the node through NVML. Without an NVML reader the model has no GPUs (upstream's null manager)."""
     gpus = reader.read_gpus(PciFacts(host_root)) if reader is not None else ()
     # Upstream reads versions and the machine type only when there is a GPU to label.
     driver, cuda = reader.read_versions() if reader is not None and gpus else ("", 0)
+    return _model(gpus, driver, cuda, host_root, machine_type_file, reader, topology)
+
+
+def read_vfio_node(host_root: str, machine_type_file: str) -> DeviceModel:
+    """Read GPUs bound to vfio-pci from sysfs (no NVML)."""
+    gpus = read_vfio_gpus(host_root)
+    return _model(gpus, UNKNOWN_DRIVER if gpus else "", 0, host_root, machine_type_file, None, False)
+
+
+def _model(gpus: tuple[Gpu, ...], driver: str, cuda: int, host_root: str, machine_type_file: str,
+           reader: nvml.NvmlReader | None, topology: bool) -> DeviceModel:
     try:
         vgpu = scan_vgpu(host_root)
     except VgpuParseError as e:

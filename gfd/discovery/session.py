@@ -6,12 +6,12 @@ import structlog
 
 from gfd.config import Config, ConfigError
 from gfd.discovery import nvml
-from gfd.discovery.node import read_node
+from gfd.discovery.node import read_node, read_vfio_node
 from gfd.model import DeviceModel
 
 log = structlog.get_logger("gfd.discovery")
 
-SUPPORTED_STRATEGIES = ("auto", "nvml")
+SUPPORTED_STRATEGIES = ("auto", "nvml", "vfio")
 
 
 class NodeSource:
@@ -43,13 +43,22 @@ class NodeSource:
     def for_gfd(cls, config: Config) -> NodeSource:
         return cls(config.device_discovery_strategy, config.simulate, config.machine_type_file)
 
+    @property
+    def ready(self) -> bool:
+        """NVML is open, or not needed (vfio reads sysfs only)."""
+        return self.strategy == "vfio" or self.reader is not None
+
     def open(self) -> None:
         """Initialise NVML (NvmlUnavailable when it cannot be); caches start empty each time."""
+        if self.strategy == "vfio":
+            return
         nvml.init()
         self.reader = nvml.NvmlReader()
 
     def read(self, topology: bool = False) -> DeviceModel:
         """Read the node; with NVML closed the model has no GPUs."""
+        if self.strategy == "vfio":
+            return read_vfio_node(self.host_root, self.machine_type_file)
         return read_node(self.reader, self.host_root, self.machine_type_file, topology)
 
     def close_nvml(self) -> None:

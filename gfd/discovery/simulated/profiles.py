@@ -61,6 +61,8 @@ class SimGpu:
     lost: bool = False
     nvlinks: list[str] = field(default_factory=list)  # remote PCI bus id per active NVLink
     events_supported: bool = True
+    pci_name: str = ""  # the PCI-ID database name (what the vfio back-end reports)
+    bars: list[int] = field(default_factory=list)  # 64-bit memory BAR sizes in bytes
 
 
 @dataclass(eq=False)
@@ -83,6 +85,8 @@ class SimNode:
     extra_pci_functions: list[dict[str, Any]] = field(default_factory=list)
     pcie: dict[tuple[int, int], int] = field(default_factory=dict)  # (a, b) with a < b -> NVML level
     pcie_default: int = 40
+    # GPUs bound to vfio-pci for passthrough: in sysfs, invisible to NVML.
+    vfio_gpus: list[SimGpu] = field(default_factory=list)
 
 
 _ARCH = {"kepler": 2, "maxwell": 3, "pascal": 4, "volta": 5, "turing": 6, "ampere": 7, "ada": 8, "hopper": 9,
@@ -140,8 +144,10 @@ def build_node(doc: Any, source: str) -> SimNode:
     if not isinstance(doc, dict):
         raise ConfigError(src, "", "expected a mapping", "description, machine, driver_version, gpus, faults")
     gpus: list[SimGpu] = []
+    vfio: list[SimGpu] = []
     for i, group in enumerate(doc.get("gpus") or []):
-        gpus.extend(_gpu_group(group, f"gpus[{i}]", src, start=len(gpus)))
+        target = vfio if isinstance(group, dict) and group.get("vfio") else gpus
+        target.extend(_gpu_group(group, f"gpus[{i}]", src, start=len(gpus) + len(vfio)))
     name = str(doc.get("name") or os.path.basename(source).removesuffix(".yaml"))
     for g in gpus:
         g.uuid = g.uuid or f"GPU-{stable_uuid(f'{name}/{g.minor}')}"
@@ -158,6 +164,7 @@ def build_node(doc: Any, source: str) -> SimNode:
         faults=[_fault(f, f"faults[{i}]", src) for i, f in enumerate(doc.get("faults") or [])],
         library_present=doc.get("library", "present") != "missing",
         extra_pci_functions=list(doc.get("extra_pci_functions") or []),
+        vfio_gpus=vfio,
     )
     _topology(node, doc.get("topology") or {}, src)
     return node
@@ -189,7 +196,7 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
     if not isinstance(group, dict) or group.get("model") not in model_names():
         raise ConfigError(src, f"{field_name}.model", f"unknown GPU model {group!r}", ", ".join(model_names()))
     spec = dict(_model(group["model"]))  # cached: never mutate it
-    unknown = set(group) - _GPU_FIELDS - {"model", "count", "mig", "bus_ids"}
+    unknown = set(group) - _GPU_FIELDS - {"model", "count", "mig", "bus_ids", "vfio"}
     if unknown:
         raise ConfigError(src, field_name, f"unknown keys {sorted(unknown)}", ", ".join(sorted(_GPU_FIELDS)))
     spec.update({k: v for k, v in group.items() if k in _GPU_FIELDS})
@@ -215,6 +222,8 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
             virtualization_mode=int(spec.get("virtualization_mode", 0)),
             vgpu=spec.get("vgpu"),
             events_supported=bool(spec.get("events_supported", True)),
+            pci_name=str(spec.get("pci_name", "")),
+            bars=[int(b) for b in spec.get("bars", [])],
         )
         if layout is not None:
             if not gpu.mig_capable:

@@ -40,25 +40,49 @@ def _address(bus_id: str) -> str:
 def materialise(node: SimNode, root: str) -> None:
     devices = os.path.join(root, PCI_DEVICES)
     os.makedirs(devices, exist_ok=True)
-    functions = [
-        (_address(g.bus_id), "0x10de", g.pci_class, g.vgpu, g.numa_node) for g in node.gpus
-    ] + [
-        (f["address"], f.get("vendor", "0x10de"), int(f.get("class", 0x040300)), f.get("vgpu"), -1)
-        for f in node.extra_pci_functions
-    ]
-    for address, vendor, pci_class, vgpu, numa_node in functions:
-        path = os.path.join(devices, address)
-        os.makedirs(path, exist_ok=True)
-        _write(os.path.join(path, "vendor"), f"{vendor}\n".encode())
-        _write(os.path.join(path, "class"), f"0x{pci_class:06x}\n".encode())
-        _write(os.path.join(path, "config"), pci_config(vgpu))
-        _write(os.path.join(path, "numa_node"), f"{numa_node}\n".encode())
+    for f in node.extra_pci_functions:
+        _function(devices, f["address"], f.get("vendor", "0x10de"), int(f.get("class", 0x040300)), f.get("vgpu"), -1)
+    drivers = os.path.join(root, "sys/bus/pci/drivers")
+    for driver, gpus in (("nvidia", node.gpus), ("vfio-pci", node.vfio_gpus)):
+        os.makedirs(os.path.join(drivers, driver), exist_ok=True)
+        for gpu in gpus:
+            path = _function(devices, _address(gpu.bus_id), "0x10de", gpu.pci_class, gpu.vgpu, gpu.numa_node)
+            _write(os.path.join(path, "device"), f"0x{gpu.pci_device_id >> 16:04x}\n".encode())
+            _write(os.path.join(path, "resource"), _resources(gpu.bars))
+            if not os.path.lexists(os.path.join(path, "driver")):
+                os.symlink(os.path.join(drivers, driver), os.path.join(path, "driver"))
+    ids = os.path.join(root, "usr/share/misc")
+    os.makedirs(ids, exist_ok=True)
+    names = {g.pci_device_id >> 16: g.pci_name for g in (*node.gpus, *node.vfio_gpus) if g.pci_name}
+    _write(os.path.join(ids, "pci.ids"), ("10de  NVIDIA Corporation\n" + "".join(
+        f"\t{device:04x}  {name}\n" for device, name in sorted(names.items()))).encode())
     dmi = os.path.join(root, "sys/class/dmi/id")
     os.makedirs(dmi, exist_ok=True)
     _write(os.path.join(dmi, "product_name"), f"{node.machine}\n".encode())
     caps = os.path.join(root, "proc/driver/nvidia-caps")
     os.makedirs(caps, exist_ok=True)
     _write(os.path.join(caps, "mig-minors"), mig_minors(len(node.gpus)).encode())
+
+
+def _function(devices: str, address: str, vendor: str, pci_class: int, vgpu: dict[str, str] | None,
+              numa_node: int) -> str:
+    path = os.path.join(devices, address)
+    os.makedirs(path, exist_ok=True)
+    _write(os.path.join(path, "vendor"), f"{vendor}\n".encode())
+    _write(os.path.join(path, "class"), f"0x{pci_class:06x}\n".encode())
+    _write(os.path.join(path, "config"), pci_config(vgpu))
+    _write(os.path.join(path, "numa_node"), f"{numa_node}\n".encode())
+    return path
+
+
+def _resources(bars: list[int]) -> bytes:
+    """sysfs `resource` lines (start end flags): a 32-bit BAR0, then the 64-bit prefetchable BARs."""
+    lines = ["0x00000000fa000000 0x00000000faffffff 0x0000000000040200"]
+    start = 0x38000000000
+    for size in bars:
+        lines.append(f"0x{start:016x} 0x{start + size - 1:016x} 0x000000000014220c")
+        start += size
+    return ("\n".join(lines) + "\n").encode()
 
 
 def mig_minors(gpus: int) -> str:
