@@ -141,7 +141,7 @@ class NvmlReader:
                 static = self._read_static(index, handle, uuid, name, pci)
                 if uuid and len(self.errors) == errors_before:
                     self._static[uuid] = static  # only complete reads are kept: a failed query is retried
-            gpus.append(self._read_dynamic(dataclasses.replace(static, index=index), handle))
+            gpus.append(self._read_dynamic(static, index, handle))
         return tuple(gpus)
 
     def read_links(self, gpus: tuple[Gpu, ...]) -> tuple[Link, ...]:
@@ -202,7 +202,7 @@ class NvmlReader:
                 "unknown"),
         )
 
-    def _read_dynamic(self, gpu: Gpu, handle: Any) -> Gpu:
+    def _read_dynamic(self, gpu: Gpu, index: int, handle: Any) -> Gpu:
         mig_capable, mig_enabled = self._mig_mode(handle)
         mig_devices: tuple[MigDevice, ...] = ()
         mig_error = None
@@ -213,8 +213,8 @@ class NvmlReader:
                 mig_error = error_name(e)
             except MigProfileError as e:
                 mig_error = str(e)
-        return dataclasses.replace(gpu, mig_capable=mig_capable, mig_enabled=mig_enabled, mig_devices=mig_devices,
-                                   mig_error=mig_error, fabric=self._fabric(handle))
+        return dataclasses.replace(gpu, index=index, mig_capable=mig_capable, mig_enabled=mig_enabled,
+                                   mig_devices=mig_devices, mig_error=mig_error, fabric=self._fabric(handle))
 
     def _mig_mode(self, handle: Any) -> tuple[bool, bool]:
         try:
@@ -242,7 +242,8 @@ class NvmlReader:
             uuid = call(pynvml.nvmlDeviceGetUUID, handle)
             cached = self._migs.get(uuid)
             if cached is None:
-                cached = self._migs[uuid] = _read_mig_device(call, parent, handle, uuid, parent_memory_mib)
+                cached = self._migs[uuid] = _read_mig_device(call, parent, handle, mig_index, uuid,
+                                                             parent_memory_mib)
             devices.append(cached if cached.index == mig_index else dataclasses.replace(cached, index=mig_index))
         return tuple(devices)
 
@@ -264,7 +265,7 @@ class NvmlReader:
         return Fabric(cluster_uuid=f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", clique_id=info.cliqueId)
 
 
-def _read_mig_device(call: Callable[..., Any], parent: Any, handle: Any, uuid: str,
+def _read_mig_device(call: Callable[..., Any], parent: Any, handle: Any, index: int, uuid: str,
                      parent_memory_mib: int) -> MigDevice:
     attrs = call(pynvml.nvmlDeviceGetAttributes, handle)
     gi_id = call(pynvml.nvmlDeviceGetGpuInstanceId, handle)
@@ -274,7 +275,7 @@ def _read_mig_device(call: Callable[..., Any], parent: Any, handle: Any, uuid: s
     ci = call(pynvml.nvmlGpuInstanceGetComputeInstanceById, gi, ci_id)
     ci_profile = call(pynvml.nvmlComputeInstanceGetInfo, ci).profileId
     return MigDevice(
-        index=0,
+        index=index,
         uuid=uuid,
         gi_id=gi_id,
         ci_id=ci_id,

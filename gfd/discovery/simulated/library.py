@@ -150,7 +150,7 @@ class SimulatedLibrary:
                     return UNINITIALIZED
                 target = self._handles.get(args[0]) if args and isinstance(args[0], int) else None
                 gpu = target if isinstance(target, SimGpu) else getattr(target, "gpu", None)
-                for fault in self.node.faults:
+                for fault in self.node.faults if self.node.faults else ():
                     if fault.call == name and (fault.gpu is None or (gpu is not None and gpu.minor == fault.gpu)):
                         return fault.error
                 if gpu is not None and gpu.lost:
