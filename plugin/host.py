@@ -19,8 +19,11 @@ def read_node_devices(config: PluginConfig, resources: list[Resource], root: str
     """`root` is where the container's / is for these reads (a simulated node's tree in tests)."""
     minors = _mig_minors(root) if config.pass_device_specs else {}
     if config.pass_device_specs:
-        for device in (d for r in resources for d in r.devices if d.mig is not None):
-            assert device.mig is not None
+        for device in (d for r in resources for d in r.devices):
+            if device.gpu.minor_number is None:
+                raise ResourceError(f"error getting device paths: no minor number for GPU {device.gpu.uuid}")
+            if device.mig is None:
+                continue
             base = f"gpu{device.gpu.minor_number}/gi{device.mig.gi_id}"
             for key in (f"{base}/access", f"{base}/ci{device.mig.ci_id}/access"):
                 if key not in minors:
