@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from gfd.config import Config, Sharing
+from gfd.config import Config, ReplicatedResource, Sharing
 from gfd.labels.errors import LabelError
 from gfd.labels.sanitise import product
 from gfd.model import DeviceModel, Gpu, MigDevice
@@ -41,17 +41,21 @@ class _Resource:
     count: int
 
     @property
+    def entry(self) -> ReplicatedResource | None:
+        """The first entry of the active sharing list named after this resource."""
+        active = self.sharing.active if self.sharing is not None else None
+        return active.entry(f"nvidia.com/{self.key}") if active is not None else None
+
+    @property
     def replicas(self) -> int:
         if self.sharing is None:
             return 0
-        active = self.sharing.active
-        entry = active.entry(f"nvidia.com/{self.key}") if active is not None else None
+        entry = self.entry
         return entry.replicas if entry is not None else 1
 
     @property
     def renamed(self) -> bool:
-        active = self.sharing.active if self.sharing is not None else None
-        entry = active.entry(f"nvidia.com/{self.key}") if active is not None else None
+        entry = self.entry
         return entry is not None and entry.rename != ""
 
     def label(self, name: str, value: object) -> tuple[str, str]:
