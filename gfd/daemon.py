@@ -119,7 +119,13 @@ class Daemon:
 
     def _start_run(self, config: Config) -> _Run:
         self.config = config
-        run = _Run(config, NodeSource.for_gfd(config), make_output(config, self.metrics))
+        source = NodeSource.for_gfd(config)
+        try:
+            output = make_output(config, self.metrics)
+        except OutputError:
+            source.close()
+            raise
+        run = _Run(config, source, output)
         self.current = run
         self.published = None
         self.nvml_retry_at = self.output_retry_at = 0.0
