@@ -215,6 +215,7 @@ class Daemon:
         name = type(run.output).__name__
         if labels == self.published and not run.output.needs_resync():
             self.metrics.writes_skipped.inc()
+            log.debug("labels unchanged; write skipped", output=name)  # debug: it happens every interval
             return True
         if time.monotonic() < self.output_retry_at:
             return False
