@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 1
     if cmdline.given.get("simulate") == "list":
         return _list_profiles()
-    logs.configure(cmdline.given.get("log_format", "auto"))
+    logs.configure(cmdline.given.get("log_format", "auto"), cmdline.given.get("log_level", "info"))
     try:
         config = load_config(cmdline)
     except ConfigError as e:

@@ -8,8 +8,11 @@ import sys
 import structlog
 
 
-def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
-    """fmt: auto | console | json. Logs go to stderr: stdout may carry the labels."""
+def configure(fmt: str = "auto", level: str | int = logging.INFO) -> None:
+    """fmt: auto | console | json; level: a name (debug, info, ...) or a number. Logs go to stderr: stdout
+    may carry the labels."""
+    if isinstance(level, str):
+        level = logging.getLevelNamesMapping()[level.upper()]
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)

@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as e:
         print(f"nvidia-device-plugin: error starting plugins: {e}", file=sys.stderr)
         return 1
-    logs.configure(config.log_format)
+    logs.configure(config.log_format, config.log_level)
     plugin = DevicePlugin(argv, environ, config)
     signals.install(plugin.stop, plugin.request_reload)
     return plugin.run()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from gfd.config import ConfigError, Sharing
 from gfd.config.loader import load, parse_command_line
 from gfd.config.model import DISCOVERY_STRATEGIES, MIG_STRATEGIES, Imex
-from gfd.config.options import Option
+from gfd.config.options import LOG_LEVELS, Option
 
 DEVICE_LIST_STRATEGIES = ("envvar", "volume-mounts", "cdi-annotations", "cdi-cri")
 DEVICE_ID_STRATEGIES = ("uuid", "index")
@@ -69,6 +69,8 @@ PLUGIN_OPTIONS: tuple[Option, ...] = (
            help="run on a simulated node: a built-in profile name or a profile YAML path"),
     Option("log_format", ("--log-format",), ("DP_LOG_FORMAT",), "str", "auto", None, ("auto", "console", "json"),
            help="log format"),
+    Option("log_level", ("--log-level",), ("DP_LOG_LEVEL",), "str", "info", None, LOG_LEVELS,
+           help="the lowest level logged"),
     Option("metrics_address", ("--metrics-address",), ("DP_METRICS_ADDRESS",), "str", "",
            help="serve Prometheus /metrics on HOST:PORT (off when empty)"),
     Option("health_recovery_ns", ("--health-recovery-period",), ("DP_HEALTH_RECOVERY_PERIOD",), "duration",
@@ -104,6 +106,7 @@ class PluginConfig:
     cdi_disable_hooks: tuple[str, ...] = ()
     simulate: str = ""
     log_format: str = "auto"
+    log_level: str = "info"
     metrics_address: str = ""
     health_recovery_ns: int = 300_000_000_000
     health_probe_ns: int = 30_000_000_000

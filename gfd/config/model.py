@@ -78,6 +78,7 @@ class Config:
     kube_api_burst: int = 10
     simulate: str = ""
     log_format: str = "auto"
+    log_level: str = "info"
     metrics_address: str = ""
     keep_output_on_exit: bool = False
     node_feature_resync_ns: int = 3_600_000_000_000

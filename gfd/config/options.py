@@ -9,6 +9,7 @@ from typing import Any
 from gfd.config.duration import format_duration, parse_duration
 from gfd.config.model import DEFAULT_MACHINE_TYPE_FILE, DEFAULT_OUTPUT_FILE, DISCOVERY_STRATEGIES, MIG_STRATEGIES
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
 _GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
 _GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
@@ -116,6 +117,8 @@ GFD_OPTIONS: tuple[Option, ...] = (
            help="run on a simulated node: a built-in profile name, a profile YAML path, or 'list'"),
     Option("log_format", ("--log-format",), ("GFD_LOG_FORMAT",), "str", "auto", None, ("auto", "console", "json"),
            help="log format: auto (console on a terminal, JSON otherwise), console or json"),
+    Option("log_level", ("--log-level",), ("GFD_LOG_LEVEL",), "str", "info", None, LOG_LEVELS,
+           help="the lowest level logged"),
     Option("metrics_address", ("--metrics-address",), ("GFD_METRICS_ADDRESS",), "str", "",
            help="serve Prometheus /metrics and /healthz on HOST:PORT (daemon mode; off when empty)"),
     Option("keep_output_on_exit", ("--keep-output-on-exit",), ("GFD_KEEP_OUTPUT_ON_EXIT",), "bool", False,
