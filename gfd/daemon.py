@@ -220,7 +220,9 @@ class Daemon:
         if time.monotonic() < self.output_retry_at:
             return False
         try:
-            run.output.write(labels)
+            self._write_interruptibly(run.output, labels)
+        except _Stopped:
+            return False
         except OutputError as e:
             delay = max(self.output_backoff.next_delay(), e.retry_after or 0.0)
             self.output_retry_at = time.monotonic() + delay
@@ -235,11 +237,37 @@ class Daemon:
         self.metrics.labels.set(len(labels))
         return True
 
+    def _write_interruptibly(self, output: Output, labels: Labels) -> None:
+        """Write on a helper thread so a stop request is honoured even while an API call hangs (up to
+        its timeout); an abandoned write dies with the process."""
+        outcome: list[BaseException | None] = []
+
+        def write() -> None:
+            try:
+                output.write(labels)
+                outcome.append(None)
+            except BaseException as e:  # handed to the loop's thread below
+                outcome.append(e)
+            self.wake.set()
+
+        threading.Thread(target=write, name="output-write", daemon=True).start()
+        while not outcome:
+            if self.stop_requested:
+                raise _Stopped
+            self.wake.wait(0.05)
+            self.wake.clear()
+        if outcome[0] is not None:
+            raise outcome[0]
+
     def _log_changes(self, labels: Labels) -> None:
         old = self.published or {}
         changed = sorted(k for k in labels.keys() | old.keys() if labels.get(k) != old.get(k))
         log.info("labels published", changed=changed if len(changed) <= 20 else f"{len(changed)} keys",
                  count=len(labels))
+
+
+class _Stopped(Exception):
+    """A stop request interrupted a write."""
 
 
 def run(cmdline: CommandLine, config: Config) -> int:

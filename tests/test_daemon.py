@@ -264,3 +264,16 @@ def test_node_feature_mode_makes_no_requests_when_nothing_changes(start: Callabl
     # After a failed write the object is re-read before the next attempt.
     assert [r.method for r in apiserver.requests()] == ["PUT", "GET", "PUT", "GET", "PUT"]
     assert sample(r.daemon, "gfd_api_requests_total", verb="update", code="500") == 2
+
+
+def test_stop_is_prompt_while_an_api_write_hangs(start: Callable[..., Running], tmp_path: Path,
+                                                 apiserver: FakeApiServer) -> None:
+    kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
+    apiserver.fail("GET", "nodefeatures", status=0, delay=8.0)  # a hung API server (client timeout: 10 s)
+    r = start("--simulate", "t4", "--kubeconfig", kubeconfig, "--node-name", "node1", output=False)
+    eventually(lambda: len(apiserver.requests("GET")) == 1)
+    stopped = time.monotonic()
+    r.daemon.stop()
+    r.thread.join(5)
+    assert not r.thread.is_alive()
+    assert time.monotonic() - stopped < 1.0
