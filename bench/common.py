@@ -22,11 +22,6 @@ def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[float
     return wall, usage.ru_maxrss / 1024
 
 
-def median_child(args: list[str], runs: int) -> tuple[float, float]:
-    samples = [run_child(args) for _ in range(runs)]
-    return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
-
-
 def paired(baseline: list[str], subject: list[str], runs: int) -> dict[str, float]:
     """Alternate baseline and subject runs so machine noise hits both; medians and the median ratio."""
     base, subj = [], []

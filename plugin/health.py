@@ -102,10 +102,6 @@ class HealthState:
                     log.info("device healthy again", gpu=unit[0], gi=unit[1], ci=unit[2], was=reason)
                     self._bump()
 
-    def unhealthy_units(self) -> dict[Unit, str]:
-        with self.changed:
-            return {u: r for u, (_, r) in self._faults.items()}
-
     def _bump(self) -> None:
         self.version += 1
         self.changed.notify_all()

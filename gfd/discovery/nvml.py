@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -69,13 +70,16 @@ def shutdown() -> None:
         log.warning("error shutting down NVML", error=str(e))
 
 
+@functools.cache
+def _error_names() -> dict[object, str]:
+    """Built on the first error, not at import: the oneshot's start-up never pays for it."""
+    return {v: k[5:] for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_") and isinstance(v, int)}
+
+
 def error_name(e: Exception) -> str:
     """Upstream prints NVML errors by their symbolic name (e.g. ERROR_LIBRARY_NOT_FOUND)."""
     value = getattr(e, "value", None)
-    names: dict[object, str] = {
-        v: k[5:] for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_") and isinstance(v, int)
-    }
-    return names.get(value, f"ERROR_{value}")
+    return _error_names().get(value, f"ERROR_{value}")
 
 
 def _unsupported(e: Exception) -> bool:

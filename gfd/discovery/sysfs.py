@@ -40,6 +40,16 @@ def read_machine_type(host_root: str, path: str) -> str | None:
         return None
 
 
+def read_attribute(path: str) -> str:
+    """A small sysfs attribute, stripped. os.read of a few bytes: several times cheaper than a
+    text-mode open() on these per-GPU paths. OSError when it cannot be read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+
+
 class PciFacts:
     """Per-GPU facts from /sys/bus/pci/devices/<address>: the PCI class (gpu.mode) and the NUMA node
     (the device plugin's topology hint, read where upstream reads it)."""
@@ -48,12 +58,7 @@ class PciFacts:
         self.host_root = host_root
 
     def _read(self, bus_id: str, name: str) -> str:
-        # os.read of a few bytes: several times cheaper than a text-mode open() on this per-GPU path.
-        fd = os.open(os.path.join(self.host_root, PCI_DEVICES, _sysfs_address(bus_id), name), os.O_RDONLY)
-        try:
-            return os.read(fd, 64).decode("ascii").strip()
-        finally:
-            os.close(fd)
+        return read_attribute(os.path.join(self.host_root, PCI_DEVICES, _sysfs_address(bus_id), name))
 
     def pci_class(self, bus_id: str) -> int | None:
         """The 24-bit PCI class; None (warned) when sysfs cannot tell."""

@@ -12,7 +12,7 @@ import os
 
 import structlog
 
-from gfd.discovery.sysfs import NVIDIA_VENDOR, PCI_DEVICES, PciFacts, host_path
+from gfd.discovery.sysfs import NVIDIA_VENDOR, PCI_DEVICES, PciFacts, host_path, read_attribute
 from gfd.model import Gpu
 
 log = structlog.get_logger("gfd.discovery")
@@ -52,9 +52,9 @@ def read_vfio_gpus(host_root: str) -> tuple[Gpu, ...]:
 
 
 def _read(path: str, name: str) -> str:
+    """An attribute of a PCI function; "" when absent (e.g. `resource` on an odd function)."""
     try:
-        with open(os.path.join(path, name), encoding="ascii") as f:
-            return f.read().strip()
+        return read_attribute(os.path.join(path, name))
     except OSError:
         return ""
 

@@ -52,9 +52,6 @@ class _Struct:
                     ("sharedOfaCount", c_uint), ("gpuInstanceSliceCount", c_uint),
                     ("computeInstanceSliceCount", c_uint), ("memorySizeMB", ctypes.c_ulonglong)]
 
-    class Placement(ctypes.Structure):
-        _fields_ = [("start", c_uint), ("size", c_uint)]
-
     class GpuInstanceInfo(ctypes.Structure):
         _fields_ = [("device", c_void_p), ("id", c_uint), ("profileId", c_uint)]
 
