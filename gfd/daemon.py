@@ -21,8 +21,10 @@ from gfd.config.duration import INFINITE_NS
 from gfd.discovery.nvml import DiscoveryError, NvmlUnavailable
 from gfd.discovery.session import NodeSource
 from gfd.labels.compose import Labels, compose
+from gfd.labelling import lost_summary
 from gfd.labels.errors import LabelError
 from gfd.metrics import Metrics, serve
+from gfd.model import DeviceModel
 from gfd.outputs import Output, OutputError
 from gfd.outputs.choose import make_output
 from gfd.outputs.featurefile import FeatureFile
@@ -62,6 +64,7 @@ class Daemon:
         self.started = time.monotonic()
         self.health_min_s = HEALTH_MIN_S
         self.current: _Run | None = None
+        self.lost = ""  # summary of the GPUs lost in the last read
 
     # -- control ----------------------------------------------------------------------------------
     def request_reload(self) -> None:
@@ -79,7 +82,8 @@ class Daemon:
         since = self.last_success if self.last_success is not None else self.started
         age = time.monotonic() - since
         if age <= grace or (interval == INFINITE_NS and self.last_success is not None):
-            return True, "ok"
+            # A lost GPU needs a node reboot, not a restart of this pod: reported, not failed.
+            return True, f"ok; degraded: {self.lost}" if self.lost else "ok"
         return False, f"no successful labelling cycle for {age:.0f}s"
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -187,11 +191,23 @@ class Daemon:
             return None
         for call, error in model.nvml_errors:
             self.metrics.nvml_errors.labels(call=call, error=error).inc()
+        self._note_lost(model)
         try:
             return compose(model, run.config, run.started_at)
         except LabelError as e:
             log.error("labelling pass failed; keeping the published labels", error=str(e))
             return None
+
+    def _note_lost(self, model: DeviceModel) -> None:
+        """Lost GPUs leave the labels (they describe the GPUs that can be used); say so when that changes."""
+        lost = lost_summary(model) if model.lost_gpus else ""
+        if lost != self.lost:
+            if lost:
+                log.error("GPUs lost; labelling the remaining GPUs", lost=lost)
+            else:
+                log.info("no GPU is lost any more", was=self.lost)
+            self.lost = lost
+        self.metrics.gpus_lost.set(len(model.lost_gpus))
 
     def _ensure_nvml(self, run: _Run) -> None:
         if run.source.ready or time.monotonic() < self.nvml_retry_at:

@@ -36,9 +36,17 @@ def read_model(source: NodeSource, config: Config) -> DeviceModel:
 
 def _read(source: NodeSource) -> DeviceModel:
     try:
-        return source.read()
+        model = source.read()
     except DiscoveryError as e:
         raise PassError(str(e)) from None
+    if model.lost_gpus:  # upstream's oneshot fails on a lost GPU; its exit status is kept
+        raise PassError(lost_summary(model))
+    return model
+
+
+def lost_summary(model: DeviceModel) -> str:
+    return "error getting devices: " + "; ".join(
+        f"GPU {g.index}{f' ({g.uuid})' if g.uuid else ''}: ERROR_GPU_IS_LOST in {g.call}" for g in model.lost_gpus)
 
 
 def labels_for(model: DeviceModel, config: Config, started_at: int) -> Labels:

@@ -21,6 +21,8 @@ class Metrics:
         self.last_success = Gauge("gfd_last_success_timestamp_seconds",
                                   "Unix time of the last cycle that produced and published labels", registry=r)
         self.nvml_up = Gauge("gfd_nvml_up", "1 while NVML is initialised", registry=r)
+        self.gpus_lost = Gauge("gfd_gpus_lost", "GPUs that answered NVML_ERROR_GPU_IS_LOST in the last read",
+                               registry=r)
         self.nvml_errors = Counter("gfd_nvml_errors", "Failed NVML queries by function and error",
                                    ["call", "error"], registry=r)
         self.labels = Gauge("gfd_labels", "Labels in the last published set", registry=r)

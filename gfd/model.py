@@ -70,6 +70,18 @@ class Gpu:
 
 
 @dataclass(frozen=True)
+class LostGpu:
+    """A GPU that answered NVML_ERROR_GPU_IS_LOST. What is known of it comes from an earlier read in this
+    process or from the kernel driver's /proc entry; "" / None when neither knows."""
+
+    index: int
+    uuid: str
+    call: str  # the NVML function that reported it lost
+    pci_bus_id: str = ""
+    minor_number: int | None = None
+
+
+@dataclass(frozen=True)
 class Link:
     """How two GPUs (by index) are connected: active NVLinks between them and their PCIe relationship.
 
@@ -105,6 +117,8 @@ class DeviceModel:
     nvml_errors: tuple[tuple[str, str], ...] = ()
     # GPU pairs (a < b), read only when asked for (the device plugin's preferred allocation).
     links: tuple[Link, ...] = ()
+    # GPUs that fell off the bus: not in `gpus`, so labels describe the GPUs that can be used.
+    lost_gpus: tuple[LostGpu, ...] = ()
 
     @property
     def mig_devices(self) -> tuple[MigDevice, ...]:

@@ -20,7 +20,7 @@ def test_profile_names_like_go_nvlib(gi: int, ci: int, mem: int, parent: int, na
 
 
 def test_profile_17_is_rejected_as_upstream() -> None:
-    with pytest.raises(MigProfileError, match="invalid GPU Instance Profile ID: 17"):
+    with pytest.raises(MigProfileError, match="invalid GPU Instance Profile index: 17"):
         profile_name(17, 0, 4864, 40960)
 
 

@@ -37,7 +37,20 @@ def test_mig_devices_walk(simulate: Any) -> None:
         mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 0)
         assert pynvml.nvmlDeviceGetAttributes(mig).memorySizeMB == 40192
         gi = pynvml.nvmlDeviceGetGpuInstanceById(parent, pynvml.nvmlDeviceGetGpuInstanceId(mig))
-        assert pynvml.nvmlGpuInstanceGetInfo(gi).profileId == 2
+        # The driver's profile ID (9 for 3g.40gb), not the NVML_GPU_INSTANCE_PROFILE_3_SLICE index (2).
+        assert pynvml.nvmlGpuInstanceGetInfo(gi).profileId == 9
+        info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(parent, pynvml.NVML_GPU_INSTANCE_PROFILE_3_SLICE, 1)
+        assert (info.id, info.sliceCount, info.memorySizeMB) == (9, 3, 40192)
+        with pytest.raises(pynvml.NVMLError_NotSupported):  # no 8-slice profile on an A100
+            pynvml.nvmlDeviceGetGpuInstanceProfileInfo(parent, pynvml.NVML_GPU_INSTANCE_PROFILE_8_SLICE, 1)
+        with pytest.raises(pynvml.NVMLError_InvalidArgument):
+            pynvml.nvmlDeviceGetGpuInstanceProfileInfo(parent, pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT, 1)
+        ci_info = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+            gi, pynvml.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, 1)
+        assert (ci_info.id, ci_info.sliceCount) == (0, 1)
+        with pytest.raises(pynvml.NVMLError_NotSupported):  # a 3-slice instance has no 4-slice compute instance
+            pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                gi, pynvml.NVML_COMPUTE_INSTANCE_PROFILE_4_SLICE, 0, 1)
         with pytest.raises(pynvml.NVMLError_NotFound):
             pynvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, 6)
     finally:

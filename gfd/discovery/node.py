@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from gfd.discovery import nvml
-from gfd.discovery.sysfs import PciFacts, VgpuParseError, read_machine_type, scan_vgpu
+from gfd.discovery.sysfs import PciFacts, VgpuParseError, identify_lost, read_machine_type, scan_vgpu
 from gfd.discovery.vfio import UNKNOWN_DRIVER, read_vfio_gpus
-from gfd.model import DeviceModel, Gpu
+from gfd.model import DeviceModel, Gpu, LostGpu
 
 
 def read_node(reader: nvml.NvmlReader | None, host_root: str, machine_type_file: str,
               topology: bool = False) -> DeviceModel:
     """Read the node through NVML. Without an NVML reader the model has no GPUs (upstream's null manager)."""
-    gpus = reader.read_gpus(PciFacts(host_root)) if reader is not None else ()
+    gpus, lost = reader.read_gpus(PciFacts(host_root)) if reader is not None else ((), ())
     # Upstream reads versions and the machine type only when there is a GPU to label.
     driver, cuda = reader.read_versions() if reader is not None and gpus else ("", 0)
-    return _model(gpus, driver, cuda, host_root, machine_type_file, reader, topology)
+    lost = identify_lost(lost, reader.device_count, host_root) if reader is not None else ()
+    return _model(gpus, driver, cuda, host_root, machine_type_file, reader, topology, lost)
 
 
 def read_vfio_node(host_root: str, machine_type_file: str) -> DeviceModel:
@@ -24,7 +25,7 @@ def read_vfio_node(host_root: str, machine_type_file: str) -> DeviceModel:
 
 
 def _model(gpus: tuple[Gpu, ...], driver: str, cuda: int, host_root: str, machine_type_file: str,
-           reader: nvml.NvmlReader | None, topology: bool) -> DeviceModel:
+           reader: nvml.NvmlReader | None, topology: bool, lost: tuple[LostGpu, ...] = ()) -> DeviceModel:
     try:
         vgpu = scan_vgpu(host_root)
     except VgpuParseError as e:
@@ -38,4 +39,5 @@ def _model(gpus: tuple[Gpu, ...], driver: str, cuda: int, host_root: str, machin
         nvml_available=reader is not None,
         nvml_errors=tuple(reader.errors) if reader is not None else (),
         links=reader.read_links(gpus) if reader is not None and topology and len(gpus) > 1 else (),
+        lost_gpus=lost,
     )

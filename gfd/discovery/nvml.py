@@ -20,7 +20,7 @@ import structlog
 
 from gfd.discovery.migprofile import MigProfileError, profile_name
 from gfd.discovery.sysfs import PciFacts
-from gfd.model import Fabric, Gpu, Link, MigDevice
+from gfd.model import Fabric, Gpu, Link, LostGpu, MigDevice
 
 log = structlog.get_logger("gfd.discovery")
 
@@ -45,6 +45,14 @@ class DiscoveryError(Exception):
 
     def __init__(self, message: str, call: str = "") -> None:
         super().__init__(message)
+        self.call = call
+
+
+class GpuLost(Exception):
+    """A per-GPU query answered NVML_ERROR_GPU_IS_LOST: the GPU is reported lost, the pass goes on."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__(call)
         self.call = call
 
 
@@ -82,6 +90,11 @@ def error_name(e: Exception) -> str:
     return _error_names().get(value, f"ERROR_{value}")
 
 
+def _lost_check(e: Exception, call: str) -> None:
+    if isinstance(e, pynvml.NVMLError_GpuIsLost):
+        raise GpuLost(call) from None
+
+
 def _unsupported(e: Exception) -> bool:
     return isinstance(e, pynvml.NVMLError_NotSupported | pynvml.NVMLError_FunctionNotFound)
 
@@ -96,6 +109,11 @@ class NvmlReader:
         self._migs: dict[str, MigDevice] = {}
         self._versions: tuple[str, int] | None = None
         self._links: dict[tuple[str, ...], tuple[Link, ...]] = {}
+        self.device_count = 0  # NVML's count in the last read, skipped and lost GPUs included
+        self._uuid_by_index: dict[int, str] = {}  # names a GPU that is lost later
+        # Per GPU UUID: driver profile ID -> NVML profile index, for GPU and compute instances.
+        self._gi_profiles: dict[str, dict[int, int]] = {}
+        self._ci_profiles: dict[tuple[str, int], dict[int, int]] = {}
         # (NVML function, error name) of every failed query in the last read, fatal or not.
         self.errors: list[tuple[str, str]] = []
 
@@ -104,6 +122,7 @@ class NvmlReader:
             return call(*args)
         except NVMLError as e:
             self.errors.append((call.__name__, error_name(e)))
+            _lost_check(e, call.__name__)
             raise DiscoveryError(f"{what}: {error_name(e)}", call.__name__) from None
 
     def _recorded(self, call: Callable[..., T], *args: Any) -> T:
@@ -112,6 +131,7 @@ class NvmlReader:
             return call(*args)
         except NVMLError as e:
             self.errors.append((call.__name__, error_name(e)))
+            _lost_check(e, call.__name__)
             raise
 
     def _optional(self, what: str, call: Callable[..., T], *args: Any) -> T | None:
@@ -119,6 +139,7 @@ class NvmlReader:
             return call(*args)
         except NVMLError as e:
             self.errors.append((call.__name__, error_name(e)))
+            _lost_check(e, call.__name__)
             log.warning(f"Ignoring error getting {what}", error=error_name(e))
             return None
 
@@ -129,28 +150,47 @@ class NvmlReader:
             self._versions = (driver, cuda)
         return self._versions
 
-    def read_gpus(self, pci: PciFacts) -> tuple[Gpu, ...]:
+    def read_gpus(self, pci: PciFacts) -> tuple[tuple[Gpu, ...], tuple[LostGpu, ...]]:
+        """The GPUs that answer, and those that answered NVML_ERROR_GPU_IS_LOST to any query."""
         self.errors = []
-        count = self._fatal("error getting devices", pynvml.nvmlDeviceGetCount)
-        gpus = []
+        count = self.device_count = self._fatal("error getting devices", pynvml.nvmlDeviceGetCount)
+        gpus: list[Gpu] = []
+        lost: list[LostGpu] = []
         for index in range(count):
-            handle = self._fatal("error getting devices", pynvml.nvmlDeviceGetHandleByIndex, index)
-            uuid = self._optional("UUID", pynvml.nvmlDeviceGetUUID, handle) or ""
-            static = self._static.get(uuid) if uuid else None
-            if static is None:
-                name = self._fatal("error getting devices", pynvml.nvmlDeviceGetName, handle)
-                if name in _SKIPPED_MODELS:
-                    continue
-                errors_before = len(self.errors)
-                static = self._read_static(index, handle, uuid, name, pci)
-                if uuid and len(self.errors) == errors_before:
-                    self._static[uuid] = static  # only complete reads are kept: a failed query is retried
-            gpus.append(self._read_dynamic(static, index, handle))
-        return tuple(gpus)
+            try:
+                gpu = self._read_gpu(index, pci)
+            except GpuLost as e:
+                lost.append(LostGpu(index, self._uuid_by_index.get(index, ""), e.call))
+                continue
+            if gpu is not None:
+                self._uuid_by_index[index] = gpu.uuid
+                gpus.append(gpu)
+        return tuple(gpus), tuple(lost)
+
+    def _read_gpu(self, index: int, pci: PciFacts) -> Gpu | None:
+        """One GPU, or None for a display-only model upstream skips."""
+        handle = self._fatal("error getting devices", pynvml.nvmlDeviceGetHandleByIndex, index)
+        uuid = self._optional("UUID", pynvml.nvmlDeviceGetUUID, handle) or ""
+        static = self._static.get(uuid) if uuid else None
+        if static is None:
+            name = self._fatal("error getting devices", pynvml.nvmlDeviceGetName, handle)
+            if name in _SKIPPED_MODELS:
+                return None
+            errors_before = len(self.errors)
+            static = self._read_static(index, handle, uuid, name, pci)
+            if uuid and len(self.errors) == errors_before:
+                self._static[uuid] = static  # only complete reads are kept: a failed query is retried
+        return self._read_dynamic(static, index, handle)
 
     def read_links(self, gpus: tuple[Gpu, ...]) -> tuple[Link, ...]:
         """NVLink counts and PCIe levels for every GPU pair; cached while the same GPUs are present."""
         key = tuple(g.uuid for g in gpus)
+        try:
+            return self._read_links(key, gpus)
+        except GpuLost:
+            return ()  # a GPU fell off the bus since read_gpus: no topology this time, retried next read
+
+    def _read_links(self, key: tuple[str, ...], gpus: tuple[Gpu, ...]) -> tuple[Link, ...]:
         if key not in self._links:
             handles = [self._fatal("error getting devices", pynvml.nvmlDeviceGetHandleByIndex, g.index) for g in gpus]
             by_bus = {g.pci_bus_id.lower(): g.index for g in gpus if g.pci_bus_id}
@@ -212,7 +252,7 @@ class NvmlReader:
         mig_error = None
         if mig_enabled:
             try:
-                mig_devices = self._read_mig_devices(handle, gpu.memory_mib)
+                mig_devices = self._read_mig_devices(handle, gpu.uuid, gpu.memory_mib)
             except NVMLError as e:
                 mig_error = error_name(e)
             except MigProfileError as e:
@@ -227,10 +267,12 @@ class NvmlReader:
             if _unsupported(e):
                 return False, False
             self.errors.append(("nvmlDeviceGetMigMode", error_name(e)))
+            _lost_check(e, "nvmlDeviceGetMigMode")
             raise DiscoveryError(f"error getting MIG mode: {error_name(e)}", "nvmlDeviceGetMigMode") from None
         return True, current == pynvml.NVML_DEVICE_MIG_ENABLE
 
-    def _read_mig_devices(self, parent: Any, parent_memory_mib: int | None) -> tuple[MigDevice, ...]:
+    def _read_mig_devices(self, parent: Any, parent_uuid: str, parent_memory_mib: int | None) \
+            -> tuple[MigDevice, ...]:
         if not parent_memory_mib:
             raise MigProfileError("cannot name MIG profiles: parent memory unknown")
         devices = []
@@ -242,14 +284,88 @@ class NvmlReader:
                 continue  # an empty MIG slot
             except NVMLError as e:
                 self.errors.append(("nvmlDeviceGetMigDeviceHandleByIndex", error_name(e)))
+                _lost_check(e, "nvmlDeviceGetMigDeviceHandleByIndex")
                 raise
             uuid = call(pynvml.nvmlDeviceGetUUID, handle)
             cached = self._migs.get(uuid)
             if cached is None:
-                cached = self._migs[uuid] = _read_mig_device(call, parent, handle, mig_index, uuid,
-                                                             parent_memory_mib)
+                cached = self._migs[uuid] = self._read_mig_device(parent, parent_uuid, handle, mig_index, uuid,
+                                                                  parent_memory_mib)
             devices.append(cached if cached.index == mig_index else dataclasses.replace(cached, index=mig_index))
         return tuple(devices)
+
+    def _read_mig_device(self, parent: Any, parent_uuid: str, handle: Any, index: int, uuid: str,
+                         parent_memory_mib: int) -> MigDevice:
+        call = self._recorded
+        attrs = call(pynvml.nvmlDeviceGetAttributes, handle)
+        gi_id = call(pynvml.nvmlDeviceGetGpuInstanceId, handle)
+        ci_id = call(pynvml.nvmlDeviceGetComputeInstanceId, handle)
+        gi = call(pynvml.nvmlDeviceGetGpuInstanceById, parent, gi_id)
+        gi_profile_id = call(pynvml.nvmlGpuInstanceGetInfo, gi).profileId
+        gi_profile = self._gi_profile_index(parent, parent_uuid, gi_profile_id)
+        ci = call(pynvml.nvmlGpuInstanceGetComputeInstanceById, gi, ci_id)
+        ci_profile_id = call(pynvml.nvmlComputeInstanceGetInfo, ci).profileId
+        ci_profile = self._ci_profile_index(gi, (parent_uuid, gi_profile), ci_profile_id)
+        return MigDevice(
+            index=index,
+            uuid=uuid,
+            gi_id=gi_id,
+            ci_id=ci_id,
+            gi_profile_id=gi_profile_id,
+            ci_profile_id=ci_profile_id,
+            profile=profile_name(gi_profile, ci_profile, attrs.memorySizeMB, parent_memory_mib),
+            memory_mib=attrs.memorySizeMB,
+            multiprocessors=attrs.multiprocessorCount,
+            gi_slices=attrs.gpuInstanceSliceCount,
+            ci_slices=attrs.computeInstanceSliceCount,
+            copy_engines=attrs.sharedCopyEngineCount,
+            decoders=attrs.sharedDecoderCount,
+            encoders=attrs.sharedEncoderCount,
+            jpeg_engines=attrs.sharedJpegCount,
+            ofa_engines=attrs.sharedOfaCount,
+        )
+
+    def _gi_profile_index(self, parent: Any, parent_uuid: str, profile_id: int) -> int:
+        """The NVML_GPU_INSTANCE_PROFILE_* index whose profile info carries the driver's `profile_id`
+        (go-nvlib's lookup: ask each index, compare `.id`); the table is cached per GPU."""
+        table = self._gi_profiles.get(parent_uuid)
+        if table is None:
+            table = {}
+            for index in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
+                info = self._profile_info(pynvml.nvmlDeviceGetGpuInstanceProfileInfo, parent, index)
+                if info is not None:
+                    table.setdefault(info.id, index)
+            self._gi_profiles[parent_uuid] = table
+        if profile_id not in table:
+            raise MigProfileError(f"invalid GPU Instance Profile ID: {profile_id}")
+        return table[profile_id]
+
+    def _ci_profile_index(self, gi: Any, key: tuple[str, int], profile_id: int) -> int:
+        """The same lookup for compute-instance profiles of one GPU-instance profile."""
+        table = self._ci_profiles.get(key)
+        if table is None:
+            table = {}
+            for index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+                for engines in range(pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_COUNT):
+                    info = self._profile_info(pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo, gi, index,
+                                              engines)
+                    if info is not None:
+                        table.setdefault(info.id, index)
+            self._ci_profiles[key] = table
+        if profile_id not in table:
+            raise MigProfileError(f"invalid Compute Instance Profile ID: {profile_id}")
+        return table[profile_id]
+
+    def _profile_info(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Profile info (v1 struct, as go-nvlib); None for a profile this GPU does not offer."""
+        try:
+            return call(*args, version=1)
+        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_InvalidArgument):
+            return None
+        except NVMLError as e:
+            self.errors.append((call.__name__, error_name(e)))
+            _lost_check(e, call.__name__)
+            raise
 
     def _fabric(self, handle: Any) -> Fabric | None:
         info = pynvml.c_nvmlGpuFabricInfo_v2_t()
@@ -260,6 +376,7 @@ class NvmlReader:
             if _unsupported(e):
                 return None
             self.errors.append(("nvmlDeviceGetGpuFabricInfoV", error_name(e)))
+            _lost_check(e, "nvmlDeviceGetGpuFabricInfoV")
             raise DiscoveryError(f"error getting GPU fabric info: {error_name(e)}",
                                  "nvmlDeviceGetGpuFabricInfoV") from None
         cluster = bytes(info.clusterUuid)
@@ -267,32 +384,3 @@ class NvmlReader:
             return None
         h = cluster.hex()
         return Fabric(cluster_uuid=f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", clique_id=info.cliqueId)
-
-
-def _read_mig_device(call: Callable[..., Any], parent: Any, handle: Any, index: int, uuid: str,
-                     parent_memory_mib: int) -> MigDevice:
-    attrs = call(pynvml.nvmlDeviceGetAttributes, handle)
-    gi_id = call(pynvml.nvmlDeviceGetGpuInstanceId, handle)
-    ci_id = call(pynvml.nvmlDeviceGetComputeInstanceId, handle)
-    gi = call(pynvml.nvmlDeviceGetGpuInstanceById, parent, gi_id)
-    gi_profile = call(pynvml.nvmlGpuInstanceGetInfo, gi).profileId
-    ci = call(pynvml.nvmlGpuInstanceGetComputeInstanceById, gi, ci_id)
-    ci_profile = call(pynvml.nvmlComputeInstanceGetInfo, ci).profileId
-    return MigDevice(
-        index=index,
-        uuid=uuid,
-        gi_id=gi_id,
-        ci_id=ci_id,
-        gi_profile_id=gi_profile,
-        ci_profile_id=ci_profile,
-        profile=profile_name(gi_profile, ci_profile, attrs.memorySizeMB, parent_memory_mib),
-        memory_mib=attrs.memorySizeMB,
-        multiprocessors=attrs.multiprocessorCount,
-        gi_slices=attrs.gpuInstanceSliceCount,
-        ci_slices=attrs.computeInstanceSliceCount,
-        copy_engines=attrs.sharedCopyEngineCount,
-        decoders=attrs.sharedDecoderCount,
-        encoders=attrs.sharedEncoderCount,
-        jpeg_engines=attrs.sharedJpegCount,
-        ofa_engines=attrs.sharedOfaCount,
-    )

@@ -9,11 +9,12 @@ import os
 
 import structlog
 
-from gfd.model import Vgpu
+from gfd.model import LostGpu, Vgpu
 
 log = structlog.get_logger("gfd.discovery")
 
 PCI_DEVICES = "sys/bus/pci/devices"
+DRIVER_GPUS = "proc/driver/nvidia/gpus"
 NVIDIA_VENDOR = "0x10de"
 _CAP_VENDOR_SPECIFIC = 0x09
 
@@ -143,3 +144,40 @@ def _host_driver(capability: bytes, address: str) -> tuple[str, str]:
             break
         pos += step
     raise VgpuParseError(f"unable to parse vGPU host driver info of {address}")
+
+
+def identify_lost(lost: tuple[LostGpu, ...], nvml_count: int, host_root: str) -> tuple[LostGpu, ...]:
+    """Complete lost GPUs from the kernel driver's `/proc/driver/nvidia/gpus/<bus>/information`
+    (`GPU UUID:`, `Device Minor:`), which stays readable when NVML has lost the GPU. NVML enumerates
+    GPUs in PCI bus order, so entry i is NVML index i when the driver lists as many GPUs as NVML."""
+    if not lost:
+        return lost
+    entries = _driver_gpus(host_root)
+    by_uuid = {e.uuid: e for e in entries}
+    done = []
+    for gpu in lost:
+        entry = by_uuid.get(gpu.uuid) if gpu.uuid else (entries[gpu.index] if len(entries) == nvml_count else None)
+        if entry is None:
+            log.warning("lost GPU not found in the driver's /proc entries", index=gpu.index)
+            done.append(gpu)
+        else:
+            done.append(LostGpu(gpu.index, entry.uuid, gpu.call, entry.pci_bus_id, entry.minor_number))
+    return tuple(done)
+
+
+def _driver_gpus(host_root: str) -> list[LostGpu]:
+    base = os.path.join(host_root, DRIVER_GPUS)
+    try:
+        addresses = sorted(os.listdir(base))
+    except OSError:
+        return []
+    entries = []
+    for address in addresses:
+        try:
+            fields = dict(line.partition(":")[::2] for line in
+                          read_attribute(os.path.join(base, address, "information")).splitlines())
+            minor = int(fields.get("Device Minor", "").strip())
+        except (OSError, ValueError):
+            continue
+        entries.append(LostGpu(-1, fields.get("GPU UUID", "").strip(), "", address, minor))
+    return entries

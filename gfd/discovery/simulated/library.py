@@ -32,6 +32,8 @@ GPU_IS_LOST = 15
 UNKNOWN = 999
 XID_CRITICAL = 0x8
 ALL_INSTANCES = 0xFFFFFFFF
+GPU_INSTANCE_PROFILE_COUNT = 0x12  # nvml.h NVML_GPU_INSTANCE_PROFILE_COUNT
+COMPUTE_INSTANCE_PROFILE_COUNT = 0x9
 
 _P = c_void_p  # every pointer or handle argument
 
@@ -54,6 +56,18 @@ class _Struct:
 
     class GpuInstanceInfo(ctypes.Structure):
         _fields_ = [("device", c_void_p), ("id", c_uint), ("profileId", c_uint)]
+
+    class GpuInstanceProfileInfo(ctypes.Structure):  # nvmlGpuInstanceProfileInfo_t (v1)
+        _fields_ = [("id", c_uint), ("isP2pSupported", c_uint), ("sliceCount", c_uint), ("instanceCount", c_uint),
+                    ("multiprocessorCount", c_uint), ("copyEngineCount", c_uint), ("decoderCount", c_uint),
+                    ("encoderCount", c_uint), ("jpegCount", c_uint), ("ofaCount", c_uint),
+                    ("memorySizeMB", ctypes.c_ulonglong)]
+
+    class ComputeInstanceProfileInfo(ctypes.Structure):  # nvmlComputeInstanceProfileInfo_t (v1)
+        _fields_ = [("id", c_uint), ("sliceCount", c_uint), ("instanceCount", c_uint),
+                    ("multiprocessorCount", c_uint), ("sharedCopyEngineCount", c_uint),
+                    ("sharedDecoderCount", c_uint), ("sharedEncoderCount", c_uint), ("sharedJpegCount", c_uint),
+                    ("sharedOfaCount", c_uint)]
 
     class ComputeInstanceInfo(ctypes.Structure):
         _fields_ = [("device", c_void_p), ("gpuInstance", c_void_p), ("id", c_uint), ("profileId", c_uint)]
@@ -146,6 +160,8 @@ class SimulatedLibrary:
                 if name not in ("nvmlInitWithFlags", "nvmlInit_v2") and not self._initialised:
                     return UNINITIALIZED
                 target = self._handles.get(args[0]) if args and isinstance(args[0], int) else None
+                if name == "nvmlDeviceGetHandleByIndex_v2" and args[0] < len(self.node.gpus):
+                    target = self.node.gpus[args[0]]  # takes an index, not a handle
                 gpu = target if isinstance(target, SimGpu) else getattr(target, "gpu", None)
                 for fault in self.node.faults if self.node.faults else ():
                     if fault.call == name and (fault.gpu is None or (gpu is not None and gpu.minor == fault.gpu)):
@@ -194,6 +210,9 @@ class SimulatedLibrary:
             ("nvmlDeviceGetComputeInstanceId", (_P, _P), self._mig_device(lambda m, p: _write_uint(p, m.mig.ci_id))),
             ("nvmlDeviceGetGpuInstanceById", (_P, c_uint, _P), self._device(self._gpu_instance)),
             ("nvmlGpuInstanceGetInfo", (_P, _P), self._instance(self._gi_info)),
+            ("nvmlDeviceGetGpuInstanceProfileInfo", (_P, c_uint, _P), self._device(self._gi_profile_info)),
+            ("nvmlGpuInstanceGetComputeInstanceProfileInfo", (_P, c_uint, c_uint, _P),
+             self._instance(self._ci_profile_info)),
             ("nvmlGpuInstanceGetComputeInstanceById", (_P, c_uint, _P), self._instance(self._compute_instance)),
             ("nvmlComputeInstanceGetInfo_v2", (_P, _P), self._instance(self._ci_info)),
             ("nvmlDeviceGetGpuFabricInfoV", (_P, _P), self._device(self._fabric)),
@@ -313,6 +332,43 @@ class SimulatedLibrary:
     def _gi_info(self, ref: _InstanceRef, ptr: int) -> int:
         info = _Struct.GpuInstanceInfo.from_address(ptr)
         info.device, info.id, info.profileId = self._handle(ref.gpu), ref.mig.gi_id, ref.mig.gi_profile_id
+        return SUCCESS
+
+    @staticmethod
+    def _gi_profile_info(gpu: SimGpu, index: int, ptr: int) -> int:
+        """As the driver: INVALID_ARGUMENT outside the enum, NOT_SUPPORTED for a profile this product lacks,
+        else the profile with the driver's ID (not the index) in `.id`."""
+        if index >= GPU_INSTANCE_PROFILE_COUNT:
+            return INVALID_ARGUMENT
+        if not gpu.mig_enabled:
+            return NOT_SUPPORTED
+        m = next((p for p in gpu.mig_profiles.values() if p.gi_profile == index and p.ci_slices == p.gi_slices),
+                 None)
+        if m is None:
+            return NOT_SUPPORTED
+        info = _Struct.GpuInstanceProfileInfo.from_address(ptr)
+        info.id, info.isP2pSupported, info.sliceCount = m.gi_profile_id, 0, m.gi_slices
+        info.instanceCount = 7 // m.gi_slices if m.gi_slices < 7 else 1
+        info.multiprocessorCount, info.copyEngineCount = m.multiprocessors, m.copy
+        info.decoderCount, info.encoderCount, info.jpegCount, info.ofaCount = m.decoder, m.encoder, m.jpeg, m.ofa
+        info.memorySizeMB = m.memory_mib
+        return SUCCESS
+
+    @staticmethod
+    def _ci_profile_info(ref: _InstanceRef, index: int, engines: int, ptr: int) -> int:
+        """The compute-instance profiles a GPU instance offers: those no larger than it."""
+        if ref.kind != "gi" or index >= COMPUTE_INSTANCE_PROFILE_COUNT or engines != 0:
+            return INVALID_ARGUMENT
+        m = next((p for p in ref.gpu.mig_profiles.values()
+                  if p.ci_profile == index and p.ci_slices <= ref.mig.gi_slices), None)
+        if m is None:
+            return NOT_SUPPORTED
+        info = _Struct.ComputeInstanceProfileInfo.from_address(ptr)
+        info.id, info.sliceCount = m.ci_profile_id, m.ci_slices
+        info.instanceCount = ref.mig.gi_slices // m.ci_slices
+        info.multiprocessorCount = ref.mig.multiprocessors * m.ci_slices // ref.mig.gi_slices
+        info.sharedCopyEngineCount, info.sharedDecoderCount = ref.mig.copy, ref.mig.decoder
+        info.sharedEncoderCount, info.sharedJpegCount, info.sharedOfaCount = ref.mig.encoder, ref.mig.jpeg, ref.mig.ofa
         return SUCCESS
 
     def _compute_instance(self, ref: _InstanceRef, ci_id: int, out: int) -> int:

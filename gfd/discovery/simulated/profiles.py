@@ -21,7 +21,9 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 @dataclass(eq=False)
 class SimMig:
     profile: str
-    gi_profile_id: int
+    gi_profile: int  # NVML_GPU_INSTANCE_PROFILE_* index
+    gi_profile_id: int  # the driver's profile ID (differs from the index)
+    ci_profile: int
     ci_profile_id: int
     memory_mib: int
     multiprocessors: int
@@ -55,6 +57,8 @@ class SimGpu:
     numa_node: int = -1
     mig_enabled: bool = False
     mig: list[SimMig] = field(default_factory=list)
+    # Every MIG profile of the model (what the profile-info queries answer), by profile name.
+    mig_profiles: dict[str, SimMig] = field(default_factory=dict)
     fabric: dict[str, Any] | None = None
     virtualization_mode: int = 0
     vgpu: dict[str, str] | None = None
@@ -225,6 +229,7 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
             pci_name=str(spec.get("pci_name", "")),
             bars=[int(b) for b in spec.get("bars", [])],
         )
+        gpu.mig_profiles = {name: SimMig(profile=name, **fields) for name, fields in profiles.items()}
         if layout is not None:
             if not gpu.mig_capable:
                 raise ConfigError(src, f"{field_name}.mig", f"{gpu.name} is not MIG-capable")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 
-from gfd.discovery.simulated.profiles import SimNode
-from gfd.discovery.sysfs import PCI_DEVICES
+from gfd.discovery.simulated.profiles import SimGpu, SimNode
+from gfd.discovery.sysfs import DRIVER_GPUS, PCI_DEVICES
 
 _CAP_POINTER = 0x40
 
@@ -59,6 +59,10 @@ def materialise(node: SimNode, root: str) -> None:
     dmi = os.path.join(root, "sys/class/dmi/id")
     os.makedirs(dmi, exist_ok=True)
     _write(os.path.join(dmi, "product_name"), f"{node.machine}\n".encode())
+    for gpu in node.gpus:
+        entry = os.path.join(root, DRIVER_GPUS, _address(gpu.bus_id))
+        os.makedirs(entry, exist_ok=True)
+        _write(os.path.join(entry, "information"), driver_information(gpu).encode())
     caps = os.path.join(root, "proc/driver/nvidia-caps")
     os.makedirs(caps, exist_ok=True)
     _write(os.path.join(caps, "mig-minors"), mig_minors(len(node.gpus)).encode())
@@ -83,6 +87,13 @@ def _resources(bars: list[int]) -> bytes:
         lines.append(f"0x{start:016x} 0x{start + size - 1:016x} 0x000000000014220c")
         start += size
     return ("\n".join(lines) + "\n").encode()
+
+
+def driver_information(gpu: SimGpu) -> str:
+    """The kernel driver's /proc/driver/nvidia/gpus/<bus>/information (layout as the driver prints it)."""
+    return (f"Model: \t\t {gpu.name}\nIRQ:   \t\t 0\nGPU UUID: \t {gpu.uuid}\nVideo BIOS: \t ??.??.??.??.??\n"
+            f"Bus Type: \t PCIe\nDMA Size: \t 47 bits\nDMA Mask: \t 0x7fffffffffff\n"
+            f"Bus Location: \t {_address(gpu.bus_id)}\nDevice Minor: \t {gpu.minor}\nGPU Excluded:\t No\n")
 
 
 def mig_minors(gpus: int) -> str:
