@@ -20,8 +20,8 @@ from gfd.config import CommandLine, Config, ConfigError, load_config
 from gfd.config.duration import INFINITE_NS
 from gfd.discovery.nvml import DiscoveryError, NvmlUnavailable
 from gfd.discovery.session import NodeSource
-from gfd.labels.compose import Labels, compose
 from gfd.labelling import lost_summary
+from gfd.labels.compose import Labels, compose
 from gfd.labels.errors import LabelError
 from gfd.metrics import Metrics, serve
 from gfd.model import DeviceModel

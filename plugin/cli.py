@@ -93,10 +93,10 @@ class DevicePlugin:
         """Discover, build resources, serve and register. None: no devices, wait for signals."""
         from gfd.discovery.nvml import DiscoveryError, NvmlUnavailable
         from gfd.discovery.session import NodeSource
-        from plugin.health import HealthChecker, HealthState, XidPolicy
+        from plugin.health import HealthChecker, HealthState, Rediscovery, XidPolicy
         from plugin.host import read_node_devices
         from plugin.kubelet import KubeletRegistrar
-        from plugin.resources import ResourceError, build_resources
+        from plugin.resources import ResourceError, build_resources, lost_placeholders
         from plugin.server import DevicePluginService, ResourceServer
 
         config = self.config
@@ -126,7 +126,15 @@ class DevicePlugin:
         if not resources:
             log.info("No devices found. Waiting indefinitely.")
         state = HealthState(config.health_recovery_ns / 1e9)
-        checker = HealthChecker(model.gpus, state, XidPolicy.from_env(self.environ), config.health_probe_ns / 1e9)
+        lost = lost_placeholders(model)
+        for gpu in lost:
+            log.error("GPU lost at start; advertised Unhealthy until it answers again", gpu=gpu.uuid,
+                      index=gpu.index)
+            state.fault((gpu.uuid, -1, -1), "GPU lost")
+        uuids = frozenset(g.uuid for g in lost)
+        rediscover = Rediscovery(uuids, self.request_reload, source.host_root) if lost else None
+        checker = HealthChecker(model.gpus + lost, state, XidPolicy.from_env(self.environ),
+                                config.health_probe_ns / 1e9, rediscover=rediscover)
         services = [DevicePluginService(r, config, node, state, model.links, self.metrics) for r in resources]
         registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir) for s in services], config.kubelet_socket,
                                      self.metrics)

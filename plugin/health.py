@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
 
-from gfd.discovery.events import ALL_INSTANCES, EventWatcher, WatchError, XidEvent, probe
+from gfd.discovery.events import ALL_INSTANCES, EventWatcher, WatchError, XidEvent, probe, probe_fully
 from gfd.model import Gpu
 from plugin.resources import PluginDevice, Resource
 
@@ -111,8 +111,9 @@ class HealthChecker(threading.Thread):
     """Watches XID events and probes GPUs; owns nothing but the watcher and the state it updates."""
 
     def __init__(self, gpus: tuple[Gpu, ...], state: HealthState, policy: XidPolicy, probe_s: float,
-                 wait_ms: int = 500) -> None:
+                 wait_ms: int = 500, rediscover: Rediscovery | None = None) -> None:
         super().__init__(name="health", daemon=True)
+        self.rediscover = rediscover
         self.gpus, self.state, self.policy = gpus, state, policy
         self.probe_s, self.wait_ms = probe_s, wait_ms
         self.stopped = threading.Event()
@@ -170,9 +171,29 @@ class HealthChecker(threading.Thread):
 
     def probe_all(self) -> None:
         failing = set()
+        lost = self.rediscover.lost if self.rediscover is not None else frozenset()
         for gpu in self.gpus:
-            error = probe(gpu)
+            error = probe(gpu) if gpu.uuid not in lost else probe_fully(gpu.index, self.rediscover_root)
             if error is not None:
                 failing.add(gpu.uuid)
                 self.state.fault((gpu.uuid, -1, -1), f"probe failed: {error}")
+        if self.rediscover is not None and lost - failing:
+            log.info("a GPU lost at start answers every query again; reading the node again", gpus=sorted(lost))
+            self.rediscover.callback()
+            self.rediscover = None
+            return
         self.state.recover(failing)
+
+    @property
+    def rediscover_root(self) -> str:
+        return self.rediscover.host_root if self.rediscover is not None else "/"
+
+
+@dataclass(frozen=True)
+class Rediscovery:
+    """GPUs (by UUID) lost before the plugin could read them, and what to call once one of them can be
+    read completely again."""
+
+    lost: frozenset[str]
+    callback: Callable[[], None]
+    host_root: str

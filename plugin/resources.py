@@ -16,7 +16,7 @@ from functools import cached_property
 import structlog
 
 from gfd.config import ReplicatedResources
-from gfd.model import DeviceModel, Gpu, MigDevice
+from gfd.model import DeviceModel, Gpu, LostGpu, MigDevice
 from plugin.config import PluginConfig
 
 log = structlog.get_logger("plugin")
@@ -81,7 +81,27 @@ def build_resources(model: DeviceModel, config: PluginConfig) -> list[Resource]:
         for mig in gpu.mig_devices:
             name = PREFIX + "gpu" if strategy == "single" else _mixed_name(mig)
             groups[name].append(PluginDevice(mig.uuid, mig.uuid, f"{gpu.index}:{mig.index}", gpu, mig))
+    for gpu in lost_placeholders(model):
+        # Advertised (Unhealthy, see plugin.cli) as a full GPU: its MIG layout cannot be read while it is lost.
+        groups[PREFIX + "gpu"].append(PluginDevice(gpu.uuid, gpu.uuid, str(gpu.index), gpu))
     return [_shared(name, devices, config) for name, devices in groups.items()]
+
+
+def lost_placeholders(model: DeviceModel) -> tuple[Gpu, ...]:
+    """GPUs lost before the plugin could read them, with what the driver still tells (UUID, bus, minor)."""
+    found = []
+    for lost in model.lost_gpus:
+        if not lost.uuid:
+            log.warning("lost GPU has no known UUID; not advertised", index=lost.index)
+            continue
+        found.append(_placeholder(lost))
+    return tuple(found)
+
+
+def _placeholder(lost: LostGpu) -> Gpu:
+    return Gpu(index=lost.index, uuid=lost.uuid, name="", memory_mib=None, compute_capability=(0, 0),
+               architecture="unknown", brand="unknown", pci_bus_id=lost.pci_bus_id, pci_device_id=0,
+               minor_number=lost.minor_number, numa_node=None, pci_class=None, mig_capable=False, mig_enabled=False)
 
 
 def _mixed_name(mig: MigDevice) -> str:

@@ -366,3 +366,38 @@ def test_reload_rebuilds_resources_from_the_changed_config(start: Callable[..., 
     time.sleep(0.5)
     assert r.thread.is_alive()
     assert len(kubelet.registered("nvidia.com/gpu").devices) == 8
+
+
+def test_a_gpu_lost_at_start_is_advertised_unhealthy_and_rediscovered_when_back(
+        start: Callable[..., Running], kubelet: KubeletStandIn, tmp_path: Path) -> None:
+    profile = tmp_path / "node.yaml"
+    node = {"gpus": [{"model": "A100-SXM4-40GB", "count": 8}]}
+    # The case: a per-GPU query (fabric info) says the GPU is lost; upstream exits 1 here.
+    profile.write_text(yaml.safe_dump(node | {"faults": [
+        {"call": "nvmlDeviceGetGpuFabricInfoV", "error": "GPU_IS_LOST", "gpu": 3}]}))
+    r = start(f"--simulate={profile}")
+    assert r.thread.is_alive()
+    kubelet.wait(lambda: len(kubelet.health("nvidia.com/gpu")) == 8 if "nvidia.com/gpu" in kubelet.registrations
+                 else False)
+    health = kubelet.health("nvidia.com/gpu")
+    lost_uuid = r.sim.node.gpus[3].uuid
+    assert health[lost_uuid] == "Unhealthy"
+    assert sorted(h for u, h in health.items() if u != lost_uuid) == ["Healthy"] * 7
+    time.sleep(0.6)  # past the recovery period: the cheap probe answers, but the GPU is still not readable
+    assert kubelet.health("nvidia.com/gpu")[lost_uuid] == "Unhealthy"
+    profile.write_text(yaml.safe_dump(node))  # the GPU is back
+    r.sim.node.faults.clear()
+    kubelet.wait(lambda: kubelet.health("nvidia.com/gpu").get(lost_uuid) == "Healthy", timeout=10)
+    assert set(kubelet.health("nvidia.com/gpu").values()) == {"Healthy"}
+    assert r.thread.is_alive()
+
+
+def test_a_gpu_lost_at_handle_level_is_named_from_the_driver(start: Callable[..., Running],
+                                                              kubelet: KubeletStandIn, tmp_path: Path) -> None:
+    profile = tmp_path / "node.yaml"
+    profile.write_text(yaml.safe_dump({"gpus": [{"model": "T4", "count": 4}], "faults": [
+        {"call": "nvmlDeviceGetHandleByIndex_v2", "error": "GPU_IS_LOST", "gpu": 1}]}))
+    r = start(f"--simulate={profile}", "--device-id-strategy=uuid")
+    kubelet.wait(lambda: len(kubelet.health("nvidia.com/gpu")) == 4 if "nvidia.com/gpu" in kubelet.registrations
+                 else False)
+    assert kubelet.health("nvidia.com/gpu")[r.sim.node.gpus[1].uuid] == "Unhealthy"

@@ -81,5 +81,20 @@ def probe(gpu: Gpu) -> str | None:
     return None
 
 
+def probe_fully(index: int, host_root: str) -> str | None:
+    """Read one GPU with every query discovery makes: None when all answer, else what failed. For a GPU
+    that was lost before it could be read, where answering the cheap probe is not enough."""
+    from gfd.discovery.nvml import DiscoveryError, GpuLost, NvmlReader
+    from gfd.discovery.sysfs import PciFacts
+
+    try:
+        NvmlReader().read_one(index, PciFacts(host_root))
+    except GpuLost as e:
+        return f"ERROR_GPU_IS_LOST in {e.call}"
+    except DiscoveryError as e:
+        return str(e)
+    return None
+
+
 def _address(handle: Any) -> int:
     return ctypes.cast(handle, ctypes.c_void_p).value or 0

@@ -158,7 +158,7 @@ class NvmlReader:
         lost: list[LostGpu] = []
         for index in range(count):
             try:
-                gpu = self._read_gpu(index, pci)
+                gpu = self.read_one(index, pci)
             except GpuLost as e:
                 lost.append(LostGpu(index, self._uuid_by_index.get(index, ""), e.call))
                 continue
@@ -167,8 +167,8 @@ class NvmlReader:
                 gpus.append(gpu)
         return tuple(gpus), tuple(lost)
 
-    def _read_gpu(self, index: int, pci: PciFacts) -> Gpu | None:
-        """One GPU, or None for a display-only model upstream skips."""
+    def read_one(self, index: int, pci: PciFacts) -> Gpu | None:
+        """One GPU, or None for a display-only model upstream skips; GpuLost when it is lost."""
         handle = self._fatal("error getting devices", pynvml.nvmlDeviceGetHandleByIndex, index)
         uuid = self._optional("UUID", pynvml.nvmlDeviceGetUUID, handle) or ""
         static = self._static.get(uuid) if uuid else None
