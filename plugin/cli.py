@@ -102,7 +102,7 @@ class DevicePlugin:
         config = self.config
         strategy = "nvml" if config.device_discovery_strategy == "auto" else config.device_discovery_strategy
         try:
-            source = NodeSource(strategy, config.simulate)
+            source = NodeSource(strategy, config.simulate, driver_root=config.container_driver_root)
         except ConfigError as e:
             raise StartError(str(e)) from None
         try:

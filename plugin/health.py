@@ -165,7 +165,11 @@ class HealthChecker(threading.Thread):
         if not self.policy.critical(event.xid):
             log.info("ignoring XID", xid=event.xid, gpu=event.gpu_uuid)
             return
-        whole_gpu = event.gi_id == ALL_INSTANCES or event.ci_id == ALL_INSTANCES
+        gpu = self.by_uuid.get(event.gpu_uuid)
+        # nvml.h: gi/ci are 0xFFFFFFFF unless the XID is attributable to a MIG instance. On a GPU without MIG
+        # any XID is the whole GPU's, whatever the ids say (NVIDIA's mock NVML reports 0/0 there).
+        whole_gpu = event.gi_id == ALL_INSTANCES or event.ci_id == ALL_INSTANCES or \
+            (gpu is not None and not gpu.mig_enabled)
         unit: Unit = (event.gpu_uuid, -1, -1) if whole_gpu else (event.gpu_uuid, event.gi_id, event.ci_id)
         self.state.fault(unit, f"XID {event.xid}")
 

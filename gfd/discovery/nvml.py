@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -54,6 +55,7 @@ class GpuLost(Exception):
     def __init__(self, call: str) -> None:
         super().__init__(call)
         self.call = call
+        self.uuid = ""  # when the GPU answered its UUID before it was lost
 
 
 class NvmlUnavailable(DiscoveryError):
@@ -64,11 +66,37 @@ class NvmlUnavailable(DiscoveryError):
         return str(self) == "ERROR_LIBRARY_NOT_FOUND"
 
 
-def init() -> None:
+# Where a driver root keeps libnvidia-ml.so.1 (upstream's lookup under --driver-root-ctr-path).
+LIBRARY_DIRS = ("usr/lib64", "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu", "lib64",
+                "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu")
+LIBRARY = "libnvidia-ml.so.1"
+
+
+def locate_library(driver_root: str) -> str | None:
+    """The driver's NVML under a mounted driver root (symlinks resolved), or None for the ordinary search."""
+    if not driver_root or os.path.realpath(driver_root) == "/":
+        return None
+    for directory in LIBRARY_DIRS:
+        path = os.path.join(driver_root, directory, LIBRARY)
+        if os.path.exists(path):
+            return os.path.realpath(path)
+    return None
+
+
+def init(driver_root: str = "") -> None:
+    """nvmlInit, loading the driver root's library first when there is one (a driver container's)."""
+    path = locate_library(driver_root)
+    if path is not None and pynvml.nvmlLib is None:
+        try:
+            pynvml.nvmlLib = ctypes.CDLL(path)  # pynvml loads by name only when this is still None
+        except OSError as e:
+            log.warning("cannot load NVML from the driver root; using the ordinary search", path=path,
+                        error=str(e))
     try:
         pynvml.nvmlInit()
     except NVMLError as e:
         raise NvmlUnavailable(error_name(e), "nvmlInit") from None
+    log.info("NVML loaded", library=path if path is not None else f"{LIBRARY} (ordinary library search)")
 
 
 def shutdown() -> None:
@@ -160,7 +188,7 @@ class NvmlReader:
             try:
                 gpu = self.read_one(index, pci)
             except GpuLost as e:
-                lost.append(LostGpu(index, self._uuid_by_index.get(index, ""), e.call))
+                lost.append(LostGpu(index, e.uuid or self._uuid_by_index.get(index, ""), e.call))
                 continue
             if gpu is not None:
                 self._uuid_by_index[index] = gpu.uuid
@@ -171,6 +199,13 @@ class NvmlReader:
         """One GPU, or None for a display-only model upstream skips; GpuLost when it is lost."""
         handle = self._fatal("error getting devices", pynvml.nvmlDeviceGetHandleByIndex, index)
         uuid = self._optional("UUID", pynvml.nvmlDeviceGetUUID, handle) or ""
+        try:
+            return self._read_known(index, handle, uuid, pci)
+        except GpuLost as e:
+            e.uuid = uuid
+            raise
+
+    def _read_known(self, index: int, handle: Any, uuid: str, pci: PciFacts) -> Gpu | None:
         static = self._static.get(uuid) if uuid else None
         if static is None:
             name = self._fatal("error getting devices", pynvml.nvmlDeviceGetName, handle)

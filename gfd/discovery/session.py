@@ -17,11 +17,12 @@ SUPPORTED_STRATEGIES = ("auto", "nvml", "vfio")
 class NodeSource:
     """Owns the NVML library choice for the process: real `libnvidia-ml.so.1`, or a simulation.
 
-    Without --simulate nothing is installed: pynvml loads the library by its ordinary search, so
-    any drop-in NVML works.
+    Without --simulate nothing is installed: NVML comes from the driver root when one is mounted there
+    (upstream's lookup), else pynvml's ordinary search, so any drop-in NVML works.
     """
 
-    def __init__(self, discovery_strategy: str, simulate: str = "", machine_type_file: str = "") -> None:
+    def __init__(self, discovery_strategy: str, simulate: str = "", machine_type_file: str = "",
+                 driver_root: str = "") -> None:
         if discovery_strategy not in SUPPORTED_STRATEGIES:
             raise ConfigError(
                 "option device-discovery-strategy", "deviceDiscoveryStrategy",
@@ -29,6 +30,7 @@ class NodeSource:
             )
         self.strategy = discovery_strategy
         self.machine_type_file = machine_type_file
+        self.driver_root = "" if simulate else driver_root
         self.simulation = None
         self.host_root = "/"
         self.reader: nvml.NvmlReader | None = None
@@ -41,7 +43,8 @@ class NodeSource:
 
     @classmethod
     def for_gfd(cls, config: Config) -> NodeSource:
-        return cls(config.device_discovery_strategy, config.simulate, config.machine_type_file)
+        return cls(config.device_discovery_strategy, config.simulate, config.machine_type_file,
+                   config.container_driver_root)
 
     @property
     def ready(self) -> bool:
@@ -52,7 +55,7 @@ class NodeSource:
         """Initialise NVML (NvmlUnavailable when it cannot be); caches start empty each time."""
         if self.strategy == "vfio":
             return
-        nvml.init()
+        nvml.init(self.driver_root)
         self.reader = nvml.NvmlReader()
 
     def read(self, topology: bool = False) -> DeviceModel:
