@@ -107,7 +107,9 @@ def test_without_fail_on_init_error_the_gpu_less_set_is_replaced_when_nvml_arriv
 
 def test_unchanged_labels_are_not_rewritten_and_timestamp_is_fixed(start: Callable[..., Running]) -> None:
     r = start("--simulate", "dgx-a100")
-    eventually(r.out.exists)
+    # The file appears inside the first cycle, before that cycle is counted: wait for the count, so
+    # the five cycles below are all later ones (each of which skips its write).
+    eventually(lambda: r.cycles() >= 1)
     first = r.out.read_text()
     inode, mtime = os.stat(r.out).st_ino, os.stat(r.out).st_mtime_ns
     r.wait_cycles(5)
