@@ -23,7 +23,7 @@ from gfd.discovery.session import NodeSource
 from gfd.labelling import lost_summary
 from gfd.labels.compose import Labels, compose
 from gfd.labels.errors import LabelError
-from gfd.metrics import Metrics, serve
+from gfd.metrics import AddressError, Metrics, serve
 from gfd.model import DeviceModel
 from gfd.outputs import Output, OutputError
 from gfd.outputs.choose import make_output
@@ -65,6 +65,7 @@ class Daemon:
         self.health_min_s = HEALTH_MIN_S
         self.current: _Run | None = None
         self.lost = ""  # summary of the GPUs lost in the last read
+        self.seen_exceptions: set[str] = set()
 
     # -- control ----------------------------------------------------------------------------------
     def request_reload(self) -> None:
@@ -93,8 +94,14 @@ class Daemon:
         except (ConfigError, OutputError) as e:
             log.error(str(e))  # a setup problem (no cluster credentials, no node name): not retried
             return 1
-        server = serve(self.metrics.registry, self.config.metrics_address, self.healthy) \
-            if self.config.metrics_address else None
+        try:
+            server = serve(self.metrics.registry, self.config.metrics_address, self.healthy) \
+                if self.config.metrics_address else None
+        except AddressError as e:
+            log.error(str(e))
+            self._finish(run, remove=False)
+            return 1
+        clean = False
         try:
             while not self.stop_requested:
                 cycle_start = time.monotonic()
@@ -104,8 +111,10 @@ class Daemon:
                 self._wait(cycle_start + run.config.sleep_interval_ns / 1e9)
                 if self.reload_requested and not self.stop_requested:
                     run = self._reload(run)
+            clean = True
         finally:
-            self._finish(run)
+            # Labels are removed only on a deliberate, clean stop: never on a crash path.
+            self._finish(run, remove=clean)
             if server is not None:
                 server.shutdown()
         log.info("Exiting")
@@ -139,8 +148,10 @@ class Daemon:
         self.reload_requested = False
         try:
             config = load_config(self.cmdline)
-        except ConfigError as e:
-            log.error("reload failed; keeping the running config", error=str(e))
+        except Exception as e:  # any failure to load keeps the old config: never a crash, never lost labels
+            self.metrics.reload_failures.inc()
+            log.error("reload failed; keeping the running config", error=str(e) if isinstance(e, ConfigError)
+                      else f"{type(e).__name__}: {e}")
             return run
         # The old run lets go of NVML (and a simulation) before the new one takes it.
         run.source.close_nvml()
@@ -148,17 +159,18 @@ class Daemon:
         try:
             new_run = self._start_run(config)
         except (ConfigError, OutputError) as e:
+            self.metrics.reload_failures.inc()
             log.error("reload failed; keeping the running config", error=str(e))
             return self._start_run(run.config)
         log.info("config reloaded", config_file=config.config_file)
         return new_run
 
-    def _finish(self, run: _Run) -> None:
+    def _finish(self, run: _Run, remove: bool) -> None:
         run.source.close_nvml()
         run.source.close()
         cfg = run.config
         keep = cfg.keep_output_on_exit or cfg.oneshot or cfg.sleep_interval_ns == INFINITE_NS
-        if isinstance(run.output, FeatureFile) and not keep:
+        if isinstance(run.output, FeatureFile) and remove and not keep:
             log.info("removing the feature file on exit (upstream behaviour; --keep-output-on-exit keeps it)",
                      path=run.output.path)
             run.output.remove()
@@ -166,8 +178,12 @@ class Daemon:
     # -- one cycle --------------------------------------------------------------------------------
     def cycle(self, run: _Run) -> None:
         start = time.perf_counter()
-        labels = self._labels(run)
-        ok = labels is not None and self._publish(run, labels)
+        try:
+            labels = self._labels(run)
+            ok = labels is not None and self._publish(run, labels)
+        except Exception as e:  # a bug or an unforeseen fault: the loop and the published labels survive it
+            ok = False
+            self._unexpected(run, e)
         self.metrics.cycle_duration.observe(time.perf_counter() - start)
         self.metrics.cycles.labels(result="success" if ok else "error").inc()
         if ok:
@@ -197,6 +213,17 @@ class Daemon:
         except LabelError as e:
             log.error("labelling pass failed; keeping the published labels", error=str(e))
             return None
+
+    def _unexpected(self, run: _Run, error: Exception) -> None:
+        kind = type(error).__name__
+        self.metrics.cycle_exceptions.labels(type=kind).inc()
+        if kind in self.seen_exceptions:
+            log.error("labelling pass failed; keeping the published labels", error=f"{kind}: {error}")
+        else:  # the traceback once per kind: enough to report it, not a log flood
+            self.seen_exceptions.add(kind)
+            log.exception("labelling pass failed unexpectedly; keeping the published labels")
+        run.source.close_nvml()  # start the next pass from a fresh NVML session
+        self.nvml_retry_at = time.monotonic() + self.nvml_backoff.next_delay()
 
     def _note_lost(self, model: DeviceModel) -> None:
         """Lost GPUs leave the labels (they describe the GPUs that can be used); say so when that changes."""

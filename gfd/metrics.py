@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -25,6 +27,10 @@ class Metrics:
                                registry=r)
         self.nvml_errors = Counter("gfd_nvml_errors", "Failed NVML queries by function and error",
                                    ["call", "error"], registry=r)
+        self.cycle_exceptions = Counter("gfd_cycle_exceptions", "Passes ended by an unexpected exception, by type",
+                                        ["type"], registry=r)
+        self.reload_failures = Counter("gfd_reload_failures", "Reloads (SIGHUP) that kept the old config",
+                                       registry=r)
         self.labels = Gauge("gfd_labels", "Labels in the last published set", registry=r)
         self.writes = Counter("gfd_output_writes", "Label sets written, by output", ["output"], registry=r)
         self.write_errors = Counter("gfd_output_errors", "Failed label writes, by output", ["output"], registry=r)
@@ -35,23 +41,63 @@ class Metrics:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 5.0  # a client that sends nothing is dropped instead of holding a thread
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would flood the log."""
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per connection, so a slow or idle client never blocks /healthz or /metrics."""
+
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class AddressError(ValueError):
+    """A --metrics-address that cannot be served; the message is one line with the accepted forms."""
+
+
+ACCEPTED = "':PORT' (every interface), 'HOST:PORT', '[IPv6]:PORT'"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """`:9102` (all interfaces, as Go's net/http), `127.0.0.1:9102`, `localhost:9102`, `[::1]:9102`."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise AddressError(f"invalid metrics address {address!r}: expected a port 0-65535 (accepted: {ACCEPTED})")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise AddressError(f"invalid metrics address {address!r}: an IPv6 host needs brackets "
+                           f"(accepted: {ACCEPTED})")
+    return host, int(port)
+
+
 def serve(registry: CollectorRegistry, address: str, healthy: Callable[[], tuple[bool, str]]) -> WSGIServer:
-    """Serve /metrics (and any other path) plus /healthz from a daemon thread; returns the server."""
+    """Serve /metrics plus /healthz from daemon threads; AddressError when the address cannot be served."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO") == "/healthz":
+        path = environ.get("PATH_INFO")
+        if path == "/healthz":
             ok, reason = healthy()
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
             return [reason.encode() + b"\n"]
-        return metrics_app(environ, start_response)
+        if path in ("/metrics", "/"):
+            return metrics_app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics or /healthz\n"]
 
-    host, _, port = address.rpartition(":")
-    server = make_server(host or "0.0.0.0", int(port), app, handler_class=_QuietHandler)
+    host, port = parse_address(address)
+    server_class = _Server6 if ":" in host else _Server
+    try:
+        server = make_server(host or "0.0.0.0", port, app, server_class=server_class, handler_class=_QuietHandler)
+    except OSError as e:
+        raise AddressError(f"cannot serve metrics on {address!r}: {e.strerror or e}") from None
     # A short poll keeps shutdown (SIGTERM) well under a second.
     threading.Thread(target=server.serve_forever, args=(0.05,), name="metrics", daemon=True).start()
     return server

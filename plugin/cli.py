@@ -59,9 +59,13 @@ class DevicePlugin:
     def run(self) -> int:
         server = None
         if self.config.metrics_address:
-            from gfd.metrics import serve
+            from gfd.metrics import AddressError, serve
 
-            server = serve(self.metrics.registry, self.config.metrics_address, lambda: (True, "ok"))
+            try:
+                server = serve(self.metrics.registry, self.config.metrics_address, lambda: (True, "ok"))
+            except AddressError as e:
+                log.error(f"error starting plugins: {e}")
+                return 1
         try:
             while not self.stop_event.is_set():
                 self.registrar_stop.clear()

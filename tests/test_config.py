@@ -154,7 +154,7 @@ def test_bad_files_name_file_field_and_problem(write_yaml: Any, doc: Any, field:
 def test_missing_and_unparsable_files(tmp_path: Any, write_yaml: Any) -> None:
     with pytest.raises(ConfigError, match="error opening config file: No such file or directory"):
         load(["--config-file", str(tmp_path / "absent.yaml")])
-    with pytest.raises(ConfigError, match=r"not valid YAML at line 3, column 3: expected <block end>"):
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 3, column 3: "):
         load(["--config-file", write_yaml("flags:\n  - a\n  b: [\n")])
 
 

@@ -13,7 +13,8 @@ from gfd.discovery.simulated.profiles import Fault
 from gfd.labelling import PassError, read_model
 
 # Every NVML function the reader calls with a GPU's (or one of its MIG devices') handle, with a profile
-# on which the reader reaches it.
+# on which the reader reaches it. (Profile-info tables are read once per product, on its first GPU:
+# those two calls are faulted on GPU 0.)
 PER_GPU_CALLS = [
     ("dgx-a100", "nvmlDeviceGetHandleByIndex_v2"),
     ("dgx-a100", "nvmlDeviceGetUUID"),
@@ -41,7 +42,7 @@ PER_GPU_CALLS = [
 ]
 
 
-def _read(simulate: Any, profile: str, call: str, gpu: int = 2) -> Any:
+def _read(simulate: Any, profile: str, call: str, gpu: int) -> Any:
     sim = simulate(profile)
     sim.node.faults.append(Fault(call, pynvml.NVML_ERROR_GPU_IS_LOST, gpu=gpu))
     source = NodeSource("auto")
@@ -56,18 +57,19 @@ def _read(simulate: Any, profile: str, call: str, gpu: int = 2) -> Any:
 @pytest.mark.parametrize(("profile", "call"), PER_GPU_CALLS)
 def test_a_gpu_lost_at_any_call_site_is_reported_and_the_rest_are_read(simulate: Any, profile: str,
                                                                        call: str) -> None:
-    model, sim = _read(simulate, profile, call)
-    assert [g.index for g in model.gpus] == [i for i in range(len(sim.node.gpus)) if i != 2]
+    gpu = 0 if "ProfileInfo" in call else 2
+    model, sim = _read(simulate, profile, call, gpu)
+    assert [g.index for g in model.gpus] == [i for i in range(len(sim.node.gpus)) if i != gpu]
     assert len(model.lost_gpus) == 1
     lost = model.lost_gpus[0]
     # Named from the kernel driver's /proc entry, so the device plugin can still advertise it.
-    assert (lost.index, lost.uuid, lost.minor_number) == (2, sim.node.gpus[2].uuid, 2)
+    assert (lost.index, lost.uuid, lost.minor_number) == (gpu, sim.node.gpus[gpu].uuid, gpu)
     assert lost.call == call.removesuffix("_v2").removesuffix("_v3")
     assert any(e == "ERROR_GPU_IS_LOST" for _, e in model.nvml_errors)
 
 
 def test_topology_of_a_gpu_lost_between_reads_is_skipped_not_fatal(simulate: Any) -> None:
-    model, _ = _read(simulate, "dgx1v", "nvmlDeviceGetTopologyCommonAncestor")
+    model, _ = _read(simulate, "dgx1v", "nvmlDeviceGetTopologyCommonAncestor", 2)
     assert len(model.gpus) == 8 and model.links == () and model.lost_gpus == ()
 
 

@@ -16,6 +16,13 @@ class ConfigError(Exception):
         self.problem = problem
         self.accepted = accepted
         text = f"{source}: {field}: {problem}" if field else f"{source}: {problem}"
+        text = " ".join(text.split())  # one line, whatever a value contained
         if accepted:
             text += f" (accepted: {accepted})"
         super().__init__(text)
+
+
+def short(value: object, limit: int = 60) -> str:
+    """A bad value quoted in an error: its repr, cut to a short prefix (never a multi-megabyte line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
 from gfd.config.duration import parse_duration
-from gfd.config.errors import ConfigError
+from gfd.config.errors import ConfigError, short
 from gfd.config.model import Imex, Sharing
 from gfd.config.options import GFD_OPTIONS, Option
+from gfd.config.reading import load_yaml, read_text
 from gfd.config.sharing import _lookup, parse_sharing, resource_name
 
 _TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "bool": bool, "int": int, "float": (int, float)}
@@ -19,18 +18,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "bool": bool, "int": i
 def read_config_file(path: str, options: Sequence[Option] = GFD_OPTIONS) -> tuple[dict[str, Any], Sharing, Imex]:
     """Return (option values set by the file, sharing, imex); ConfigError on any problem."""
     source = f"config file {path}"
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(source, "", f"error opening config file: {e.strerror}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(source, "", f"not valid YAML{where}: {problem}") from None
+    doc = load_yaml(read_text(path, source, what="config file"), source)
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -65,7 +53,7 @@ def _get_path(doc: dict[str, Any], path: tuple[str, ...], source: str) -> Any:
         if node is None:
             return None
         if not isinstance(node, dict):
-            raise ConfigError(source, ".".join(path[:i]), f"expected a mapping, got {node!r}")
+            raise ConfigError(source, ".".join(path[:i]), f"expected a mapping, got {short(node)}")
         node = _lookup(node, key)
     return node
 
@@ -76,7 +64,7 @@ def _convert(raw: Any, kind: str, field: str, source: str, accepted: str) -> Any
         items = raw.split(",") if isinstance(raw, str) else raw
         item_type = int if kind == "intlist" else str
         if not isinstance(items, list) or not all(isinstance(i, item_type) for i in items):
-            raise ConfigError(source, field, f"expected a string or a list of strings, got {raw!r}", accepted)
+            raise ConfigError(source, field, f"expected a string or a list of strings, got {short(raw)}", accepted)
         return tuple(items)
     if kind == "duration":
         # A number in the file is nanoseconds (Go's Duration is an int64 in JSON).
@@ -87,10 +75,10 @@ def _convert(raw: Any, kind: str, field: str, source: str, accepted: str) -> Any
                 return parse_duration(raw)
             except ValueError as e:
                 raise ConfigError(source, field, str(e), accepted) from None
-        raise ConfigError(source, field, f"expected a duration, got {raw!r}", accepted)
+        raise ConfigError(source, field, f"expected a duration, got {short(raw)}", accepted)
     expected = _TYPES[kind]
     if (isinstance(raw, bool) and kind != "bool") or not isinstance(raw, expected):
-        raise ConfigError(source, field, f"expected {_article(kind)}, got {raw!r}", accepted)
+        raise ConfigError(source, field, f"expected {_article(kind)}, got {short(raw)}", accepted)
     return raw
 
 
@@ -103,15 +91,15 @@ def _validate_resources(raw: Any, source: str) -> None:
     if raw is None:
         return
     if not isinstance(raw, dict):
-        raise ConfigError(source, "resources", f"expected a mapping, got {raw!r}", "gpus, mig")
+        raise ConfigError(source, "resources", f"expected a mapping, got {short(raw)}", "gpus, mig")
     for section in ("gpus", "mig"):
         entries = _lookup(raw, section) or []
         if not isinstance(entries, list):
-            raise ConfigError(source, f"resources.{section}", f"expected a list, got {entries!r}")
+            raise ConfigError(source, f"resources.{section}", f"expected a list, got {short(entries)}")
         for i, entry in enumerate(entries):
             field = f"resources.{section}[{i}]"
             if not isinstance(entry, dict):
-                raise ConfigError(source, field, f"expected a mapping, got {entry!r}", "pattern, name")
+                raise ConfigError(source, field, f"expected a mapping, got {short(entry)}", "pattern, name")
             if not entry.get("pattern"):
                 raise ConfigError(source, f"{field}.pattern", "resources must have a 'pattern' field set")
             if not entry.get("name"):
@@ -126,5 +114,5 @@ def _imex(raw: Any, source: str) -> Imex:
     ids = _lookup(raw, "channelIDs") or []
     required = _lookup(raw, "required") or False
     if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-        raise ConfigError(source, "imex.channelIDs", f"expected a list of integers, got {ids!r}", "[] or [0]")
+        raise ConfigError(source, "imex.channelIDs", f"expected a list of integers, got {short(ids)}", "[] or [0]")
     return Imex(tuple(ids), bool(required))

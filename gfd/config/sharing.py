@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from gfd.config.errors import ConfigError
+from gfd.config.errors import ConfigError, short
 from gfd.config.model import ReplicatedResource, ReplicatedResources, Sharing
 
 log = structlog.get_logger("gfd.config")
@@ -38,7 +38,7 @@ def parse_sharing(raw: Any, source: str) -> Sharing:
     if raw is None:
         return Sharing()
     if not isinstance(raw, dict):
-        raise ConfigError(source, "sharing", f"expected a mapping, got {raw!r}", "timeSlicing, mps")
+        raise ConfigError(source, "sharing", f"expected a mapping, got {short(raw)}", "timeSlicing, mps")
     ts = _lookup(raw, "timeSlicing")
     mps = _lookup(raw, "mps")
     return Sharing(
@@ -57,7 +57,7 @@ def _lookup(mapping: dict[str, Any], key: str) -> Any:
 
 def _replicated(raw: Any, field: str, source: str, is_mps: bool) -> ReplicatedResources:
     if not isinstance(raw, dict):
-        raise ConfigError(source, field, f"expected a mapping, got {raw!r}", "renameByDefault, resources")
+        raise ConfigError(source, field, f"expected a mapping, got {short(raw)}", "renameByDefault, resources")
     rename_by_default = _bool(_lookup(raw, "renameByDefault"), f"{field}.renameByDefault", source, False)
     fail_default = is_mps  # MPS defaults failRequestsGreaterThanOne to true when absent.
     fail_gt_one = _bool(
@@ -67,7 +67,7 @@ def _replicated(raw: Any, field: str, source: str, is_mps: bool) -> ReplicatedRe
     if not entries:
         raise ConfigError(source, f"{field}.resources", "no resources specified", "a non-empty list")
     if not isinstance(entries, list):
-        raise ConfigError(source, f"{field}.resources", f"expected a list, got {entries!r}")
+        raise ConfigError(source, f"{field}.resources", f"expected a list, got {short(entries)}")
     parsed = []
     for i, entry in enumerate(entries):
         parsed.append(_entry(entry, f"{field}.resources[{i}]", source, rename_by_default))
@@ -76,12 +76,12 @@ def _replicated(raw: Any, field: str, source: str, is_mps: bool) -> ReplicatedRe
 
 def _entry(raw: Any, field: str, source: str, rename_by_default: bool) -> ReplicatedResource:
     if not isinstance(raw, dict):
-        raise ConfigError(source, field, f"expected a mapping, got {raw!r}", "name, replicas, rename, devices")
+        raise ConfigError(source, field, f"expected a mapping, got {short(raw)}", "name, replicas, rename, devices")
     # Entry keys are case-sensitive upstream (custom UnmarshalJSON over a map).
     if "name" not in raw or raw["name"] in (None, ""):
         raise ConfigError(source, f"{field}.name", "no resource name specified")
     if not isinstance(raw["name"], str):
-        raise ConfigError(source, f"{field}.name", f"expected a string, got {raw['name']!r}")
+        raise ConfigError(source, f"{field}.name", f"expected a string, got {short(raw['name'])}")
     name = resource_name(raw["name"], source, f"{field}.name")
     if "replicas" not in raw or raw["replicas"] is None:
         raise ConfigError(source, f"{field}.replicas", "no replicas specified", "an integer >= 2")
@@ -89,12 +89,12 @@ def _entry(raw: Any, field: str, source: str, rename_by_default: bool) -> Replic
     if isinstance(replicas, float) and replicas.is_integer():
         replicas = int(replicas)  # YAML `2.0` becomes 2 on upstream's YAML->JSON step
     if isinstance(replicas, bool) or not isinstance(replicas, int):
-        raise ConfigError(source, f"{field}.replicas", f"expected an integer, got {replicas!r}", "an integer >= 2")
+        raise ConfigError(source, f"{field}.replicas", f"expected an integer, got {short(replicas)}", "an integer >= 2")
     if replicas < 2:
         raise ConfigError(source, f"{field}.replicas", "number of replicas must be >= 2", "an integer >= 2")
     rename = raw.get("rename") or ""
     if not isinstance(rename, str):
-        raise ConfigError(source, f"{field}.rename", f"expected a string, got {rename!r}")
+        raise ConfigError(source, f"{field}.rename", f"expected a string, got {short(rename)}")
     if rename:
         resource_name(rename, source, f"{field}.rename")
     _validate_devices(raw.get("devices", "all"), f"{field}.devices", source)
@@ -124,7 +124,7 @@ def _validate_devices(raw: Any, field: str, source: str) -> None:
     if raw == "all":
         return
     if isinstance(raw, bool):
-        raise ConfigError(source, field, f"unrecognized type for devices spec: {raw!r}", accepted)
+        raise ConfigError(source, field, f"unrecognized type for devices spec: {short(raw)}", accepted)
     if isinstance(raw, int):
         if raw <= 0:
             raise ConfigError(source, field, f"devices set as '{raw}' but a count of devices must be > 0", accepted)
@@ -139,14 +139,15 @@ def _validate_devices(raw: Any, field: str, source: str) -> None:
                 isinstance(item, str) and _DEVICE_REF.fullmatch(item)
             )
             if not ok:
-                raise ConfigError(source, field, f"unsupported type for device in devices list: {item!r}", accepted)
+                raise ConfigError(source, field, f"unsupported type for device in devices list: {short(item)}",
+                                  accepted)
         return
-    raise ConfigError(source, field, f"unrecognized type for devices spec: {raw!r}", accepted)
+    raise ConfigError(source, field, f"unrecognized type for devices spec: {short(raw)}", accepted)
 
 
 def _bool(raw: Any, field: str, source: str, default: bool) -> bool:
     if raw is None:
         return default
     if not isinstance(raw, bool):
-        raise ConfigError(source, field, f"expected a boolean, got {raw!r}", "true, false")
+        raise ConfigError(source, field, f"expected a boolean, got {short(raw)}", "true, false")
     return raw

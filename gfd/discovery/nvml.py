@@ -83,8 +83,9 @@ def locate_library(driver_root: str) -> str | None:
     return None
 
 
-def init(driver_root: str = "") -> None:
-    """nvmlInit, loading the driver root's library first when there is one (a driver container's)."""
+def init(driver_root: str = "") -> str:
+    """nvmlInit, loading the driver root's library first when there is one (a driver container's).
+    Returns which library was loaded, for the log."""
     path = locate_library(driver_root)
     if path is not None and pynvml.nvmlLib is None:
         try:
@@ -96,7 +97,7 @@ def init(driver_root: str = "") -> None:
         pynvml.nvmlInit()
     except NVMLError as e:
         raise NvmlUnavailable(error_name(e), "nvmlInit") from None
-    log.info("NVML loaded", library=path if path is not None else f"{LIBRARY} (ordinary library search)")
+    return path if path is not None else f"{LIBRARY} (ordinary library search)"
 
 
 def shutdown() -> None:
@@ -139,7 +140,7 @@ class NvmlReader:
         self._links: dict[tuple[str, ...], tuple[Link, ...]] = {}
         self.device_count = 0  # NVML's count in the last read, skipped and lost GPUs included
         self._uuid_by_index: dict[int, str] = {}  # names a GPU that is lost later
-        # Per GPU UUID: driver profile ID -> NVML profile index, for GPU and compute instances.
+        # Per product name: driver profile ID -> NVML profile index, for GPU and compute instances.
         self._gi_profiles: dict[str, dict[int, int]] = {}
         self._ci_profiles: dict[tuple[str, int], dict[int, int]] = {}
         # (NVML function, error name) of every failed query in the last read, fatal or not.
@@ -287,7 +288,7 @@ class NvmlReader:
         mig_error = None
         if mig_enabled:
             try:
-                mig_devices = self._read_mig_devices(handle, gpu.uuid, gpu.memory_mib)
+                mig_devices = self._read_mig_devices(handle, gpu.name, gpu.memory_mib)
             except NVMLError as e:
                 mig_error = error_name(e)
             except MigProfileError as e:
@@ -306,8 +307,7 @@ class NvmlReader:
             raise DiscoveryError(f"error getting MIG mode: {error_name(e)}", "nvmlDeviceGetMigMode") from None
         return True, current == pynvml.NVML_DEVICE_MIG_ENABLE
 
-    def _read_mig_devices(self, parent: Any, parent_uuid: str, parent_memory_mib: int | None) \
-            -> tuple[MigDevice, ...]:
+    def _read_mig_devices(self, parent: Any, product: str, parent_memory_mib: int | None) -> tuple[MigDevice, ...]:
         if not parent_memory_mib:
             raise MigProfileError("cannot name MIG profiles: parent memory unknown")
         devices = []
@@ -324,12 +324,12 @@ class NvmlReader:
             uuid = call(pynvml.nvmlDeviceGetUUID, handle)
             cached = self._migs.get(uuid)
             if cached is None:
-                cached = self._migs[uuid] = self._read_mig_device(parent, parent_uuid, handle, mig_index, uuid,
+                cached = self._migs[uuid] = self._read_mig_device(parent, product, handle, mig_index, uuid,
                                                                   parent_memory_mib)
             devices.append(cached if cached.index == mig_index else dataclasses.replace(cached, index=mig_index))
         return tuple(devices)
 
-    def _read_mig_device(self, parent: Any, parent_uuid: str, handle: Any, index: int, uuid: str,
+    def _read_mig_device(self, parent: Any, product: str, handle: Any, index: int, uuid: str,
                          parent_memory_mib: int) -> MigDevice:
         call = self._recorded
         attrs = call(pynvml.nvmlDeviceGetAttributes, handle)
@@ -337,10 +337,10 @@ class NvmlReader:
         ci_id = call(pynvml.nvmlDeviceGetComputeInstanceId, handle)
         gi = call(pynvml.nvmlDeviceGetGpuInstanceById, parent, gi_id)
         gi_profile_id = call(pynvml.nvmlGpuInstanceGetInfo, gi).profileId
-        gi_profile = self._gi_profile_index(parent, parent_uuid, gi_profile_id)
+        gi_profile = self._gi_profile_index(parent, product, gi_profile_id)
         ci = call(pynvml.nvmlGpuInstanceGetComputeInstanceById, gi, ci_id)
         ci_profile_id = call(pynvml.nvmlComputeInstanceGetInfo, ci).profileId
-        ci_profile = self._ci_profile_index(gi, (parent_uuid, gi_profile), ci_profile_id)
+        ci_profile = self._ci_profile_index(gi, (product, gi_profile), ci_profile_id)
         return MigDevice(
             index=index,
             uuid=uuid,
@@ -360,17 +360,18 @@ class NvmlReader:
             ofa_engines=attrs.sharedOfaCount,
         )
 
-    def _gi_profile_index(self, parent: Any, parent_uuid: str, profile_id: int) -> int:
+    def _gi_profile_index(self, parent: Any, product: str, profile_id: int) -> int:
         """The NVML_GPU_INSTANCE_PROFILE_* index whose profile info carries the driver's `profile_id`
-        (go-nvlib's lookup: ask each index, compare `.id`); the table is cached per GPU."""
-        table = self._gi_profiles.get(parent_uuid)
+        (go-nvlib's lookup: ask each index, compare `.id`); a product's table is the same on each of its
+        GPUs, so it is cached per product name."""
+        table = self._gi_profiles.get(product)
         if table is None:
             table = {}
             for index in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
                 info = self._profile_info(pynvml.nvmlDeviceGetGpuInstanceProfileInfo, parent, index)
                 if info is not None:
                     table.setdefault(info.id, index)
-            self._gi_profiles[parent_uuid] = table
+            self._gi_profiles[product] = table
         if profile_id not in table:
             raise MigProfileError(f"invalid GPU Instance Profile ID: {profile_id}")
         return table[profile_id]

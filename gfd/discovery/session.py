@@ -55,7 +55,9 @@ class NodeSource:
         """Initialise NVML (NvmlUnavailable when it cannot be); caches start empty each time."""
         if self.strategy == "vfio":
             return
-        nvml.init(self.driver_root)
+        library = nvml.init(self.driver_root)
+        if self.simulation is None:
+            log.info("NVML loaded", library=library)
         self.reader = nvml.NvmlReader()
 
     def read(self, topology: bool = False) -> DeviceModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ class Simulation:
     _tmp: tempfile.TemporaryDirectory[str]
 
     def close(self) -> None:
+        atexit.unregister(self._tmp.cleanup)
         uninstall()
         self._tmp.cleanup()
 
@@ -41,6 +43,7 @@ def install(node: SimNode) -> Simulation:
     """Install `node` as pynvml's library. A node whose library is 'missing' makes nvmlInit fail
     with NVML_ERROR_LIBRARY_NOT_FOUND (pynvml's own path when CDLL cannot load the library)."""
     tmp = tempfile.TemporaryDirectory(prefix="gfd-sim-", dir=_memory_backed_dir())
+    atexit.register(tmp.cleanup)  # every exit but SIGKILL: signals end the process through a normal exit
     materialise(node, tmp.name)
     library = SimulatedLibrary(node)
     sim = Simulation(node, library, tmp.name, tmp)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from gfd.config.errors import ConfigError
+from gfd.config.errors import ConfigError, short
+from gfd.config.reading import load_yaml, read_text
 
 # Package data read by path: importlib.resources would add ~2 ms of imports to every oneshot.
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -114,19 +116,15 @@ def load_profile(name_or_path: str) -> SimNode:
     """A built-in profile by name, or a profile YAML file by path."""
     if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
         path = name_or_path
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise ConfigError(f"simulation profile {path}", "", e.strerror or str(e)) from None
+        text = read_text(path, f"simulation profile {path}")
     else:
         if name_or_path not in builtin_names():
-            raise ConfigError("flag --simulate", "simulate", f"unknown profile {name_or_path!r}",
+            raise ConfigError("flag --simulate", "simulate", f"unknown profile {short(name_or_path)}",
                               ", ".join(builtin_names()) + ", list, or a path to a profile YAML file")
         path = f"<built-in {name_or_path}>"
         with open(os.path.join(PROFILE_DIR, f"{name_or_path}.yaml"), encoding="utf-8") as f:
             text = f.read()
-    return build_node(yaml.load(text, Loader=_Loader), path)
+    return build_node(load_yaml(text, f"simulation profile {path}"), path)
 
 
 MODEL_DIR = os.path.join(HERE, "models")
@@ -144,7 +142,27 @@ def _model(name: str) -> dict[str, Any]:
 
 
 def build_node(doc: Any, source: str) -> SimNode:
+    """ConfigError (one line naming the file) for any document that is not a profile."""
     src = f"simulation profile {source}"
+    try:
+        return _build_node(doc, source, src)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise ConfigError(src, "", f"malformed profile ({type(e).__name__}: {short(str(e))})",
+                          "see the built-in profiles for the shape") from None
+
+
+_BUS_ID = re.compile(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]")
+
+
+def _bus_id(value: Any, src: str, field_name: str) -> str:
+    """PCI addresses become paths of the simulated tree: nothing but a PCI address gets through."""
+    text = str(value)
+    if not _BUS_ID.fullmatch(text):
+        raise ConfigError(src, field_name, f"not a PCI address: {short(value)}", "DDDDDDDD:BB:DD.F")
+    return text
+
+
+def _build_node(doc: Any, source: str, src: str) -> SimNode:
     if not isinstance(doc, dict):
         raise ConfigError(src, "", "expected a mapping", "description, machine, driver_version, gpus, faults")
     gpus: list[SimGpu] = []
@@ -167,7 +185,8 @@ def build_node(doc: Any, source: str) -> SimNode:
         gpus=gpus,
         faults=[_fault(f, f"faults[{i}]", src) for i, f in enumerate(doc.get("faults") or [])],
         library_present=doc.get("library", "present") != "missing",
-        extra_pci_functions=list(doc.get("extra_pci_functions") or []),
+        extra_pci_functions=[dict(f, address=_bus_id(f["address"], src, f"extra_pci_functions[{i}].address"))
+                             for i, f in enumerate(doc.get("extra_pci_functions") or [])],
         vfio_gpus=vfio,
     )
     _topology(node, doc.get("topology") or {}, src)
@@ -198,7 +217,7 @@ def _topology(node: SimNode, raw: dict[str, Any], src: str) -> None:
 
 def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu]:
     if not isinstance(group, dict) or group.get("model") not in model_names():
-        raise ConfigError(src, f"{field_name}.model", f"unknown GPU model {group!r}", ", ".join(model_names()))
+        raise ConfigError(src, f"{field_name}.model", f"unknown GPU model {short(group)}", ", ".join(model_names()))
     spec = dict(_model(group["model"]))  # cached: never mutate it
     unknown = set(group) - _GPU_FIELDS - {"model", "count", "mig", "bus_ids", "vfio"}
     if unknown:
@@ -219,7 +238,8 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
             pci_device_id=int(spec["pci_device_id"]),
             pci_class=int(spec.get("pci_class", 0x030200)),
             mig_capable=bool(spec.get("mig_capable", False)),
-            bus_id=bus_ids[n] if n < len(bus_ids) else f"00000000:{(0x10 + 0x08 * index) % 0x100:02X}:00.0",
+            bus_id=_bus_id(bus_ids[n], src, f"{field_name}.bus_ids[{n}]") if n < len(bus_ids)
+            else f"00000000:{(0x10 + 0x08 * index) % 0x100:02X}:00.0",
             minor=index,
             numa_node=int(spec.get("numa_node", index * 2 // max(1, int(group.get("count", 1))))),
             fabric=spec.get("fabric"),
@@ -241,7 +261,7 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
 
 def _mig(profile: str, profiles: dict[str, Any], gi_id: int, field_name: str, src: str) -> SimMig:
     if profile not in profiles:
-        raise ConfigError(src, field_name, f"unknown MIG profile {profile!r}", ", ".join(profiles))
+        raise ConfigError(src, field_name, f"unknown MIG profile {short(profile)}", ", ".join(profiles))
     return SimMig(profile=profile, gi_id=gi_id + 1, ci_id=0, **profiles[profile])
 
 
@@ -250,8 +270,8 @@ def _fault(raw: Any, field_name: str, src: str) -> Fault:
 
     codes = {k[len("NVML_ERROR_"):]: v for k, v in vars(pynvml).items() if k.startswith("NVML_ERROR_")}
     if not isinstance(raw, dict) or "call" not in raw:
-        raise ConfigError(src, field_name, f"expected {{call, error, gpu}}, got {raw!r}")
+        raise ConfigError(src, field_name, f"expected {{call, error, gpu}}, got {short(raw)}")
     error = str(raw.get("error", "UNKNOWN")).removeprefix("NVML_ERROR_")
     if error not in codes:
-        raise ConfigError(src, f"{field_name}.error", f"unknown NVML error {error!r}", ", ".join(sorted(codes)))
+        raise ConfigError(src, f"{field_name}.error", f"unknown NVML error {short(error)}", ", ".join(sorted(codes)))
     return Fault(call=str(raw["call"]), error=codes[error], gpu=raw.get("gpu"))
