@@ -42,7 +42,7 @@ def cpu_per_cycle(cycles: int) -> tuple[float, float, float]:
             cpu.append(time.process_time() - c0)
             per_cycle_calls.append(calls.total() - before)
         first_read = _full_read_calls(run)
-        daemon._finish(run)
+        daemon._finish(run, remove=True)
     return statistics.median(cpu), statistics.median(per_cycle_calls), first_read
 
 
@@ -132,7 +132,7 @@ def api_requests_per_hour(cycles: int) -> tuple[float, float, int]:
             hours = cycles / 60
             reads = len(server.requests("GET")) / hours
             writes = (len(server.requests("PUT")) + len(server.requests("POST"))) / hours
-            daemon._finish(run)
+            daemon._finish(run, remove=True)
             return reads, writes, cycles
     finally:
         server.close()

@@ -8,6 +8,7 @@ is given `STOP_GRACE_S` to finish cleanly, then it exits anyway (keeping whateve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -46,10 +47,8 @@ def install(stop: Callable[[], None], reload: Callable[[], None]) -> None:
 
 
 def _poke(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the pipe is full: a wake-up is already pending
         os.write(fd, b"\0")
-    except OSError:
-        pass  # the pipe is full: a wake-up is already pending
 
 
 def _dispatch(pending: _Pending, fd: int, stop: Callable[[], None], reload: Callable[[], None]) -> None:
