@@ -319,7 +319,7 @@ VFIO = {
     "nvidia.com/cuda.driver-version.revision": "unknown", "nvidia.com/cuda.driver.major": "unknown",
     "nvidia.com/cuda.driver.minor": "unknown", "nvidia.com/cuda.driver.rev": "unknown",
 } | {k: v for k, v in versions("1.2.3", "0.0").items() if "runtime" in k} | \
-    compute(-1, -1, "undefined") | flags(False, machine="PowerEdge-XE8545") | \
+    {"nvidia.com/gpu.family": "undefined"} | flags(False, machine="PowerEdge-XE8545") | \
     resource("gpu", "GA100-A100-SXM4-40GB", 2, memory=2**37)
 
 

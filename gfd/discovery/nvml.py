@@ -13,12 +13,14 @@ import ctypes
 import dataclasses
 import functools
 import os
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pynvml
 import structlog
 
+from gfd.config.errors import short
 from gfd.discovery.migprofile import MigProfileError, profile_name
 from gfd.discovery.sysfs import PciFacts
 from gfd.model import Fabric, Gpu, Link, LostGpu, MigDevice
@@ -37,6 +39,7 @@ _VIRTUALIZATION = {0: "none", 1: "passthrough", 2: "vgpu", 3: "host-vgpu", 4: "h
 _FABRIC_COMPLETED = 3
 _PCIE_LEVELS = {0: "internal", 10: "single", 20: "multiple", 30: "hostbridge", 40: "node", 50: "system"}
 _MAX_NVLINKS = 18  # upstream caps the links counted per GPU
+_DRIVER_VERSION = re.compile(r"[0-9]{1,6}\.[0-9]{1,6}(\.[0-9]{1,6})?")
 
 NVMLError = pynvml.NVMLError  # pynvml is untyped: annotations below use Exception
 
@@ -173,9 +176,16 @@ class NvmlReader:
             return None
 
     def read_versions(self) -> tuple[str, int]:
+        """Validated where read: a driver version is 2 or 3 groups of digits, a CUDA version is >= 0."""
         if self._versions is None:
             driver = self._fatal("error getting driver version", pynvml.nvmlSystemGetDriverVersion)
             cuda = self._fatal("error getting CUDA driver version", pynvml.nvmlSystemGetCudaDriverVersion)
+            if not _DRIVER_VERSION.fullmatch(driver):
+                raise DiscoveryError(f"error getting driver version: {short(driver)} does not match format "
+                                     '"X.Y[.Z]" of digits', "nvmlSystemGetDriverVersion")
+            if not 0 <= cuda < 1_000_000:
+                raise DiscoveryError(f"error getting CUDA driver version: {cuda} is not a CUDA version",
+                                     "nvmlSystemGetCudaDriverVersion")
             self._versions = (driver, cuda)
         return self._versions
 

@@ -6,6 +6,7 @@ Every path is resolved under `host_root` so a simulated node can supply its own 
 from __future__ import annotations
 
 import os
+import re
 
 import structlog
 
@@ -17,6 +18,9 @@ PCI_DEVICES = "sys/bus/pci/devices"
 DRIVER_GPUS = "proc/driver/nvidia/gpus"
 NVIDIA_VENDOR = "0x10de"
 _CAP_VENDOR_SPECIFIC = 0x09
+# What the host driver writes into its PCI capability (e.g. 460.16, r460_00), validated where it is read.
+_HOST_VERSION = re.compile(r"[0-9]+(\.[0-9]+)*")
+_HOST_BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class VgpuParseError(Exception):
@@ -138,6 +142,8 @@ def _host_driver(capability: bytes, address: str) -> tuple[str, str]:
                 break
             version = capability[pos + 2 : pos + 12].rstrip(b"\0").decode("ascii", "replace")
             branch = capability[pos + 12 : pos + 22].rstrip(b"\0").decode("ascii", "replace")
+            if not _HOST_VERSION.fullmatch(version) or not _HOST_BRANCH.fullmatch(branch):
+                break  # bytes that are not a host-driver record: a parse error, as upstream's
             return version, branch
         step = capability[pos + 1]
         if step == 0:

@@ -7,6 +7,7 @@ import structlog
 from gfd.config import Config
 from gfd.labels import node, resources
 from gfd.labels.errors import LabelError
+from gfd.labels.valid import valid_labels
 from gfd.model import DeviceModel
 
 log = structlog.get_logger("gfd.labels")
@@ -29,4 +30,4 @@ def compose(model: DeviceModel, config: Config, started_at: int) -> Labels:
     labels.update(node.vgpu_labels(model))
     if len(labels) <= 1:
         log.warning("No labels generated from any source")
-    return labels
+    return valid_labels(labels)

@@ -80,8 +80,11 @@ def full_gpu_labels(gpu: Gpu, count: int, sharing: Sharing | None) -> Labels:
         labels.update([res.label("memory", gpu.memory_mib)])
     major, minor = gpu.compute_capability
     if major != 0:
-        labels.update([res.label("family", family(major, minor)), res.label("compute.major", major),
-                       res.label("compute.minor", minor)])
+        labels.update([res.label("family", family(major, minor))])
+        # The vfio back-end's "unknown" is -1/-1, as upstream's, which writes it and NFD then drops as an
+        # invalid label value: not written here at all.
+        if major > 0 and minor >= 0:
+            labels.update([res.label("compute.major", major), res.label("compute.minor", minor)])
     return labels
 
 
