@@ -138,6 +138,8 @@ class Daemon:
         except OutputError:
             source.close()
             raise
+        if isinstance(output, FeatureFile):
+            output.clean_temp_files()
         run = _Run(config, source, output)
         self.current = run
         self.published = None
@@ -170,6 +172,8 @@ class Daemon:
         run.source.close()
         cfg = run.config
         keep = cfg.keep_output_on_exit or cfg.oneshot or cfg.sleep_interval_ns == INFINITE_NS
+        if isinstance(run.output, FeatureFile):
+            run.output.clean_temp_files()
         if isinstance(run.output, FeatureFile) and remove and not keep:
             log.info("removing the feature file on exit (upstream behaviour; --keep-output-on-exit keeps it)",
                      path=run.output.path)

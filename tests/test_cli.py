@@ -67,9 +67,15 @@ def test_unimplemented_discovery_backends_are_refused_clearly(capsys: Any) -> No
 
 
 def test_file_write_error_exits_1_without_traceback(tmp_path: Path, capsys: Any) -> None:
-    assert main(["--oneshot", "-o", str(tmp_path / "missing" / "gfd"), "--simulate=t4"], {}) == 1
+    (tmp_path / "a-file").write_text("")
+    assert main(["--oneshot", "-o", str(tmp_path / "a-file" / "gfd"), "--simulate=t4"], {}) == 1
     err = capsys.readouterr().err
     assert "error atomically writing file" in err and "Traceback" not in err
+
+
+def test_a_missing_output_directory_is_created(tmp_path: Path) -> None:
+    assert main(["--oneshot", "-o", str(tmp_path / "features.d" / "gfd"), "--simulate=t4"], {}) == 0
+    assert "nvidia.com/gpu.count=4" in (tmp_path / "features.d" / "gfd").read_text()
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

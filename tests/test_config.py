@@ -89,10 +89,10 @@ def test_bad_flags_and_env(argv: list[str], env: dict[str, str], message: str) -
 
 
 def test_file_keys_are_case_insensitive_and_unknown_keys_ignored(write_yaml: Any) -> None:
-    path = write_yaml("version: v1\nFLAGS:\n  MIGSTRATEGY: mixed\n  gfd:\n    SleepInterval: 5\n"
+    path = write_yaml("version: v1\nFLAGS:\n  MIGSTRATEGY: mixed\n  gfd:\n    SleepInterval: 50000000\n"
                       "    noTimestamp: yes\nsomethingElse: 1\n")
     c = load(["--config-file", path])
-    assert (c.mig_strategy, c.sleep_interval_ns, c.no_timestamp) == ("mixed", 5, True)
+    assert (c.mig_strategy, c.sleep_interval_ns, c.no_timestamp) == ("mixed", 50_000_000, True)
 
 
 def test_json_config_file(write_yaml: Any) -> None:

@@ -215,7 +215,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def test_a_reader_never_sees_a_partial_file(start: Callable[..., Running], tmp_path: Path) -> None:
-    r = start("--simulate", "dgx-a100", "--sleep-interval=1ms", "--no-timestamp")
+    r = start("--simulate", "dgx-a100", "--sleep-interval=10ms", "--no-timestamp")
     eventually(r.out.exists)
     machine = Path(r.sim.host_root) / "sys/class/dmi/id/product_name"
     stop = threading.Event()
@@ -230,7 +230,10 @@ def test_a_reader_never_sees_a_partial_file(start: Callable[..., Running], tmp_p
     flipper = threading.Thread(target=flip)
     flipper.start()
     expected_lines = len(r.out.read_text().splitlines())
-    reader = ("import sys\nbad = 0\nfor _ in range(10000):\n"
+    # The reader reads at least 10 000 times and goes on until the daemon has rewritten the file 20 times.
+    done = tmp_path / "done"
+    reader = ("import os, sys\nbad = n = 0\nwhile n < 10000 or not os.path.exists(sys.argv[3]):\n"
+              "    n += 1\n"
               "    data = open(sys.argv[1], 'rb').read()\n"
               "    lines = data.splitlines()\n"
               "    complete = data.endswith(b'\\n') and len(lines) == int(sys.argv[2])\n"
@@ -238,14 +241,15 @@ def test_a_reader_never_sees_a_partial_file(start: Callable[..., Running], tmp_p
               "        bad += 1\n"
               "print(bad)\n")
     try:
-        proc = subprocess.run([sys.executable, "-c", reader, str(r.out), str(expected_lines)], capture_output=True,
-                              text=True,
-                              timeout=120, check=True)
+        proc = subprocess.Popen([sys.executable, "-c", reader, str(r.out), str(expected_lines), str(done)],
+                                stdout=subprocess.PIPE, text=True)
+        eventually(lambda: sample(r.daemon, "gfd_output_writes_total", output="FeatureFile") > 20, timeout=60)
+        done.touch()
+        out, _ = proc.communicate(timeout=120)
     finally:
         stop.set()
         flipper.join()
-    assert sample(r.daemon, "gfd_output_writes_total", output="FeatureFile") > 20
-    assert proc.stdout.strip() == "0"
+    assert proc.returncode == 0 and out.strip() == "0"
 
 
 def test_node_feature_mode_makes_no_requests_when_nothing_changes(start: Callable[..., Running], tmp_path: Path,

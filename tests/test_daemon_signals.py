@@ -45,8 +45,8 @@ def log_text(tmp_path: Path) -> str:
 @pytest.mark.parametrize("keep", [False, True])
 def test_sigterm_during_cycles_stops_cleanly(spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path,
                                              keep: bool) -> None:
-    # A zero interval labels back to back, so the signal lands during a cycle.
-    proc = spawn("--simulate=a100-80gb-mig-mixed", "--mig-strategy=mixed", "--sleep-interval=0s",
+    # The shortest interval labels nearly back to back, so the signal lands during a cycle.
+    proc = spawn("--simulate=a100-80gb-mig-mixed", "--mig-strategy=mixed", "--sleep-interval=10ms",
                  *(["--keep-output-on-exit"] if keep else []))
     eventually(lambda: (tmp_path / "gfd").exists(), timeout=20)
     sent = time.monotonic()

@@ -26,31 +26,45 @@ def test_write_mode_and_content(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["gfd"]
 
 
-def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "gfd"
     target.write_text("old=1\n")
-    target_dir_mode = os.stat(tmp_path).st_mode
-    if os.geteuid() == 0:
-        # root ignores directory permissions: make the rename fail by replacing onto a directory
-        bad = tmp_path / "dir"
-        bad.mkdir()
-        with pytest.raises(OutputError, match="error atomically writing file"):
-            write_atomically(str(bad), b"new=1\n")
-        assert sorted(os.listdir(tmp_path)) == ["dir", "gfd"]
-    else:
-        os.chmod(tmp_path, 0o500)
-        try:
-            with pytest.raises(OutputError, match="error atomically writing file"):
-                write_atomically(str(target), b"new=1\n")
-        finally:
-            os.chmod(tmp_path, target_dir_mode)
+
+    def failing_replace(src: str, dst: str) -> None:  # root ignores permissions: fail the rename itself
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OutputError, match="error atomically writing file .*No space left on device"):
+        write_atomically(str(target), b"new=1\n")
+    assert sorted(os.listdir(tmp_path)) == ["gfd"]
     assert target.read_text() == "old=1\n"
 
 
-def test_missing_directory_is_an_error_not_created(tmp_path: Path) -> None:
-    with pytest.raises(OutputError, match="error atomically writing file"):
-        FeatureFile(str(tmp_path / "no" / "gfd")).write({"a": "1"})
-    assert not (tmp_path / "no").exists()
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_only_a_regular_file_is_ever_replaced(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "out"
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target = Path("/dev/full")  # the case: `-o /dev/full` replaced the device node
+    with pytest.raises(OutputError, match="not a regular file"):
+        FeatureFile(str(target)).write({"a": "1"})
+    assert not target.is_file()
+
+
+def test_a_missing_directory_is_created_again(tmp_path: Path) -> None:
+    FeatureFile(str(tmp_path / "features.d" / "gfd")).write({"a": "1"})
+    assert (tmp_path / "features.d" / "gfd").read_text() == "a=1\n"
+
+
+def test_temp_files_left_by_an_interrupted_write_are_cleaned(tmp_path: Path) -> None:
+    output = FeatureFile(str(tmp_path / "gfd"))
+    (tmp_path / ".gfd.tmp-abc123").write_text("partial")
+    (tmp_path / "other").write_text("kept")
+    output.clean_temp_files()
+    assert sorted(os.listdir(tmp_path)) == ["other"]
 
 
 def test_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:

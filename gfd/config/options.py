@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gfd.config.duration import format_duration, parse_duration
+from gfd.config.duration import INFINITE_NS, format_duration, parse_duration
 from gfd.config.model import DEFAULT_MACHINE_TYPE_FILE, DEFAULT_OUTPUT_FILE, DISCOVERY_STRATEGIES, MIG_STRATEGIES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -20,6 +20,11 @@ def parse_go_bool(text: str) -> bool:
     if text in _GO_FALSE:
         return False
     raise ValueError(f'parsing "{text}": invalid syntax')
+
+
+# Durations are bounded: 0 or 1ns would be a busy loop, and a huge one overflows timers.
+MIN_DURATION_NS = 10_000_000
+MAX_DURATION_NS = 8760 * 3600 * 10**9
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,9 @@ class Option:
         return value
 
     def check_choice(self, value: Any) -> None:
+        """ValueError for a value outside the option's accepted set (choices, or the duration bounds)."""
+        if self.kind == "duration" and not (MIN_DURATION_NS <= value <= MAX_DURATION_NS or value == INFINITE_NS):
+            raise ValueError(f"{format_duration(value) if value >= 0 else f'{value}ns'} is out of range")
         for item in value if isinstance(value, tuple) else (value,):
             if self.choices is not None and item not in self.choices:
                 raise ValueError(f'invalid value "{item}"')
@@ -64,7 +72,7 @@ class Option:
             return ", ".join(self.choices)
         return {
             "bool": "true, false",
-            "duration": "a Go duration such as 60s or 1m30s, or infinite",
+            "duration": "a Go duration from 10ms to 8760h such as 60s or 1m30s, or infinite",
             "int": "an integer",
             "float": "a number",
             "str": "a string",

@@ -10,12 +10,15 @@ import re
 
 import structlog
 
+from gfd.config.errors import ConfigError
+from gfd.config.reading import read_text
 from gfd.model import LostGpu, Vgpu
 
 log = structlog.get_logger("gfd.discovery")
 
 PCI_DEVICES = "sys/bus/pci/devices"
 DRIVER_GPUS = "proc/driver/nvidia/gpus"
+MACHINE_TYPE_LIMIT = 4096
 NVIDIA_VENDOR = "0x10de"
 _CAP_VENDOR_SPECIFIC = 0x09
 # What the host driver writes into its PCI capability (e.g. 460.16, r460_00), validated where it is read.
@@ -32,15 +35,15 @@ def host_path(host_root: str, path: str) -> str:
 
 
 def read_machine_type(host_root: str, path: str) -> str | None:
-    """The raw machine-type file content; None for an empty path or a read error (warned)."""
+    """The raw machine-type file content; None for an empty path or an unreadable file (warned). Read
+    bounded, from a regular file only: a FIFO or /dev/zero given here must not hang or exhaust memory."""
     if not path:
         return None
     # Only /sys paths are re-rooted: a user's own file is read as given.
     resolved = host_path(host_root, path) if path.startswith("/sys/") else path
     try:
-        with open(resolved, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError as e:
+        return read_text(resolved, f"machine type file {path}", limit=MACHINE_TYPE_LIMIT)
+    except ConfigError as e:
         log.warning("error getting machine type", path=path, error=str(e))
         return None
 

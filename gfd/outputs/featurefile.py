@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 
 import structlog
@@ -14,15 +15,30 @@ from gfd.outputs.format import render
 log = structlog.get_logger("gfd.outputs")
 
 
+def temp_prefix(path: str) -> str:
+    """Temp files start with `.`, which NFD's local source skips."""
+    return f".{os.path.basename(path)}.tmp-"
+
+
 def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
     """Temp file in the target's directory (same filesystem, so rename is atomic), fsync, rename.
 
-    The temp name starts with `.`, which NFD's local source skips. On failure the old file is
-    untouched and the temp file removed.
+    A missing directory is created again (as the hostPath's DirectoryOrCreate would after a restart);
+    only a regular file is ever replaced (never a device node such as /dev/full, a FIFO or a directory).
+    On failure the old file is untouched and the temp file removed.
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}", dir=directory)
+        if stat.S_IFMT(os.lstat(path).st_mode) != stat.S_IFREG:
+            raise OutputError(f"error writing file '{path}': it exists and is not a regular file "
+                              "(accepted: a regular file or a new path)")
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise OutputError(f"error atomically writing file '{path}': {e}") from None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=directory)
     except OSError as e:
         raise OutputError(f"error atomically writing file '{path}': {e}") from None
     try:
@@ -49,6 +65,16 @@ class FeatureFile:
     def needs_resync(self) -> bool:
         """Rewrite a file someone deleted, even if our labels did not change."""
         return not os.path.exists(self.path)
+
+    def clean_temp_files(self) -> None:
+        """Temp files a write interrupted by the process's end left behind (at start and at exit)."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        prefix = temp_prefix(self.path)
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                if entry.name.startswith(prefix):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def remove(self) -> None:
         """Upstream's exit cleanup: the legacy gfd-tmp directory and the file itself."""

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from gfd.outputs import OutputError
 from gfd.outputs.format import render
 
 
 class Stdout:
     def write(self, labels: dict[str, str]) -> None:
-        sys.stdout.buffer.write(render(labels))
-        sys.stdout.flush()
+        try:
+            sys.stdout.buffer.write(render(labels))
+            sys.stdout.flush()
+        except OSError as e:  # a full device, a closed pipe
+            raise OutputError(f"error writing labels to standard output: {e.strerror or e}") from None
 
     def needs_resync(self) -> bool:
         return False
