@@ -34,6 +34,9 @@ def install(stop: Callable[[], None], reload: Callable[[], None]) -> None:
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
         pending.stop = signum
+        # Ignored from now on: a HUP arriving while the interpreter shuts down would otherwise meet the
+        # default action (terminate) once Python has removed its handlers.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         _poke(write_fd)
 
     def on_hup(_signum: int, _frame: FrameType | None) -> None:

@@ -101,7 +101,7 @@ class DevicePlugin:
         from plugin.host import read_node_devices
         from plugin.kubelet import KubeletRegistrar
         from plugin.resources import ResourceError, build_resources, lost_placeholders
-        from plugin.server import DevicePluginService, ResourceServer
+        from plugin.server import DevicePluginService, ResourceServer, ServeError
 
         config = self.config
         strategy = "nvml" if config.device_discovery_strategy == "auto" else config.device_discovery_strategy
@@ -143,7 +143,14 @@ class DevicePlugin:
         registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir) for s in services], config.kubelet_socket,
                                      self.metrics)
         self.current = plugins = _Plugins(source, checker, registrar)
-        registrar.start()
+        try:
+            registrar.start()
+        except (ServeError, OSError) as e:
+            registrar.stop()
+            source.close_nvml()
+            source.close()
+            self.current = None
+            raise StartError(str(e) if isinstance(e, ServeError) else f"cannot serve: {e}") from None
         checker.start()
         return plugins
 

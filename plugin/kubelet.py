@@ -17,7 +17,7 @@ import structlog
 from gfd.backoff import Backoff
 from plugin.api import api_pb2, api_pb2_grpc
 from plugin.metrics import PluginMetrics
-from plugin.server import OPTIONS, ResourceServer
+from plugin.server import OPTIONS, ResourceServer, ServeError
 
 log = structlog.get_logger("plugin")
 API_VERSION = "v1beta1"
@@ -30,6 +30,7 @@ class KubeletRegistrar:
         self.poll_s, self.register_timeout_s = poll_s, register_timeout_s
         self.kubelet_inode: int | None = None
         self.pending: set[int] = set()  # servers (by position) still to register
+        self.blocked: set[int] = set()  # servers whose socket another live process serves
         self.backoff = Backoff(initial=0.2, cap=10.0)
         self.retry_at = 0.0
 
@@ -56,10 +57,18 @@ class KubeletRegistrar:
         self.kubelet_inode = inode
         for n, server in enumerate(self.servers):
             if restarted or server.socket_gone():
-                log.info("re-serving and re-registering", resource=server.service.resource.name,
-                         reason="kubelet restarted" if restarted else "socket removed")
+                if n not in self.blocked:
+                    log.info("re-serving and re-registering", resource=server.service.resource.name,
+                             reason="kubelet restarted" if restarted else "socket removed")
                 server.stop()
-                server.start()
+                try:
+                    server.start()
+                except ServeError as e:
+                    if n not in self.blocked:  # logged once; retried every poll until the other one is gone
+                        log.error("cannot serve", resource=server.service.resource.name, error=str(e))
+                    self.blocked.add(n)
+                    continue
+                self.blocked.discard(n)
                 self.pending.add(n)
         if self.pending and (restarted or time.monotonic() >= self.retry_at):
             self._register_pending("kubelet restart" if restarted else "retry")

@@ -21,6 +21,9 @@ from plugin.config import PluginConfig
 
 log = structlog.get_logger("plugin")
 PREFIX = "nvidia.com/"
+# One ListAndWatch answer lists every device of a resource (~80 bytes each): 16 384 stay near 1.3 MiB,
+# far below gRPC's 4 MiB default message limit.
+MAX_DEVICES = 16384
 
 
 class ResourceError(Exception):
@@ -134,6 +137,9 @@ def _shared(name: str, devices: list[PluginDevice], config: PluginConfig) -> Res
     mps = config.sharing.strategy == "mps"
     if mps and any(d.mig is not None for d in devices):
         raise ResourceError("sharing using MPS is not supported for MIG devices")
+    if len(devices) * entry.replicas > MAX_DEVICES:
+        raise ResourceError(f"{entry.rename or name}: {len(devices)} devices x {entry.replicas} replicas is more "
+                            f"than {MAX_DEVICES} devices (fewer replicas, please)")
     replicas = tuple(PluginDevice(f"{d.uuid}::{n}", d.uuid, d.index, d.gpu, d.mig, n)
                      for d in devices for n in range(entry.replicas))
     return Resource(entry.rename or name, replicas, entry.replicas, active.fail_requests_greater_than_one, mps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -91,6 +92,23 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         return api_pb2.PreStartContainerResponse()
 
 
+class ServeError(Exception):
+    """A resource's socket cannot be served; the message is one line."""
+
+
+def _answers(path: str) -> bool:
+    """True when something accepts connections on the unix socket `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 class ResourceServer:
     """Serves one resource on `<plugin dir>/<socket name>`; the socket exists exactly while serving."""
 
@@ -101,17 +119,25 @@ class ResourceServer:
         self.inode: int | None = None
 
     def start(self) -> None:
+        """ServeError when another live process serves this socket (it is left alone) or it cannot be bound."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         if os.path.exists(self.path):
+            if _answers(self.path):
+                raise ServeError(f"{self.path} is served by another running device plugin; not taking it over")
             os.unlink(self.path)  # a stale socket from an earlier run
         # One worker per concurrent ListAndWatch (the kubelet's, plus one during a re-registration)
         # and room for Allocate / GetPreferredAllocation / the options call made inside Register.
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dp"))
         api_pb2_grpc.add_DevicePluginServicer_to_server(self.service, server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"unix://{self.path}")
+        if not server.add_insecure_port(f"unix://{self.path}"):
+            raise ServeError(f"cannot bind {self.path}")
         self.service.stopping = False
         server.start()
         self.server = server
-        self.inode = os.stat(self.path).st_ino
+        try:
+            self.inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            self.inode = None  # removed right after bind (a restarting kubelet): re-served by the watch loop
 
     def socket_gone(self) -> bool:
         """True when our socket file was deleted or replaced (e.g. by a restarting kubelet)."""

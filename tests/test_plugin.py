@@ -401,3 +401,38 @@ def test_a_gpu_lost_at_handle_level_is_named_from_the_driver(start: Callable[...
     kubelet.wait(lambda: len(kubelet.health("nvidia.com/gpu")) == 4 if "nvidia.com/gpu" in kubelet.registrations
                  else False)
     assert kubelet.health("nvidia.com/gpu")[r.sim.node.gpus[1].uuid] == "Unhealthy"
+
+
+def test_a_socket_directory_that_does_not_exist_is_created(tmp_path: Path) -> None:
+    socket_path = tmp_path / "dp" / "kubelet.sock"  # the README's example, on a fresh machine
+    args = [f"--kubelet-socket={socket_path}", "--simulate=t4", "--log-format=json"]
+    plugin = DevicePlugin(args, {}, load_plugin_config(args, {}))
+    thread = threading.Thread(target=plugin.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "dp" / "nvidia-gpu.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (tmp_path / "dp" / "nvidia-gpu.sock").exists() and thread.is_alive()
+        kubelet = KubeletStandIn(str(tmp_path / "dp"))  # the kubelet comes later: registration follows
+        try:
+            kubelet.registered("nvidia.com/gpu", timeout=15)
+        finally:
+            kubelet.stop()
+    finally:
+        plugin.stop()
+        thread.join(5)
+
+
+def test_a_second_instance_on_the_same_socket_leaves_the_first_serving(start: Callable[..., Running],
+                                                                       kubelet: KubeletStandIn) -> None:
+    first = start("--simulate=t4")
+    kubelet.registered("nvidia.com/gpu")
+    args = [f"--kubelet-socket={kubelet.socket}", "--simulate=t4", "--log-format=json"]
+    second = DevicePlugin(args, {}, load_plugin_config(args, {}))
+    assert second.run() == 1  # one line: the socket is served by another running device plugin
+    time.sleep(0.3)
+    assert first.thread.is_alive()
+    assert os.path.exists(os.path.join(kubelet.directory, "nvidia-gpu.sock"))
+    uuid = kubelet.registered("nvidia.com/gpu").devices[0].ID
+    assert kubelet.allocate("nvidia.com/gpu", uuid).envs["NVIDIA_VISIBLE_DEVICES"] == uuid

@@ -10,6 +10,9 @@ import structlog
 from gfd.config.errors import ConfigError, short
 from gfd.config.model import ReplicatedResource, ReplicatedResources, Sharing
 
+MAX_REPLICAS = 512
+ACCEPTED_REPLICAS = f"an integer from 2 to {MAX_REPLICAS}"
+
 log = structlog.get_logger("gfd.config")
 
 _RFC1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -84,14 +87,19 @@ def _entry(raw: Any, field: str, source: str, rename_by_default: bool) -> Replic
         raise ConfigError(source, f"{field}.name", f"expected a string, got {short(raw['name'])}")
     name = resource_name(raw["name"], source, f"{field}.name")
     if "replicas" not in raw or raw["replicas"] is None:
-        raise ConfigError(source, f"{field}.replicas", "no replicas specified", "an integer >= 2")
+        raise ConfigError(source, f"{field}.replicas", "no replicas specified", ACCEPTED_REPLICAS)
     replicas = raw["replicas"]
     if isinstance(replicas, float) and replicas.is_integer():
         replicas = int(replicas)  # YAML `2.0` becomes 2 on upstream's YAML->JSON step
     if isinstance(replicas, bool) or not isinstance(replicas, int):
-        raise ConfigError(source, f"{field}.replicas", f"expected an integer, got {short(replicas)}", "an integer >= 2")
+        raise ConfigError(source, f"{field}.replicas", f"expected an integer, got {short(replicas)}",
+                          ACCEPTED_REPLICAS)
     if replicas < 2:
-        raise ConfigError(source, f"{field}.replicas", "number of replicas must be >= 2", "an integer >= 2")
+        raise ConfigError(source, f"{field}.replicas", "number of replicas must be >= 2", ACCEPTED_REPLICAS)
+    if replicas > MAX_REPLICAS:
+        # Bounded so a resource's ListAndWatch answer stays far below gRPC's 4 MiB (see plugin.resources).
+        raise ConfigError(source, f"{field}.replicas", f"{replicas} replicas is more than {MAX_REPLICAS}",
+                          ACCEPTED_REPLICAS)
     rename = raw.get("rename") or ""
     if not isinstance(rename, str):
         raise ConfigError(source, f"{field}.rename", f"expected a string, got {short(rename)}")

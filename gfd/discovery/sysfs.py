@@ -103,9 +103,8 @@ def scan_vgpu(host_root: str) -> Vgpu | None:
         version = branch = None
         for address in addresses:
             path = os.path.join(base, address)
-            with open(os.path.join(path, "vendor"), encoding="ascii") as f:
-                if f.read().strip() != NVIDIA_VENDOR:
-                    continue
+            if read_attribute(os.path.join(path, "vendor")) != NVIDIA_VENDOR:
+                continue  # (read as bytes: a garbled vendor file is simply not NVIDIA's)
             with open(os.path.join(path, "config"), "rb") as f:
                 config = f.read()
             if len(config) < 256:
