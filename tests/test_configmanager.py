@@ -58,13 +58,16 @@ def test_point_is_atomic_and_idempotent(tmp_path: Path) -> None:
 
 
 def hup_child(tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
-    """A real process whose argv[0] is `name`; it writes a file when it gets SIGHUP."""
+    """A Python script file called `name`, run the way a console script runs (`python3 /path/name`); it
+    writes a file when it gets SIGHUP."""
     marker = tmp_path / "got-hup"
-    code = ("import signal, sys, time, pathlib\n"
-            f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(marker)!r}).write_text('hup'))\n"
-            "print('ready', flush=True)\n"
-            "time.sleep(30)\n")
-    proc = subprocess.Popen([name, "-c", code], executable=sys.executable, stdout=subprocess.PIPE)
+    script = tmp_path / "bin" / name
+    script.parent.mkdir(exist_ok=True)
+    script.write_text("import signal, sys, time, pathlib\n"
+                      f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(marker)!r}).write_text('hup'))\n"
+                      "print('ready', flush=True)\n"
+                      "time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     return proc
 
@@ -78,15 +81,32 @@ def got_hup(marker: Path, timeout: float = 5.0) -> bool:
     return False
 
 
-def test_signal_reaches_the_named_process(tmp_path: Path) -> None:
-    proc = hup_child(tmp_path, "gpu-feature-discovery")
+@pytest.mark.parametrize("script", ["gpu-feature-discovery", "nvidia-device-plugin"])
+def test_signal_reaches_the_real_console_script(tmp_path: Path, script: str) -> None:
+    """The installed entry point, run as production runs it (`python3 /…/bin/<script>`), not a faked argv[0]."""
+    log = tmp_path / "log"
+    args = ["--simulate=t4", "--log-format=json"]
+    args += [f"--output-file={tmp_path / 'gfd'}", "--use-node-feature-api=false"] \
+        if script == "gpu-feature-discovery" else [f"--kubelet-socket={tmp_path / 'kubelet.sock'}"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / script), *args], stdout=out, stderr=out)
     try:
-        assert find_pid("gpu-feature-discovery") == proc.pid
-        send("gpu-feature-discovery", signal.SIGHUP)
-        assert got_hup(tmp_path / "got-hup")
+        deadline = time.monotonic() + 20
+        # Labelling or serving: the signal handlers are installed by then.
+        while "Writing labels" not in log.read_text() and "serving" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert os.path.basename(argv[0].decode()).startswith("python")  # how a console script really runs
+        assert find_pid(script) == proc.pid
+        send(script, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "Received SIGHUP" not in log.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     finally:
-        proc.kill()
-        proc.wait()
+        proc.terminate()
+        proc.wait(10)
     with pytest.raises(LookupError, match="error finding pid: no process found"):
         find_pid("no-such-process-name")
 

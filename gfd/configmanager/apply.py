@@ -38,18 +38,21 @@ def point(dst: str, target: str) -> bool:
 
 
 def find_pid(process: str, proc: str = "/proc") -> int:
-    """The process whose argv[0] is `process` (or ends with /`process`); shares our PID namespace."""
+    """The process running `process`, sharing our PID namespace: its argv[0], or, for a console script
+    run by an interpreter (`/usr/bin/python3 /usr/local/bin/gpu-feature-discovery …`, as every Python
+    entry point runs), the script after it. Never matches a process that only mentions the name."""
     for entry in os.listdir(proc):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
-                argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+                argv = f.read().split(b"\0")
         except OSError:
             continue
-        if argv0 == process or argv0.endswith("/" + process) or os.path.basename(argv0) == process:
+        names = [os.path.basename(a.decode(errors="replace")) for a in argv[:2]]
+        if names[0] == process or (names[0].startswith("python") and len(names) > 1 and names[1] == process):
             return int(entry)
-    raise LookupError("error finding pid: no process found")
+    raise LookupError(f"error finding pid: no process found running {process!r}")
 
 
 def send(process: str, signum: int) -> None:

@@ -65,13 +65,17 @@ class ConfigManager:
     def __init__(self, settings: Settings, core: Any) -> None:
         self.s = settings
         self.core = core
+        self.signal_owed = False
 
     def apply(self, label: str | None) -> None:
-        """Select and point; SelectError propagates (the caller decides whether it is fatal)."""
+        """Select and point; SelectError propagates (the caller decides whether it is fatal). A signal
+        that could not be delivered stays owed, and is sent at the next event even if nothing changed."""
         name = select(label, available_configs(self.s.srcdir), self.s.default, self.s.fallbacks)
         changed = point(self.s.dst, link_target(self.s.srcdir, name))
-        if changed and self.s.send_signal:
+        if (changed or self.signal_owed) and self.s.send_signal:
+            self.signal_owed = True
             send(self.s.process, self.s.signal)
+            self.signal_owed = False
 
     def read_node(self) -> tuple[str | None, str]:
         node = self.core.read_node(self.s.node_name, _request_timeout=(5, 10))
