@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from gfd.config import ConfigError
 from gfd.configmanager.apply import find_pid, point, send
-from gfd.configmanager.cli import ConfigManager, Settings, core_api, main
+from gfd.configmanager.cli import ConfigManager, core_api, load_settings, main
+from gfd.configmanager.options import Settings
 from gfd.configmanager.select import EMPTY, SelectError, select
 from tests.apiserver import FakeApiServer
 
@@ -119,8 +122,8 @@ def settings(tmp_path: Path, kubeconfig: str, **overrides: Any) -> Settings:
     (src / "..data").mkdir(exist_ok=True)  # Kubernetes' own entry in a ConfigMap mount: ignored
     env = {"NODE_NAME": "gpu-node-1", "NODE_LABEL": LABEL, "CONFIG_FILE_SRCDIR": str(src),
            "CONFIG_FILE_DST": str(tmp_path / "config.yaml"), "FALLBACK_STRATEGIES": "named,single",
-           "KUBECONFIG": kubeconfig, **overrides}
-    return Settings.from_env(env)
+           "KUBECONFIG": kubeconfig, "SEND_SIGNAL": "false", **overrides}  # as the chart's init container
+    return load_settings([], env)
 
 
 def put_node(apiserver: FakeApiServer, label: str | None) -> None:
@@ -138,12 +141,60 @@ def test_oneshot_picks_the_labelled_config_or_fails(tmp_path: Path, apiserver: F
     put_node(apiserver, "does-not-exist")
     env = {"NODE_NAME": "gpu-node-1", "NODE_LABEL": LABEL, "CONFIG_FILE_SRCDIR": s.srcdir,
            "CONFIG_FILE_DST": s.dst, "ONESHOT": "true", "KUBECONFIG": kubeconfig}
-    assert main(env) == 1
+    assert main([], env) == 1
 
 
 def test_missing_required_environment(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main({"NODE_LABEL": LABEL}) == 1
+    assert main([], {"NODE_LABEL": LABEL}) == 1
     assert "invalid <node-name>: must not be empty string" in capsys.readouterr().err
+
+
+def test_help_works_without_a_cluster_and_lists_upstreams_flags() -> None:
+    proc = subprocess.run([str(Path(sys.executable).parent / "config-manager"), "--help"], capture_output=True,
+                          text=True, timeout=30, check=False, env={"PATH": os.environ["PATH"]})
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--node-name", "--node-label", "--config-file-srcdir", "--config-file-dst", "--default-config",
+                 "--fallback-strategies", "--send-signal", "--signal", "--process-to-signal", "--oneshot",
+                 "--kubeconfig"):
+        assert flag in proc.stdout
+    assert "named, single, empty" in proc.stdout  # accepted values are listed
+
+
+def test_upstream_defaults_and_flags_over_env(tmp_path: Path) -> None:
+    s = load_settings(["--node-name=n1", "--config-file-srcdir=/a", "--config-file-dst=/b",
+                       "--fallback-strategies=named,empty"], {"NODE_NAME": "from-env", "SIGNAL": "10"})
+    assert (s.node_name, s.node_label, s.send_signal, s.signal, s.process, s.fallbacks) == \
+        ("n1", "nvidia.com/device-plugin.config", True, 10, "nvidia-device-plugin", ("named", "empty"))
+    with pytest.raises(ConfigError, match="invalid value"):
+        load_settings(["--fallback-strategies=nope"], {})
+
+
+@pytest.mark.parametrize("status", [401, 403, 500])
+def test_api_errors_are_one_line_not_a_traceback(tmp_path: Path, apiserver: FakeApiServer, status: int,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
+    apiserver.fail("GET", "nodes", status=status, times=10)
+    s = settings(tmp_path, kubeconfig, ONESHOT="true")
+    assert ConfigManager(s, core_api(kubeconfig)).run_once() == 1
+    err = capsys.readouterr()
+    assert f"HTTP {status}" in err.out + err.err and "Traceback" not in err.out + err.err
+
+
+def test_connection_refused_is_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "configs"
+    src.mkdir()
+    (src / "default").write_text("version: v1\n")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "users": [{"name": "u", "user": {}}]}))
+    proc = subprocess.run([str(Path(sys.executable).parent / "config-manager"), "--oneshot", "--node-name=n1",
+                           f"--config-file-srcdir={src}", f"--config-file-dst={tmp_path / 'config.yaml'}",
+                           f"--kubeconfig={kubeconfig}", "--log-format=json"],
+                          capture_output=True, text=True, timeout=60, check=False, env={"PATH": os.environ["PATH"]})
+    assert proc.returncode == 1
+    assert "error reading node n1" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_sidecar_follows_label_changes_and_survives_410(tmp_path: Path, apiserver: FakeApiServer) -> None:

@@ -29,15 +29,16 @@ class _Parser(argparse.ArgumentParser):
 
 def _build_parser(options: Sequence[Option], prog: str) -> _Parser:
     descriptions = {"gpu-feature-discovery": "GPU Feature Discovery: generate labels for NVIDIA devices",
-                    "nvidia-device-plugin": "NVIDIA device plugin for Kubernetes"}
+                    "nvidia-device-plugin": "NVIDIA device plugin for Kubernetes",
+                    "config-manager": "Select this node's config by its node label and signal the main process"}
     parser = _Parser(prog=prog, description=descriptions.get(prog), allow_abbrev=False)
     parser.add_argument("--version", "-v", action="version", version=__version__)
     for opt in options:
         names = list(opt.flags)
         # Go's flag syntax also accepts a single dash before long names (`-oneshot`).
         names += ["-" + f[2:] for f in opt.flags if f.startswith("--")]
-        kwargs: dict[str, Any] = {"dest": opt.dest, "default": None, "help": f"{opt.help} (default: "
-                                  f"{opt.show_default()!r}; env: {', '.join(opt.envs)})"}
+        kwargs: dict[str, Any] = {"dest": opt.dest, "default": None, "help": f"{opt.help} (accepted: "
+                                  f"{opt.accepted}; default: {opt.show_default()!r}; env: {', '.join(opt.envs)})"}
         if opt.kind == "bool":
             parser.add_argument(*names, nargs="?", const="true", metavar="BOOL", **kwargs)
         else:

@@ -41,6 +41,7 @@ def find_pid(process: str, proc: str = "/proc") -> int:
     """The process running `process`, sharing our PID namespace: its argv[0], or, for a console script
     run by an interpreter (`/usr/bin/python3 /usr/local/bin/gpu-feature-discovery …`, as every Python
     entry point runs), the script after it. Never matches a process that only mentions the name."""
+    target = os.path.basename(process)  # the chart names some by path (/usr/bin/mps-control-daemon)
     for entry in os.listdir(proc):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -50,7 +51,7 @@ def find_pid(process: str, proc: str = "/proc") -> int:
         except OSError:
             continue
         names = [os.path.basename(a.decode(errors="replace")) for a in argv[:2]]
-        if names[0] == process or (names[0].startswith("python") and len(names) > 1 and names[1] == process):
+        if names[0] == target or (names[0].startswith("python") and len(names) > 1 and names[1] == target):
             return int(entry)
     raise LookupError(f"error finding pid: no process found running {process!r}")
 

@@ -1,7 +1,6 @@
 """`config-manager`: the init container (ONESHOT=true) and sidecar of the Helm chart's DaemonSets.
 
-Environment (upstream's): NODE_NAME, NODE_LABEL, CONFIG_FILE_SRCDIR, CONFIG_FILE_DST, DEFAULT_CONFIG,
-FALLBACK_STRATEGIES, ONESHOT, SEND_SIGNAL, SIGNAL, PROCESS_TO_SIGNAL, KUBECONFIG. The sidecar watches its
+Flags and environment are upstream's (gfd/configmanager/options.py). The sidecar watches its
 own Node (resourceVersion-based watch, re-read on 410 Gone) and, when the label selects another config,
 repoints the file and signals the main process. An unknown config name keeps the current config (logged);
 only the init container, which has nothing to keep, fails on it.
@@ -12,53 +11,21 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
 
 from gfd import logs
 from gfd.backoff import Backoff
-from gfd.config.options import parse_go_bool
+from gfd.config import ConfigError
+from gfd.config.loader import load, parse_command_line
 from gfd.configmanager.apply import link_target, point, send
+from gfd.configmanager.options import CONFIG_MANAGER_OPTIONS, Settings
 from gfd.configmanager.select import SelectError, available_configs, select
 
 log = structlog.get_logger("config-manager")
 WATCH_TIMEOUT_S = 300
-
-
-@dataclass(frozen=True)
-class Settings:
-    node_name: str
-    node_label: str
-    srcdir: str
-    dst: str
-    default: str
-    fallbacks: list[str]
-    oneshot: bool
-    send_signal: bool
-    signal: int
-    process: str
-    kubeconfig: str
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        for required, flag in (("NODE_NAME", "node-name"), ("NODE_LABEL", "node-label"),
-                               ("CONFIG_FILE_SRCDIR", "config-file-srcdir"), ("CONFIG_FILE_DST", "config-file-dst")):
-            if not env.get(required):
-                raise ValueError(f"invalid <{flag}>: must not be empty string (set {required})")
-        send_signal = parse_go_bool(env.get("SEND_SIGNAL", "false") or "false")
-        if send_signal and not env.get("PROCESS_TO_SIGNAL"):
-            raise ValueError("invalid <process-to-signal>: must not be empty string when SEND_SIGNAL=true")
-        return cls(
-            node_name=env["NODE_NAME"], node_label=env["NODE_LABEL"], srcdir=env["CONFIG_FILE_SRCDIR"],
-            dst=env["CONFIG_FILE_DST"], default=env.get("DEFAULT_CONFIG", ""),
-            fallbacks=[f for f in env.get("FALLBACK_STRATEGIES", "named,single").split(",") if f],
-            oneshot=parse_go_bool(env.get("ONESHOT", "false") or "false"), send_signal=send_signal,
-            signal=int(env.get("SIGNAL") or 1), process=env.get("PROCESS_TO_SIGNAL", ""),
-            kubeconfig=env.get("KUBECONFIG", ""),
-        )
 
 
 class ConfigManager:
@@ -70,7 +37,7 @@ class ConfigManager:
     def apply(self, label: str | None) -> None:
         """Select and point; SelectError propagates (the caller decides whether it is fatal). A signal
         that could not be delivered stays owed, and is sent at the next event even if nothing changed."""
-        name = select(label, available_configs(self.s.srcdir), self.s.default, self.s.fallbacks)
+        name = select(label, available_configs(self.s.srcdir), self.s.default, list(self.s.fallbacks))
         changed = point(self.s.dst, link_target(self.s.srcdir, name))
         if (changed or self.signal_owed) and self.s.send_signal:
             self.signal_owed = True
@@ -82,11 +49,15 @@ class ConfigManager:
         return (node.metadata.labels or {}).get(self.s.node_label), node.metadata.resource_version
 
     def run_once(self) -> int:
-        label, _ = self.read_node()
+        """The init container: one selection; any failure is one line and exit 1 (the kubelet retries)."""
         try:
+            label, _ = self.read_node()
             self.apply(label)
-        except SelectError as e:
+        except (SelectError, LookupError) as e:
             log.error(str(e))
+            return 1
+        except Exception as e:  # the API: 401/403, connection refused, timeouts
+            log.error(f"error reading node {self.s.node_name}: {api_error(e)}")
             return 1
         return 0
 
@@ -122,12 +93,14 @@ class ConfigManager:
                 if e.status == 410:
                     log.info("watch expired (410 Gone); re-reading the node")
                 else:
-                    log.warning("node watch failed; retrying", status=e.status)
-                    time.sleep(backoff.next_delay())
+                    delay = backoff.next_delay()
+                    log.warning("node watch failed; retrying", error=api_error(e), retry_in_s=round(delay, 1))
+                    time.sleep(delay)
                 version = None
             except Exception as e:  # connection errors from urllib3: retry, never die
-                log.warning("node watch failed; retrying", error=f"{type(e).__name__}: {e}")
-                time.sleep(backoff.next_delay())
+                delay = backoff.next_delay()
+                log.warning("node watch failed; retrying", error=api_error(e), retry_in_s=round(delay, 1))
+                time.sleep(delay)
                 version = None
 
     def _apply_logged(self, label: str | None) -> None:
@@ -153,15 +126,36 @@ def core_api(kubeconfig: str) -> Any:
     return client.CoreV1Api(client.ApiClient(configuration))
 
 
-def main(environ: Mapping[str, str] | None = None) -> int:
+def api_error(e: Exception) -> str:
+    """One line for an API failure: the HTTP status and reason, or the connection error."""
+    status = getattr(e, "status", None)
+    if status is not None:
+        return f"HTTP {status} {getattr(e, 'reason', '') or ''}".strip()
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    settings = load(parse_command_line(argv, environ, CONFIG_MANAGER_OPTIONS, "config-manager"),
+                    CONFIG_MANAGER_OPTIONS, Settings)
+    settings.check()
+    return settings
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     env = os.environ if environ is None else environ
-    logs.configure(env.get("GFD_LOG_FORMAT", "auto"))
     try:
-        settings = Settings.from_env(env)
-    except ValueError as e:
-        log.error(str(e))
+        settings = load_settings(argv, env)
+    except (ConfigError, ValueError) as e:
+        print(f"config-manager: {e}", file=sys.stderr)
         return 1
-    manager = ConfigManager(settings, core_api(settings.kubeconfig))
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        core = core_api(settings.kubeconfig)
+    except Exception as e:  # no in-cluster credentials, an unreadable kubeconfig
+        log.error(f"error building kubernetes clientset from config: {api_error(e)}")
+        return 1
+    manager = ConfigManager(settings, core)
     if settings.oneshot:
         return manager.run_once()
     manager.watch()
