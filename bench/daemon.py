@@ -83,7 +83,7 @@ def rss_after_cycles(checkpoints: list[int]) -> list[float]:
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen([sys.executable, "-m", "gfd", *PROFILE, "--use-node-feature-api=false",
-                                 f"-o={tmp}/gfd", "--sleep-interval=1ms", f"--metrics-address=127.0.0.1:{port}"],
+                                 f"-o={tmp}/gfd", "--sleep-interval=10ms", f"--metrics-address=127.0.0.1:{port}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             out = []

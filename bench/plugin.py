@@ -161,7 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(tmp, "--simulate=dgx1v", "--health-recovery-period=1ms", "--health-probe-interval=5ms")
+        h = Harness(tmp, "--simulate=dgx1v", "--health-recovery-period=10ms", "--health-probe-interval=10ms")
         try:
             latency(h, args.calls)
             preferred_quality(h, "8 GPUs (DGX-1V)", args.repeats)
