@@ -46,6 +46,7 @@ class DevicePlugin:
         self.reload = False
         self.registrar_stop = threading.Event()
         self.current: _Plugins | None = None
+        self.waiting = False  # started with nothing to serve (no GPUs, or NVML absent and allowed)
 
     def request_reload(self) -> None:
         """A full restart: stop serving, reload the config, rediscover, serve and register again."""
@@ -56,13 +57,27 @@ class DevicePlugin:
         self.stop_event.set()
         self.registrar_stop.set()
 
+    def healthy(self) -> tuple[bool, str]:
+        """/healthz: serving, registered with the kubelet, and the health loop running (or switched off)."""
+        plugins = self.current
+        if plugins is None:
+            return (True, "ok; no devices to serve") if self.waiting else (False, "starting")
+        registrar, checker = plugins.registrar, plugins.checker
+        if registrar.blocked:
+            return False, "a resource's socket is served by another process"
+        if registrar.pending:
+            return False, "not registered with the kubelet yet"
+        if checker.policy.enabled and not checker.is_alive():
+            return False, "the device health loop is not running"
+        return True, "ok"
+
     def run(self) -> int:
         server = None
         if self.config.metrics_address:
             from gfd.metrics import AddressError, serve
 
             try:
-                server = serve(self.metrics.registry, self.config.metrics_address, lambda: (True, "ok"))
+                server = serve(self.metrics.registry, self.config.metrics_address, self.healthy)
             except AddressError as e:
                 log.error(f"error starting plugins: {e}")
                 return 1
@@ -74,6 +89,7 @@ class DevicePlugin:
                 except StartError as e:
                     log.error(f"error starting plugins: {e}")
                     return 1
+                self.waiting = plugins is None
                 try:
                     if plugins is None:
                         self.registrar_stop.wait()  # nothing to serve: wait for a signal

@@ -264,3 +264,46 @@ def test_nfd_rules_validate_against_the_crd(nfd_schemas: dict[str, Any]) -> None
                 assert doc["spec"]["rules"][0]["labels"] == {"feature.node.kubernetes.io/pci-10de.present": "true"}
     worker = yaml.safe_load((ROOT / "nfd-rules/nfd-worker.conf.yaml").read_text())
     assert worker["sources"]["pci"] == {"deviceClassWhitelist": ["02", "03"], "deviceLabelFields": ["vendor"]}
+
+
+METRICS_ON = {"gfd": {"enabled": True, "metrics": {"enabled": True}}, "devicePlugin": {"metrics": {"enabled": True}},
+              "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "prometheus"}}}
+
+
+def test_metrics_values_give_ports_probes_a_service_and_a_service_monitor(chart: Any) -> None:
+    objects = render(chart, METRICS_ON)
+    for daemonset, ctr, variable, port in ((PLUGIN, "nvidia-device-plugin-ctr", "DP_METRICS_ADDRESS", 9103),
+                                           (GFD, "gpu-feature-discovery-ctr", "GFD_METRICS_ADDRESS", 9102)):
+        c = container(objects, daemonset, ctr)
+        assert env(c)[variable] == f":{port}"
+        assert c["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert c["resources"]["requests"] == {"cpu": "10m", "memory": "64Mi"}
+    service = objects[("Service", "nvdp-nvidia-device-plugin-metrics")]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    pod_labels = objects[("DaemonSet", PLUGIN)]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    for obj in objects.values():
+        if obj["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    monitor = objects[("ServiceMonitor", "nvdp-nvidia-device-plugin")]
+    crd = yaml.safe_load((ROOT.parent / "shared" / "crds" / "monitoring.coreos.com_servicemonitors.yaml").read_text())
+    jsonschema.validate(monitor, crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_metrics_are_off_by_default_and_a_local_bind_has_no_probes(chart: Any) -> None:
+    objects = render(chart, {"gfd": {"enabled": True}})
+    assert not [k for k in objects if k[0] in ("Service", "ServiceMonitor")]
+    assert "ports" not in container(objects, PLUGIN, "nvidia-device-plugin-ctr")
+    local = render(chart, {"devicePlugin": {"metrics": {"enabled": True, "bindAddress": "127.0.0.1"}}})
+    c = container(local, PLUGIN, "nvidia-device-plugin-ctr")
+    assert env(c)["DP_METRICS_ADDRESS"] == "127.0.0.1:9103" and "livenessProbe" not in c
+
+
+def test_chart_version_is_ours() -> None:
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["version"] != "0.20.0" and meta["appVersion"] == meta["version"]

@@ -202,3 +202,42 @@ annotations:
   - name: config
     mountPath: /config
 {{- end -}}
+
+{{/* Our opt-in /metrics and /healthz: env, container port and probes for one program.
+     .component is .Values.devicePlugin or .Values.gfd; .env the program's address variable. */}}
+{{- define "nvidia-device-plugin.metricsEnv" -}}
+{{- with .component.metrics }}{{- if .enabled }}
+- name: {{ $.env }}
+  value: {{ printf "%s:%v" (.bindAddress | default "") .port | quote }}
+{{- end }}{{- end }}
+{{- end -}}
+
+{{- define "nvidia-device-plugin.metricsPortsAndProbes" -}}
+{{- with .component.metrics }}{{- if .enabled }}
+ports:
+- name: metrics
+  containerPort: {{ .port }}
+  protocol: TCP
+{{- if not .bindAddress }}
+{{- /* The kubelet probes the pod IP: only an all-interfaces bind can answer. */}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  initialDelaySeconds: 10
+  periodSeconds: 30
+  timeoutSeconds: 5
+  failureThreshold: 3
+readinessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 10
+  timeoutSeconds: 5
+{{- end }}
+{{- end }}{{- end }}
+{{- end -}}
+
+{{- define "nvidia-device-plugin.metricsEnabled" -}}
+{{- if or (and .Values.devicePlugin.enabled .Values.devicePlugin.metrics.enabled) (and .Values.gfd.enabled .Values.gfd.metrics.enabled) -}}true{{- end -}}
+{{- end -}}
