@@ -12,6 +12,7 @@ A label whose key is invalid is dropped.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 
@@ -39,7 +40,18 @@ def valid_key(key: str) -> bool:
 
 
 def valid_labels(labels: dict[str, str]) -> dict[str, str]:
-    return {k: valid_value(v) for k, v in labels.items() if valid_key(k)}
+    out = {}
+    for key, value in labels.items():
+        fixed = _valid_label(key, value)
+        if fixed is not None:
+            out[key] = fixed
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_label(key: str, value: str) -> str | None:
+    """Memoised: a daemon composes the same labels every cycle, so checking them is a dict lookup."""
+    return valid_value(value) if valid_key(key) else None
 
 
 def _trim(text: str) -> str:
