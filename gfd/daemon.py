@@ -54,6 +54,7 @@ class Daemon:
         self.wake = threading.Event()
         self.stop_requested = False
         self.reload_requested = False
+        self.resync_requested = False
         self.nvml_backoff = Backoff(initial=1.0, cap=NVML_RETRY_CAP_S)
         self.output_backoff = Backoff(initial=1.0, cap=60.0)
         self.nvml_retry_at = 0.0
@@ -74,6 +75,11 @@ class Daemon:
 
     def stop(self) -> None:
         self.stop_requested = True
+        self.wake.set()
+
+    def request_resync(self) -> None:
+        """What was published is gone (someone deleted the NodeFeature object): write it again now."""
+        self.resync_requested = True
         self.wake.set()
 
     def healthy(self) -> tuple[bool, str]:
@@ -122,7 +128,7 @@ class Daemon:
 
     def _wait(self, deadline: float) -> None:
         """Sleep until the interval ends, a retry is due, or a signal arrives."""
-        while not (self.stop_requested or self.reload_requested):
+        while not (self.stop_requested or self.reload_requested or self.resync_requested):
             wake_at = min([deadline] + [t for t in (self.nvml_retry_at, self.output_retry_at) if t])
             remaining = wake_at - time.monotonic()
             if remaining <= 0:
@@ -134,7 +140,7 @@ class Daemon:
         self.config = config
         source = NodeSource.for_gfd(config)
         try:
-            output = make_output(config, self.metrics)
+            output = make_output(config, self.metrics, self.request_resync)
         except OutputError:
             source.close()
             raise
@@ -156,6 +162,7 @@ class Daemon:
                       else f"{type(e).__name__}: {e}")
             return run
         # The old run lets go of NVML (and a simulation) before the new one takes it.
+        run.output.close()
         run.source.close_nvml()
         run.source.close()
         try:
@@ -168,6 +175,7 @@ class Daemon:
         return new_run
 
     def _finish(self, run: _Run, remove: bool) -> None:
+        run.output.close()
         run.source.close_nvml()
         run.source.close()
         cfg = run.config
@@ -181,6 +189,7 @@ class Daemon:
 
     # -- one cycle --------------------------------------------------------------------------------
     def cycle(self, run: _Run) -> None:
+        self.resync_requested = False
         start = time.perf_counter()
         try:
             labels = self._labels(run)

@@ -89,8 +89,7 @@ class FakeApiServer:
 
     def delete_object(self, path: str) -> None:
         with self.state.lock:
-            obj = self.state.objects.pop(path)
-            _event(self.state, "DELETED", obj)
+            _deleted(self.state, self.state.objects.pop(path))
 
     def fail(self, method: str, path_contains: str, status: int = 500, times: int = 1,
              retry_after: float | None = None, delay: float = 0.0) -> None:
@@ -133,6 +132,12 @@ def _store(state: State, path: str, obj: dict[str, Any], kind: str) -> dict[str,
 def _event(state: State, kind: str, obj: dict[str, Any]) -> None:
     state.events.append((int(obj["metadata"]["resourceVersion"]), kind, copy.deepcopy(obj)))
     state.lock.notify_all()
+
+
+def _deleted(state: State, obj: dict[str, Any]) -> None:
+    """As a real API server: the DELETED event carries a new resourceVersion (so watchers see it)."""
+    obj["metadata"]["resourceVersion"] = str(next(state.rv))
+    _event(state, "DELETED", obj)
 
 
 def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -214,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, copy.deepcopy(current)
         if method == "DELETE":
             del state.objects[path]
-            _event(state, "DELETED", current)
+            _deleted(state, current)
             return 200, _status(200, "", "deleted") | {"status": "Success"}
         if method == "PUT":
             sent_rv = (body.get("metadata") or {}).get("resourceVersion")

@@ -258,6 +258,8 @@ def test_node_feature_mode_makes_no_requests_when_nothing_changes(start: Callabl
     r = start("--simulate", "dgx-a100", "--kubeconfig", kubeconfig, "--node-name", "node1", "--namespace", "ns",
               output=False)
     eventually(lambda: len(apiserver.requests("POST")) == 1)
+    # One long-lived watch request notices a deletion; then nothing more while nothing changes.
+    eventually(lambda: any("watch=true" in q.path for q in apiserver.requests("GET")))
     apiserver.clear_requests()
     r.wait_cycles(20)
     assert apiserver.requests() == []
@@ -273,7 +275,8 @@ def test_node_feature_mode_makes_no_requests_when_nothing_changes(start: Callabl
         "/apis/nfd.k8s-sigs.io/v1alpha1/namespaces/ns/nodefeatures/nvidia-features-for-node1"
     )["spec"]["labels"]["nvidia.com/gpu.machine"] == "changed")  # type: ignore[index]
     # After a failed write the object is re-read before the next attempt.
-    assert [r.method for r in apiserver.requests()] == ["PUT", "GET", "PUT", "GET", "PUT"]
+    assert [r.method for r in apiserver.requests() if "watch=true" not in r.path] == \
+        ["PUT", "GET", "PUT", "GET", "PUT"]
     assert sample(r.daemon, "gfd_api_requests_total", verb="update", code="500") == 2
 
 
@@ -288,3 +291,19 @@ def test_stop_is_prompt_while_an_api_write_hangs(start: Callable[..., Running], 
     r.thread.join(5)
     assert not r.thread.is_alive()
     assert time.monotonic() - stopped < 1.0
+
+
+def test_a_deleted_node_feature_is_written_again_within_a_second(start: Callable[..., Running], tmp_path: Path,
+                                                                  apiserver: FakeApiServer) -> None:
+    kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
+    start("--simulate", "t4", "--kubeconfig", kubeconfig, "--node-name", "node1", "--namespace", "ns",
+          "--sleep-interval=1h", output=False)  # no cycle would come for an hour: only the watch can help
+    path = "/apis/nfd.k8s-sigs.io/v1alpha1/namespaces/ns/nodefeatures/nvidia-features-for-node1"
+    eventually(lambda: apiserver.get_object(path) is not None)
+    eventually(lambda: any("watch=true" in q.path for q in apiserver.requests("GET")))
+    apiserver.delete_object(path)
+    deleted = time.monotonic()
+    eventually(lambda: apiserver.get_object(path) is not None, timeout=5)
+    assert time.monotonic() - deleted < 1.0
+    labels = apiserver.get_object(path)["spec"]["labels"]  # type: ignore[index]
+    assert labels["nvidia.com/gpu.count"] == "4"

@@ -178,7 +178,8 @@ def test_rbac_is_least_privilege(chart: Any) -> None:
     plugin_only = render(chart)
     assert not any(kind in ("ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding") for kind, _ in plugin_only)
     combined = render(chart, {"gfd": {"enabled": True}, "config": {"map": {"default": "version: v1"}}})
-    assert rules(combined, "Role", GFD) == [(("nfd.k8s-sigs.io",), ("nodefeatures",), ("get", "create", "update")),
+    assert rules(combined, "Role", GFD) == [(("nfd.k8s-sigs.io",), ("nodefeatures",),
+                                             ("get", "list", "watch", "create", "update")),
                                             (("",), ("pods",), ("get",))]
     assert combined[("Role", GFD)]["metadata"]["namespace"] == NS
     assert rules(combined, "ClusterRole", "nvdp-nvidia-device-plugin-role") == [

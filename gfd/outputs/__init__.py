@@ -14,6 +14,10 @@ class Output(Protocol):
 
     def remove(self) -> None: ...
 
+    def close(self) -> None:
+        """Stop whatever the output runs in the background (nothing for most)."""
+        ...
+
 
 class OutputError(Exception):
     """Writing the labels failed (file system or API); the message says where and why."""

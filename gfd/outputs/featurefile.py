@@ -76,6 +76,9 @@ class FeatureFile:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
+    def close(self) -> None:
+        """Nothing runs in the background."""
+
     def remove(self) -> None:
         """Upstream's exit cleanup: the legacy gfd-tmp directory and the file itself."""
         legacy = os.path.join(os.path.dirname(self.path), "gfd-tmp")

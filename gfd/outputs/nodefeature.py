@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -52,7 +53,7 @@ class TokenBucket:
 class NodeFeatureOutput:
     def __init__(self, api_client: Any, namespace: str, node_name: str, pod_name: str = "",
                  resync_seconds: float = 3600.0, qps: float = 5.0, burst: int = 10,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, on_deleted: Callable[[], None] | None = None) -> None:
         from kubernetes import client
 
         if not node_name:
@@ -70,9 +71,15 @@ class NodeFeatureOutput:
         self.known: dict[str, Any] | None = None  # the object as the server last returned it
         self.known_at = 0.0
         self.owner_references = self._resolve_owner_references()
+        # A deleted object is noticed through a watch (one open request, no polling) and written again at
+        # once instead of at the next resync.
+        self.on_deleted = on_deleted
+        self.closed = threading.Event()
+        self.watcher: threading.Thread | None = None
 
     @classmethod
-    def from_config(cls, config: Config, metrics: Metrics | None = None) -> NodeFeatureOutput:
+    def from_config(cls, config: Config, metrics: Metrics | None = None,
+                    on_deleted: Callable[[], None] | None = None) -> NodeFeatureOutput:
         from kubernetes import client
         from kubernetes import config as kubeconfig
 
@@ -89,7 +96,8 @@ class NodeFeatureOutput:
         api_client = client.ApiClient(configuration)
         api_client.user_agent = f"gfd/{__version__} (linux) python-kubernetes"
         return cls(api_client, config.namespace, config.node_name, config.pod_name,
-                   config.node_feature_resync_ns / 1e9, config.kube_api_qps, config.kube_api_burst, metrics)
+                   config.node_feature_resync_ns / 1e9, config.kube_api_qps, config.kube_api_burst, metrics,
+                   on_deleted)
 
     # -- the Output interface ---------------------------------------------------------------------
     def needs_resync(self) -> bool:
@@ -101,6 +109,7 @@ class NodeFeatureOutput:
                 self.known = self._get()
             try:
                 self._apply(labels)
+                self._start_watch()
                 return
             except _Conflict:
                 self.known = None  # someone else wrote: re-read and try again
@@ -109,6 +118,42 @@ class NodeFeatureOutput:
 
     def remove(self) -> None:
         """The CR stays on exit (as upstream); owner references let GC remove it with the DaemonSet."""
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def _start_watch(self) -> None:
+        if self.on_deleted is not None and self.watcher is None:
+            self.watcher = threading.Thread(target=self._watch_deletions, name="nodefeature-watch", daemon=True)
+            self.watcher.start()
+
+    def _watch_deletions(self) -> None:
+        from kubernetes import watch
+
+        from gfd.backoff import Backoff
+
+        backoff = Backoff(initial=1.0, cap=60.0)
+        while not self.closed.is_set():
+            known = self.known
+            version = (known or {}).get("metadata", {}).get("resourceVersion")
+            try:
+                self._count("watch", "200")
+                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+                    self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                    field_selector=f"metadata.name={self.name}", resource_version=version, timeout_seconds=300,
+                    _request_timeout=(REQUEST_TIMEOUT[0], 330))
+                for event in stream:
+                    if self.closed.is_set():
+                        return
+                    if event["type"] == "DELETED":
+                        log.warning("NodeFeature object deleted by someone else; writing it again", name=self.name)
+                        self.known = None
+                        if self.on_deleted is not None:
+                            self.on_deleted()
+                backoff.reset()
+            except Exception as e:  # 410 Gone, connection errors: watch again after a pause
+                self._count("watch", str(getattr(e, "status", "error")))
+                self.closed.wait(backoff.next_delay())
 
     # -- internals --------------------------------------------------------------------------------
     def desired(self, labels: dict[str, str], base: dict[str, Any] | None = None) -> dict[str, Any]:

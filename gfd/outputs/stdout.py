@@ -19,5 +19,8 @@ class Stdout:
     def needs_resync(self) -> bool:
         return False
 
+    def close(self) -> None:
+        """Nothing runs in the background."""
+
     def remove(self) -> None:
         """Nothing to clean up: what went to stdout stays there."""
