@@ -1,0 +1,26 @@
+"""The end-to-end tier (tests/e2e/): the chart's pods on a real API server, NFD master and kubelet.
+
+It runs in private network and mount namespaces (the kubelet needs a non-loopback node IP and its
+fixed device-plugin directory; the pod runner bind-mounts volumes), so it is a pytest session of its
+own, started here under `unshare`; its result is this test's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_end_to_end_tier_on_a_real_control_plane_and_kubelet() -> None:
+    proc = subprocess.run(
+        ["unshare", "--net", "--mount", "--fork", sys.executable, "-m", "pytest", "tests/e2e", "-q",
+         "-p", "no:cacheprovider", "-x"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "GFD_E2E_INSIDE": "1"})
+    print(proc.stdout[-20000:], proc.stderr[-5000:])
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert " passed" in proc.stdout.splitlines()[-1] and "skipped" not in proc.stdout.splitlines()[-1]
