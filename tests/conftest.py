@@ -12,7 +12,6 @@ import yaml
 from gfd.discovery.simulated.install import Simulation, install
 from gfd.discovery.simulated.profiles import build_node, load_profile
 
-
 # The end-to-end tier runs only inside the private namespaces tests/test_e2e.py makes for it.
 collect_ignore_glob = [] if os.environ.get("GFD_E2E_INSIDE") else ["e2e/*"]
 

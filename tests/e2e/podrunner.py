@@ -11,6 +11,7 @@ API server's CA, as the kubelet projects it. The containers share the runner's P
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -37,7 +38,7 @@ class PodRunner:
         spec = pod_template["spec"]
         pod = client.V1Pod(metadata=client.V1ObjectMeta(name=name, namespace=namespace,
                                                         labels=pod_template["metadata"].get("labels")),
-                           spec=client.ApiClient().sanitize_for_serialization(spec) | {"nodeName": node_name})
+                           spec=spec | {"nodeName": node_name})
         self.pod = core.create_namespaced_pod(namespace, pod)
         self.volumes = {v["name"]: self._volume(v) for v in spec.get("volumes", [])}
         self.volumes["__token__"] = self._token(spec.get("serviceAccountName", "default"))
@@ -122,7 +123,5 @@ class PodRunner:
                 proc.kill()
                 proc.wait()
         for target in sorted(set(self.created_dirs), key=len, reverse=True):  # mount points it had to create
-            try:
+            with contextlib.suppress(OSError):
                 os.rmdir(target)
-            except OSError:
-                pass
