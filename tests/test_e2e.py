@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_end_to_end_tier_on_a_real_control_plane_and_kubelet() -> None:
     proc = subprocess.run(
-        ["unshare", "--net", "--mount", "--fork", sys.executable, "-m", "pytest", "tests/e2e", "-q",
+        ["unshare", "--net", "--mount", "--fork", sys.executable, "-m", "pytest", "tests/e2e",
          "-p", "no:cacheprovider", "-x"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
         env={**os.environ, "GFD_E2E_INSIDE": "1"})

@@ -436,3 +436,24 @@ def test_a_second_instance_on_the_same_socket_leaves_the_first_serving(start: Ca
     assert os.path.exists(os.path.join(kubelet.directory, "nvidia-gpu.sock"))
     uuid = kubelet.registered("nvidia.com/gpu").devices[0].ID
     assert kubelet.allocate("nvidia.com/gpu", uuid).envs["NVIDIA_VISIBLE_DEVICES"] == uuid
+
+
+def test_sigterm_ends_the_plugin_process_within_a_second(kubelet: KubeletStandIn, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    log = tmp_path / "plugin.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "nvidia-device-plugin"), "--simulate=dgx-a100",
+                                 f"--kubelet-socket={kubelet.socket}", "--log-format=json"], stdout=out, stderr=out)
+    try:
+        kubelet.registered("nvidia.com/gpu", timeout=20)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - sent < 1.0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -29,8 +29,12 @@ BIN = Path(sys.executable).parent
 
 class PodRunner:
     def __init__(self, core: Any, pod_template: dict[str, Any], name: str, namespace: str, node_name: str,
-                 api_port: int, ca_file: str) -> None:
+                 api_port: int, ca_file: str, real_host_paths: tuple[str, ...] = (), pod_node: str = "") -> None:
+        """`real_host_paths`: hostPath volumes served by this machine's own path (the kubelet's device-plugin
+        directory); every other hostPath is a temp directory. `pod_node`: where the Pod object is bound
+        (default `node_name`; another name keeps a real kubelet from trying to run it too)."""
         self.core, self.template, self.name, self.namespace = core, pod_template, name, namespace
+        self.real_host_paths = real_host_paths
         self.node_name, self.api_port, self.ca_file = node_name, api_port, ca_file
         self.root = Path(tempfile.mkdtemp(prefix=f"pod-{name}-"))
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -38,7 +42,7 @@ class PodRunner:
         spec = pod_template["spec"]
         pod = client.V1Pod(metadata=client.V1ObjectMeta(name=name, namespace=namespace,
                                                         labels=pod_template["metadata"].get("labels")),
-                           spec=spec | {"nodeName": node_name})
+                           spec=spec | {"nodeName": pod_node or node_name})
         self.pod = core.create_namespaced_pod(namespace, pod)
         self.volumes = {v["name"]: self._volume(v) for v in spec.get("volumes", [])}
         self.volumes["__token__"] = self._token(spec.get("serviceAccountName", "default"))
@@ -47,8 +51,8 @@ class PodRunner:
     def _volume(self, volume: dict[str, Any]) -> str:
         path = self.root / "volumes" / volume["name"]
         path.mkdir(parents=True)
-        if "hostPath" in volume and volume["hostPath"]["path"] in ("/sys",):
-            return "/sys"  # the host's /sys, as the hostPath gives it
+        if "hostPath" in volume and volume["hostPath"]["path"] in ("/sys", *self.real_host_paths):
+            return str(volume["hostPath"]["path"])  # this machine's own path, as the hostPath gives it
         if "configMap" in volume:
             cm = self.core.read_namespaced_config_map(volume["configMap"]["name"], self.namespace)
             for key, value in (cm.data or {}).items():
