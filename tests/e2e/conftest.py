@@ -33,6 +33,10 @@ class Cluster:
         return int(self.env["API_URL"].rsplit(":", 1)[1])
 
     @property
+    def node_env(self) -> dict[str, str]:
+        return _env(self.dir / "node" / "env")
+
+    @property
     def ca_file(self) -> str:
         return str(self.dir / "pki" / "serving.crt")
 

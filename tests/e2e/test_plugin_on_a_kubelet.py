@@ -7,10 +7,13 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 
+import grpc
 import pytest
 from kubernetes import client
 
 from gfd.discovery.simulated.profiles import load_profile
+from plugin.api.podresources_pb2 import ListPodResourcesRequest
+from plugin.api.podresources_pb2_grpc import PodResourcesListerStub
 from tests.e2e.conftest import K8S, NODE, Cluster, render
 from tests.e2e.podrunner import PodRunner
 
@@ -77,6 +80,12 @@ def test_a_gpu_pod_runs_with_the_devices_it_was_allocated(cluster: Cluster, plug
     devices = log.split("NVIDIA_VISIBLE_DEVICES=", 1)[1].split()[0].split(",")
     known = {g.uuid for g in load_profile("dgx-a100").gpus}
     assert len(devices) == 2 and set(devices) <= known, log
+    # The kubelet's PodResources API reports the same assignment.
+    with grpc.insecure_channel(f"unix://{cluster.node_env['POD_RESOURCES_SOCKET']}") as channel:
+        listed = PodResourcesListerStub(channel).List(ListPodResourcesRequest(), timeout=10)
+    pod_resources = next(p for p in listed.pod_resources if (p.namespace, p.name) == ("default", "gpu-pod"))
+    assigned = {(d.resource_name, i) for c in pod_resources.containers for d in c.devices for i in d.device_ids}
+    assert assigned == {("nvidia.com/gpu", uuid) for uuid in devices}
     cluster.core.delete_namespaced_pod("gpu-pod", "default", grace_period_seconds=0)
 
 
