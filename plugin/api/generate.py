@@ -8,7 +8,6 @@ import re
 
 from grpc_tools import protoc
 
-
 PROTOS = ("api", "podresources")
 
 
