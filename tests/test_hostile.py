@@ -130,6 +130,54 @@ def test_a_hostile_config_at_start_is_one_line_and_quick(hostile: str) -> None:
     assert f"config file {HOSTILE / hostile}" in line and "accepted:" in line
 
 
+@pytest.mark.parametrize("interval", ["0s", "1ns", "-1s", "9000h"])
+def test_busy_loop_and_overflowing_intervals_are_refused(interval: str) -> None:
+    line = one_error_line(gfd("--simulate=t4", "-o", "-", f"--sleep-interval={interval}"))
+    assert "out of range" in line and "10ms to 8760h" in line
+
+
+def test_a_config_over_the_size_limit_is_one_line_and_quick(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("version: v1\n" + "# padding\n" * 120_000)  # 1.2 MB: 21 s with the pure-Python loader
+    started = time.monotonic()
+    line = one_error_line(gfd("--oneshot", "-o", "-", "--simulate=t4", f"--config-file={big}"))
+    assert "larger than 1048576 bytes" in line and time.monotonic() - started < 10
+
+
+def test_stdout_on_a_full_device_is_one_line() -> None:
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "gfd", "--log-format=json", "--oneshot", "-o", "-",
+                               "--simulate=t4"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+                              check=False, env=ENV)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error writing labels to standard output: No space left on device" in proc.stderr
+
+
+_YAMLISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) |
+                        st.text(max_size=20),
+                        lambda children: st.lists(children, max_size=4) |
+                        st.dictionaries(st.sampled_from(["gpus", "model", "count", "mig", "faults", "call",
+                                                         "error", "gpu", "topology", "nvlink", "pcie", "bus_ids",
+                                                         "name", "machine", "driver_version", "vgpu",
+                                                         "extra_pci_functions", "address"]) | st.text(max_size=8),
+                                        children, max_size=5), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_YAMLISH | st.fixed_dictionaries({"gpus": st.lists(
+    st.fixed_dictionaries({"model": st.sampled_from(["T4", "A100-SXM4-40GB", "nope"])}, optional={
+        "count": _YAMLISH, "mig": _YAMLISH, "bus_ids": _YAMLISH, "name": _YAMLISH}), max_size=3)},
+    optional={"faults": _YAMLISH, "topology": _YAMLISH}))
+def test_fuzz_profiles_load_or_fail_with_one_config_error(doc: Any) -> None:
+    from gfd.config import ConfigError
+    from gfd.discovery.simulated.profiles import build_node
+
+    try:
+        build_node(doc, "<fuzz>")
+    except ConfigError as e:
+        assert "\n" not in str(e) and str(e).startswith("simulation profile <fuzz>")
+
+
 # -- 2: signal storms ----------------------------------------------------------------------------------------
 def test_a_sighup_storm_is_one_reload_and_sigterm_still_ends_it(daemon: Callable[..., Daemon]) -> None:
     d = daemon("--simulate=t4")

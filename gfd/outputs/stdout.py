@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from gfd.outputs import OutputError
@@ -14,6 +15,11 @@ class Stdout:
             sys.stdout.buffer.write(render(labels))
             sys.stdout.flush()
         except OSError as e:  # a full device, a closed pipe
+            # What is still buffered would fail again at exit (exit status 120 and a traceback-like
+            # message): standard output goes to /dev/null from here on.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
             raise OutputError(f"error writing labels to standard output: {e.strerror or e}") from None
 
     def needs_resync(self) -> bool:
