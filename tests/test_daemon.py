@@ -24,12 +24,14 @@ from tests.apiserver import FakeApiServer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Wait until `predicate` holds; the seconds it took."""
+    start = time.monotonic()
     while not predicate():
-        if time.monotonic() > deadline:
+        if time.monotonic() - start > timeout:
             raise AssertionError("condition not reached in time")
         time.sleep(0.005)
+    return time.monotonic() - start
 
 
 def read_labels(path: Path) -> dict[str, str]:

@@ -6,6 +6,7 @@ input is one line naming the file, the field and what is accepted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -23,7 +24,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gfd.config import Config
+from gfd.config import Config, load_config, parse_command_line
+from gfd.daemon import Daemon as InProcess
 from gfd.labels.compose import compose
 from gfd.labels.valid import MAX_VALUE
 from gfd.model import DeviceModel, Gpu, MigDevice, Vgpu
@@ -342,18 +344,26 @@ def test_the_simulation_tree_is_removed_on_exit() -> None:
 
 
 # -- 8: any exception mid-run -----------------------------------------------------------------------------
-def test_a_garbled_sysfs_file_mid_run_keeps_the_daemon_and_its_labels(tmp_path: Path) -> None:
-    from gfd.config import load_config, parse_command_line
-    from gfd.daemon import Daemon as InProcess
-
-    out = tmp_path / "gfd"
-    cmdline = parse_command_line(["--simulate=dgx-a100", "--sleep-interval=10ms", "--use-node-feature-api=false",
+@contextlib.contextmanager
+def in_process_daemon(out: Path, *args: str) -> Iterator[InProcess]:
+    """The daemon on a thread (for faults injected into its simulation or its objects), stopped cleanly."""
+    cmdline = parse_command_line([*args, "--sleep-interval=10ms", "--use-node-feature-api=false",
                                   f"--output-file={out}", "--log-format=json"], {})
     d = InProcess(cmdline, load_config(cmdline))
     thread = threading.Thread(target=d.run, daemon=True)
     thread.start()
     try:
         eventually(out.exists)
+        yield d
+        assert thread.is_alive()
+    finally:
+        d.stop()
+        thread.join(5)
+
+
+def test_a_garbled_sysfs_file_mid_run_keeps_the_daemon_and_its_labels(tmp_path: Path) -> None:
+    out = tmp_path / "gfd"
+    with in_process_daemon(out, "--simulate=dgx-a100") as d:
         before = out.read_text()
         assert d.current is not None and d.current.source.simulation is not None
         host = Path(d.current.source.simulation.host_root)
@@ -362,26 +372,13 @@ def test_a_garbled_sysfs_file_mid_run_keeps_the_daemon_and_its_labels(tmp_path: 
         machine = host / "sys/class/dmi/id/product_name"
         machine.write_bytes(b"\xff\xfe\n")  # not UTF-8: the machine type is unknown, nothing crashes
         eventually(lambda: read_labels(out).get("nvidia.com/gpu.machine") == "unknown")
-        assert thread.is_alive()
         assert set(read_labels(out)) == {line.split("=", 1)[0] for line in before.splitlines()}
-    finally:
-        d.stop()
-        thread.join(5)
 
 
 def test_an_unexpected_exception_in_a_pass_is_survived_and_counted(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from gfd.config import load_config, parse_command_line
-    from gfd.daemon import Daemon as InProcess
-
     out = tmp_path / "gfd"
-    cmdline = parse_command_line(["--simulate=t4", "--sleep-interval=10ms", "--use-node-feature-api=false",
-                                  f"--output-file={out}"], {})
-    d = InProcess(cmdline, load_config(cmdline))
-    thread = threading.Thread(target=d.run, daemon=True)
-    thread.start()
-    try:
-        eventually(out.exists)
+    with in_process_daemon(out, "--simulate=t4") as d:
         before = out.read_text()
         assert d.current is not None
         source = d.current.source
@@ -393,11 +390,8 @@ def test_an_unexpected_exception_in_a_pass_is_survived_and_counted(tmp_path: Pat
         monkeypatch.setattr(source, "read", broken_read)
         eventually(lambda: (d.metrics.registry.get_sample_value("gfd_cycle_exceptions_total",
                                                                  {"type": "ZeroDivisionError"}) or 0) >= 3)
-        assert thread.is_alive() and out.read_text() == before
+        assert out.read_text() == before
         monkeypatch.setattr(source, "read", real_read)
-    finally:
-        d.stop()
-        thread.join(5)
     assert not out.exists()  # a clean stop still removes the file, as upstream
 
 

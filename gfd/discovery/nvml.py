@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import pynvml
@@ -28,6 +28,7 @@ from gfd.model import Fabric, Gpu, Link, LostGpu, MigDevice
 log = structlog.get_logger("gfd.discovery")
 
 T = TypeVar("T")
+K = TypeVar("K")
 MIB = 1024 * 1024
 # Display-only functions upstream skips (go-nvlib device/device.go).
 _SKIPPED_MODELS = ("DGX Display", "NVIDIA DGX Display")
@@ -374,33 +375,16 @@ class NvmlReader:
         """The NVML_GPU_INSTANCE_PROFILE_* index whose profile info carries the driver's `profile_id`
         (go-nvlib's lookup: ask each index, compare `.id`); a product's table is the same on each of its
         GPUs, so it is cached per product name."""
-        table = self._gi_profiles.get(product)
-        if table is None:
-            table = {}
-            for index in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
-                info = self._profile_info(pynvml.nvmlDeviceGetGpuInstanceProfileInfo, parent, index)
-                if info is not None:
-                    table.setdefault(info.id, index)
-            self._gi_profiles[product] = table
-        if profile_id not in table:
-            raise MigProfileError(f"invalid GPU Instance Profile ID: {profile_id}")
-        return table[profile_id]
+        infos = ((index, self._profile_info(pynvml.nvmlDeviceGetGpuInstanceProfileInfo, parent, index))
+                 for index in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT))
+        return _lookup(self._gi_profiles, product, infos, profile_id, "GPU Instance")
 
     def _ci_profile_index(self, gi: Any, key: tuple[str, int], profile_id: int) -> int:
         """The same lookup for compute-instance profiles of one GPU-instance profile."""
-        table = self._ci_profiles.get(key)
-        if table is None:
-            table = {}
-            for index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
-                for engines in range(pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_COUNT):
-                    info = self._profile_info(pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo, gi, index,
-                                              engines)
-                    if info is not None:
-                        table.setdefault(info.id, index)
-            self._ci_profiles[key] = table
-        if profile_id not in table:
-            raise MigProfileError(f"invalid Compute Instance Profile ID: {profile_id}")
-        return table[profile_id]
+        infos = ((index, self._profile_info(pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo, gi, index, engines))
+                 for index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT)
+                 for engines in range(pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_COUNT))
+        return _lookup(self._ci_profiles, key, infos, profile_id, "Compute Instance")
 
     def _profile_info(self, call: Callable[..., Any], *args: Any) -> Any:
         """Profile info (v1 struct, as go-nvlib); None for a profile this GPU does not offer."""
@@ -430,3 +414,19 @@ class NvmlReader:
             return None
         h = cluster.hex()
         return Fabric(cluster_uuid=f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", clique_id=info.cliqueId)
+
+
+def _lookup(tables: dict[K, dict[int, int]], key: K, infos: Iterable[tuple[int, Any]], profile_id: int,
+            kind: str) -> int:
+    """Profile ID -> index from (index, profile info or None) pairs; the table is built once per key, and
+    only when needed (the pairs are a generator of NVML queries)."""
+    table = tables.get(key)
+    if table is None:
+        table = {}
+        for index, info in infos:  # a query failing here leaves nothing cached: the next read asks again
+            if info is not None:
+                table.setdefault(info.id, index)
+        tables[key] = table
+    if profile_id not in table:
+        raise MigProfileError(f"invalid {kind} Profile ID: {profile_id}")
+    return table[profile_id]

@@ -5,13 +5,14 @@ deleted NodeFeature comes back."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
 
 from tests.e2e.conftest import Cluster, render
 from tests.e2e.podrunner import PodRunner
+from tests.test_daemon import eventually
 
 NS = "gpu-operator"
 NODE = "gfd-node-1"  # a Node object without a kubelet: GFD's pod runs here as local processes
@@ -20,15 +21,6 @@ CONFIGS = {"default": "version: v1\n",
                      "      replicas: 4\n"}
 DAEMONSET = "nvdp-nvidia-device-plugin-gpu-feature-discovery"
 SIMULATE = {"GFD_SIMULATE": "dgx-a100"}  # the one addition to the rendered env: this machine has no GPU
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,7 @@ def node_labels(cluster: Cluster) -> dict[str, str]:
 
 
 def test_labels_reach_the_node_through_the_nfd_master(cluster: Cluster, gfd_pod: PodRunner) -> None:
-    eventually(lambda: node_labels(cluster).get("nvidia.com/gpu.count") == "8")
+    eventually(lambda: node_labels(cluster).get("nvidia.com/gpu.count") == "8", timeout=30)
     labels = node_labels(cluster)
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB"
     assert labels["nvidia.com/gpu.replicas"] == "1"
@@ -66,13 +58,13 @@ def test_labels_reach_the_node_through_the_nfd_master(cluster: Cluster, gfd_pod:
 
 
 def test_the_node_label_switches_the_config(cluster: Cluster, gfd_pod: PodRunner) -> None:
-    eventually(lambda: node_labels(cluster).get("nvidia.com/gpu.count") == "8")
+    eventually(lambda: node_labels(cluster).get("nvidia.com/gpu.count") == "8", timeout=30)
     cluster.core.patch_node(NODE, {"metadata": {"labels": {"nvidia.com/device-plugin.config": "shared"}}})
-    eventually(lambda: node_labels(cluster).get("nvidia.com/gpu.replicas") == "4")
+    eventually(lambda: node_labels(cluster).get("nvidia.com/gpu.replicas") == "4", timeout=30)
     assert node_labels(cluster)["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB-SHARED"
     assert "Sent signal" in gfd_pod.log("gpu-feature-discovery-sidecar")
     cluster.core.patch_node(NODE, {"metadata": {"labels": {"nvidia.com/device-plugin.config": "default"}}})
-    eventually(lambda: node_labels(cluster).get("nvidia.com/gpu.replicas") == "1")
+    eventually(lambda: node_labels(cluster).get("nvidia.com/gpu.replicas") == "1", timeout=30)
 
 
 def test_a_deleted_node_feature_comes_back_within_seconds(cluster: Cluster, gfd_pod: PodRunner) -> None:
@@ -88,7 +80,7 @@ def test_a_deleted_node_feature_comes_back_within_seconds(cluster: Cluster, gfd_
             raise
         return True
 
-    eventually(exists)
+    eventually(exists, timeout=30)
     time.sleep(1)  # the watch is open
     custom.delete_namespaced_custom_object("nfd.k8s-sigs.io", "v1alpha1", NS, "nodefeatures", name)
     took = eventually(exists, timeout=10)

@@ -4,8 +4,7 @@ the Node's allocatable, a GPU pod's environment, and a kubelet restart."""
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -16,20 +15,12 @@ from plugin.api.podresources_pb2 import ListPodResourcesRequest
 from plugin.api.podresources_pb2_grpc import PodResourcesListerStub
 from tests.e2e.conftest import K8S, NODE, Cluster, render
 from tests.e2e.podrunner import PodRunner
+from tests.test_daemon import eventually
 
 NS = "nvidia-device-plugin"
 DAEMONSET = "nvdp-nvidia-device-plugin"
 DEVICE_PLUGINS = "/var/lib/kubelet/device-plugins"  # the kubelet's, bind-mounted by `node up`
 SIMULATE = {"DP_SIMULATE": "dgx-a100"}  # the one addition to the rendered env: this machine has no GPU
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 def allocatable(cluster: Cluster) -> str | None:
@@ -51,13 +42,13 @@ def plugin_pod(cluster: Cluster) -> Iterator[PodRunner]:
 
 
 def test_the_plugin_registers_and_the_node_shows_its_gpus(cluster: Cluster, plugin_pod: PodRunner) -> None:
-    took = eventually(lambda: allocatable(cluster) == "8")
+    took = eventually(lambda: allocatable(cluster) == "8", timeout=30)
     print(f"allocatable nvidia.com/gpu=8 {took:.1f} s after the plugin started")
     assert cluster.core.read_node(NODE).status.capacity["nvidia.com/gpu"] == "8"
 
 
 def test_a_gpu_pod_runs_with_the_devices_it_was_allocated(cluster: Cluster, plugin_pod: PodRunner) -> None:
-    eventually(lambda: allocatable(cluster) == "8")
+    eventually(lambda: allocatable(cluster) == "8", timeout=30)
     pod = client.V1Pod(
         metadata=client.V1ObjectMeta(name="gpu-pod", namespace="default"),
         spec=client.V1PodSpec(
@@ -68,7 +59,7 @@ def test_a_gpu_pod_runs_with_the_devices_it_was_allocated(cluster: Cluster, plug
                 command=["/bin/sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; sleep 3600"],
                 resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "2"}))]))
     cluster.core.create_namespaced_pod("default", pod)
-    eventually(lambda: cluster.core.read_namespaced_pod("gpu-pod", "default").status.phase == "Running", 60)
+    eventually(lambda: cluster.core.read_namespaced_pod("gpu-pod", "default").status.phase == "Running", timeout=60)
     log = ""
 
     def logged() -> bool:
@@ -76,7 +67,7 @@ def test_a_gpu_pod_runs_with_the_devices_it_was_allocated(cluster: Cluster, plug
         log = cluster.core.read_namespaced_pod_log("gpu-pod", "default")
         return "NVIDIA_VISIBLE_DEVICES=" in log
 
-    eventually(logged)
+    eventually(logged, timeout=30)
     devices = log.split("NVIDIA_VISIBLE_DEVICES=", 1)[1].split()[0].split(",")
     known = {g.uuid for g in load_profile("dgx-a100").gpus}
     assert len(devices) == 2 and set(devices) <= known, log
@@ -90,10 +81,10 @@ def test_a_gpu_pod_runs_with_the_devices_it_was_allocated(cluster: Cluster, plug
 
 
 def test_a_kubelet_restart_brings_the_resources_back(cluster: Cluster, plugin_pod: PodRunner) -> None:
-    eventually(lambda: allocatable(cluster) == "8")
+    eventually(lambda: allocatable(cluster) == "8", timeout=30)
     registrations = plugin_pod.log("nvidia-device-plugin-ctr").count("registered with the kubelet")
     subprocess.run([str(K8S / "node"), "restart", str(cluster.dir)], check=True, capture_output=True)
     eventually(lambda: plugin_pod.log("nvidia-device-plugin-ctr").count("registered with the kubelet")
-               > registrations)
-    eventually(lambda: allocatable(cluster) == "8")
+               > registrations, timeout=30)
+    eventually(lambda: allocatable(cluster) == "8", timeout=30)
     assert "Traceback" not in plugin_pod.log("nvidia-device-plugin-ctr")
