@@ -58,9 +58,7 @@ def cluster() -> Iterator[Cluster]:
     kubeconfig = subprocess.run([str(K8S / "cluster"), "up", str(directory), "--nfd-master"], check=True,
                                 capture_output=True, text=True).stdout.strip().splitlines()[-1]
     try:
-        up = subprocess.run([str(K8S / "node"), "up", str(directory), NODE], capture_output=True, text=True,
-                            check=False)
-        assert up.returncode == 0, f"node up failed: {up.stdout[-2000:]} {up.stderr[-3000:]}"
+        _node_up(directory)
         configuration = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         api = client.ApiClient(configuration)
@@ -68,6 +66,22 @@ def cluster() -> Iterator[Cluster]:
     finally:
         subprocess.run([str(K8S / "node"), "down", str(directory)], check=False, capture_output=True)
         subprocess.run([str(K8S / "cluster"), "down", str(directory)], check=False, capture_output=True)
+
+
+def _node_up(directory: Path) -> None:
+    """`node up`, once more after a clean `node down` if the first attempt fails: it has failed now and then
+    at start without a word (exit 1, nothing on stdout or stderr, not reproducible by hand); what it left
+    in its logs is printed for the next person who looks."""
+    for attempt in (1, 2):
+        up = subprocess.run([str(K8S / "node"), "up", str(directory), NODE], capture_output=True, text=True,
+                            check=False)
+        if up.returncode == 0:
+            return
+        logs = {p.name: p.read_text(errors="replace")[-2000:] for p in (directory / "node").glob("*.log")}
+        print(f"node up attempt {attempt}: exit {up.returncode}; stdout {up.stdout[-2000:]!r}; "
+              f"stderr {up.stderr[-3000:]!r}; logs {logs}")
+        subprocess.run([str(K8S / "node"), "down", str(directory)], check=False, capture_output=True)
+    raise AssertionError(f"node up failed twice (exit {up.returncode}): {up.stderr[-3000:]}")
 
 
 def render(values: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
