@@ -300,9 +300,10 @@ def test_preferred_allocation_on_dgx1v(start: Callable[..., Running], kubelet: K
     got = kubelet.preferred("nvidia.com/gpu", list(reversed(ids)), [uuids[i] for i in must], size)
     assert got == [uuids[i] for i in expected]
     assert kubelet.preferred("nvidia.com/gpu", ids, [uuids[i] for i in must], size) == got  # order-independent
-    assert _score(r, got) == max(set_score([*must, *c], r.plugin.current.registrar.servers[0].service.scores)
-                                 for c in itertools.combinations(sorted(set(available) - set(must)),
-                                                                 size - len(must)))  # type: ignore[union-attr]
+    assert r.plugin.current is not None
+    scores = r.plugin.current.registrar.servers[0].service.scores
+    assert _score(r, got) == max(set_score([*must, *c], scores)
+                                 for c in itertools.combinations(sorted(set(available) - set(must)), size - len(must)))
 
 
 def test_dgx1v_topology_is_read_from_nvml(start: Callable[..., Running], kubelet: KubeletStandIn) -> None:

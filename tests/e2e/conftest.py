@@ -42,7 +42,8 @@ class Cluster:
 
     def apply(self, objects: list[dict[str, Any]]) -> None:
         for obj in objects:
-            utils.create_from_dict(self.api, obj, namespace=obj["metadata"].get("namespace"))
+            utils.create_from_dict(self.api, obj,  # type: ignore[no-untyped-call]
+                                   namespace=obj["metadata"].get("namespace"))
 
 
 def _env(path: Path) -> dict[str, str]:
@@ -60,7 +61,8 @@ def cluster() -> Iterator[Cluster]:
     try:
         _node_up(directory)
         configuration = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        config.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
+                                client_configuration=configuration)
         api = client.ApiClient(configuration)
         yield Cluster(directory, kubeconfig, api, client.CoreV1Api(api), _env(directory / "env"))
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -42,7 +43,8 @@ def gfd_pod(cluster: Cluster) -> Iterator[PodRunner]:
 
 
 def node_labels(cluster: Cluster) -> dict[str, str]:
-    return dict(cluster.core.read_node(NODE).metadata.labels or {})
+    metadata = cluster.core.read_node(NODE).metadata
+    return dict((metadata.labels if metadata else None) or {})
 
 
 def test_labels_reach_the_node_through_the_nfd_master(cluster: Cluster, gfd_pod: PodRunner) -> None:
@@ -50,8 +52,8 @@ def test_labels_reach_the_node_through_the_nfd_master(cluster: Cluster, gfd_pod:
     labels = node_labels(cluster)
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB"
     assert labels["nvidia.com/gpu.replicas"] == "1"
-    feature = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
-        "nfd.k8s-sigs.io", "v1alpha1", NS, "nodefeatures", f"nvidia-features-for-{NODE}")
+    feature = cast(dict[str, Any], client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+        "nfd.k8s-sigs.io", "v1alpha1", NS, "nodefeatures", f"nvidia-features-for-{NODE}"))
     assert feature["metadata"]["labels"] == {"nfd.node.kubernetes.io/node-name": NODE}
     # Owner references: the Pod object the runner created (it has no DaemonSet owner, so none are set).
     assert "ownerReferences" not in feature["metadata"]

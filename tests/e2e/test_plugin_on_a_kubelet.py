@@ -44,7 +44,8 @@ def plugin_pod(cluster: Cluster) -> Iterator[PodRunner]:
 def test_the_plugin_registers_and_the_node_shows_its_gpus(cluster: Cluster, plugin_pod: PodRunner) -> None:
     took = eventually(lambda: allocatable(cluster) == "8", timeout=30)
     print(f"allocatable nvidia.com/gpu=8 {took:.1f} s after the plugin started")
-    assert cluster.core.read_node(NODE).status.capacity["nvidia.com/gpu"] == "8"
+    status = cluster.core.read_node(NODE).status
+    assert status is not None and (status.capacity or {})["nvidia.com/gpu"] == "8"
 
 
 def test_a_gpu_pod_runs_with_the_devices_it_was_allocated(cluster: Cluster, plugin_pod: PodRunner) -> None:
@@ -59,7 +60,10 @@ def test_a_gpu_pod_runs_with_the_devices_it_was_allocated(cluster: Cluster, plug
                 command=["/bin/sh", "-c", "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES; sleep 3600"],
                 resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "2"}))]))
     cluster.core.create_namespaced_pod("default", pod)
-    eventually(lambda: cluster.core.read_namespaced_pod("gpu-pod", "default").status.phase == "Running", timeout=60)
+    def phase() -> str:
+        return str(getattr(cluster.core.read_namespaced_pod("gpu-pod", "default").status, "phase", ""))
+
+    eventually(lambda: phase() == "Running", timeout=60)
     log = ""
 
     def logged() -> bool:
@@ -73,7 +77,8 @@ def test_a_gpu_pod_runs_with_the_devices_it_was_allocated(cluster: Cluster, plug
     assert len(devices) == 2 and set(devices) <= known, log
     # The kubelet's PodResources API reports the same assignment.
     with grpc.insecure_channel(f"unix://{cluster.node_env['POD_RESOURCES_SOCKET']}") as channel:
-        listed = PodResourcesListerStub(channel).List(ListPodResourcesRequest(), timeout=10)
+        listed = PodResourcesListerStub(channel).List(  # type: ignore[no-untyped-call]
+            ListPodResourcesRequest(), timeout=10)
     pod_resources = next(p for p in listed.pod_resources if (p.namespace, p.name) == ("default", "gpu-pod"))
     assigned = {(d.resource_name, i) for c in pod_resources.containers for d in c.devices for i in d.device_ids}
     assert assigned == {("nvidia.com/gpu", uuid) for uuid in devices}
