@@ -18,7 +18,7 @@ from gfd import signals
 from gfd.backoff import Backoff
 from gfd.config import CommandLine, Config, ConfigError, load_config
 from gfd.config.duration import INFINITE_NS
-from gfd.discovery.nvml import DiscoveryError, NvmlUnavailable
+from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
 from gfd.discovery.session import NodeSource
 from gfd.labelling import lost_summary
 from gfd.labels.compose import Labels, compose
@@ -27,7 +27,6 @@ from gfd.metrics import AddressError, Metrics, serve
 from gfd.model import DeviceModel
 from gfd.outputs import Output, OutputError
 from gfd.outputs.choose import make_output
-from gfd.outputs.featurefile import FeatureFile
 
 log = structlog.get_logger("gfd")
 
@@ -144,8 +143,6 @@ class Daemon:
         except OutputError:
             source.close()
             raise
-        if isinstance(output, FeatureFile):
-            output.clean_temp_files()
         run = _Run(config, source, output)
         self.current = run
         self.published = None
@@ -180,11 +177,7 @@ class Daemon:
         run.source.close()
         cfg = run.config
         keep = cfg.keep_output_on_exit or cfg.oneshot or cfg.sleep_interval_ns == INFINITE_NS
-        if isinstance(run.output, FeatureFile):
-            run.output.clean_temp_files()
-        if isinstance(run.output, FeatureFile) and remove and not keep:
-            log.info("removing the feature file on exit (upstream behaviour; --keep-output-on-exit keeps it)",
-                     path=run.output.path)
+        if remove and not keep:  # a NodeFeature object or stdout has nothing to remove
             run.output.remove()
 
     # -- one cycle --------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 
 from gfd.config import Config
-from gfd.discovery.nvml import DiscoveryError, NvmlUnavailable
+from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
 from gfd.discovery.session import NodeSource
 from gfd.labels.compose import Labels, compose
 from gfd.labels.errors import LabelError

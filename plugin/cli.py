@@ -111,7 +111,7 @@ class DevicePlugin:
 
     def start(self) -> _Plugins | None:
         """Discover, build resources, serve and register. None: no devices, wait for signals."""
-        from gfd.discovery.nvml import DiscoveryError, NvmlUnavailable
+        from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
         from gfd.discovery.session import NodeSource
         from plugin.health import HealthChecker, HealthState, Rediscovery, XidPolicy
         from plugin.host import read_node_devices

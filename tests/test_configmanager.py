@@ -18,7 +18,7 @@ from gfd.config import ConfigError
 from gfd.configmanager.apply import find_pid, point, send
 from gfd.configmanager.cli import ConfigManager, core_api, load_settings, main
 from gfd.configmanager.options import Settings
-from gfd.configmanager.select import EMPTY, SelectError, select
+from gfd.configmanager.selection import EMPTY, SelectError, select
 from tests.apiserver import FakeApiServer
 
 LABEL = "nvidia.com/device-plugin.config"

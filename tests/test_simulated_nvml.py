@@ -8,6 +8,7 @@ import pynvml
 import pytest
 
 from gfd.discovery import nvml
+from gfd.discovery.errors import NvmlUnavailable
 from gfd.discovery.simulated.profiles import Fault
 
 
@@ -75,7 +76,7 @@ def test_unknown_symbol_is_function_not_found(simulate: Any) -> None:
 
 def test_library_missing_and_appearing(simulate: Any) -> None:
     sim = simulate("no-library")
-    with pytest.raises(nvml.NvmlUnavailable) as e:
+    with pytest.raises(NvmlUnavailable) as e:
         nvml.init()
     assert e.value.library_missing
     sim.set_library_present(True)

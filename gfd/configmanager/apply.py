@@ -7,7 +7,7 @@ import signal
 
 import structlog
 
-from gfd.configmanager.select import EMPTY
+from gfd.configmanager.selection import EMPTY
 
 log = structlog.get_logger("config-manager")
 

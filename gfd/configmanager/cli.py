@@ -22,7 +22,7 @@ from gfd.config import ConfigError
 from gfd.config.loader import load, parse_command_line
 from gfd.configmanager.apply import link_target, point, send
 from gfd.configmanager.options import CONFIG_MANAGER_OPTIONS, Settings
-from gfd.configmanager.select import SelectError, available_configs, select
+from gfd.configmanager.selection import SelectError, available_configs, select
 
 log = structlog.get_logger("config-manager")
 WATCH_TIMEOUT_S = 300

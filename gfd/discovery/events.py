@@ -84,7 +84,8 @@ def probe(gpu: Gpu) -> str | None:
 def probe_fully(index: int, host_root: str) -> str | None:
     """Read one GPU with every query discovery makes: None when all answer, else what failed. For a GPU
     that was lost before it could be read, where answering the cheap probe is not enough."""
-    from gfd.discovery.nvml import DiscoveryError, GpuLost, NvmlReader
+    from gfd.discovery.errors import DiscoveryError, GpuLost
+    from gfd.discovery.nvml import NvmlReader
     from gfd.discovery.sysfs import PciFacts
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gfd.discovery import nvml
+from gfd.discovery.errors import DiscoveryError
 from gfd.discovery.sysfs import PciFacts, VgpuParseError, identify_lost, read_machine_type, scan_vgpu
 from gfd.discovery.vfio import UNKNOWN_DRIVER, read_vfio_gpus
 from gfd.model import DeviceModel, Gpu, LostGpu
@@ -29,7 +30,7 @@ def _model(gpus: tuple[Gpu, ...], driver: str, cuda: int, host_root: str, machin
     try:
         vgpu = scan_vgpu(host_root)
     except VgpuParseError as e:
-        raise nvml.DiscoveryError(f"error creating vGPU labeler: {e}") from None
+        raise DiscoveryError(f"error creating vGPU labeler: {e}") from None
     return DeviceModel(
         driver_version=driver,
         cuda_driver_version=cuda,

@@ -21,6 +21,7 @@ import pynvml
 import structlog
 
 from gfd.config.errors import short
+from gfd.discovery.errors import DiscoveryError, GpuLost, NvmlUnavailable
 from gfd.discovery.migprofile import MigProfileError, profile_name
 from gfd.discovery.sysfs import PciFacts
 from gfd.model import Fabric, Gpu, Link, LostGpu, MigDevice
@@ -43,31 +44,6 @@ _MAX_NVLINKS = 18  # upstream caps the links counted per GPU
 _DRIVER_VERSION = re.compile(r"[0-9]{1,6}\.[0-9]{1,6}(\.[0-9]{1,6})?")
 
 NVMLError = pynvml.NVMLError  # pynvml is untyped: annotations below use Exception
-
-
-class DiscoveryError(Exception):
-    """A failure upstream treats as fatal for the labelling pass; `call` is the NVML function."""
-
-    def __init__(self, message: str, call: str = "") -> None:
-        super().__init__(message)
-        self.call = call
-
-
-class GpuLost(Exception):
-    """A per-GPU query answered NVML_ERROR_GPU_IS_LOST: the GPU is reported lost, the pass goes on."""
-
-    def __init__(self, call: str) -> None:
-        super().__init__(call)
-        self.call = call
-        self.uuid = ""  # when the GPU answered its UUID before it was lost
-
-
-class NvmlUnavailable(DiscoveryError):
-    """The NVML library is missing or refused to initialise; the message is the NVML error name."""
-
-    @property
-    def library_missing(self) -> bool:
-        return str(self) == "ERROR_LIBRARY_NOT_FOUND"
 
 
 # Where a driver root keeps libnvidia-ml.so.1 (upstream's lookup under --driver-root-ctr-path).

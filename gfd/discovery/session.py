@@ -6,6 +6,7 @@ import structlog
 
 from gfd.config import Config, ConfigError
 from gfd.discovery import nvml
+from gfd.discovery.errors import NvmlUnavailable
 from gfd.discovery.node import read_node, read_vfio_node
 from gfd.model import DeviceModel
 
@@ -75,7 +76,7 @@ class NodeSource:
         if self.simulation is not None:
             self.simulation.close()
 
-    def init_failure(self, error: nvml.NvmlUnavailable) -> str:
+    def init_failure(self, error: NvmlUnavailable) -> str:
         """Upstream's wording for an NVML that cannot be opened, by discovery strategy."""
         if self.strategy == "auto" and error.library_missing:
             return "failed to create resource manager: unsupported strategy auto"

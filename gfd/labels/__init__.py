@@ -1,1 +1,3 @@
 """Labelers: pure functions from (DeviceModel, Config) to `nvidia.com/*` labels."""
+
+Labels = dict[str, str]

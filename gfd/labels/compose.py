@@ -5,13 +5,12 @@ from __future__ import annotations
 import structlog
 
 from gfd.config import Config
-from gfd.labels import node, resources
+from gfd.labels import Labels, node, resources
 from gfd.labels.errors import LabelError
 from gfd.labels.valid import valid_labels
 from gfd.model import DeviceModel
 
 log = structlog.get_logger("gfd.labels")
-Labels = dict[str, str]
 
 __all__ = ["LabelError", "Labels", "compose"]
 

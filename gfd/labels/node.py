@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import structlog
 
+from gfd.labels import Labels
 from gfd.labels.errors import LabelError
 from gfd.labels.sanitise import sanitise
 from gfd.model import DeviceModel
 
 log = structlog.get_logger("gfd.labels")
-Labels = dict[str, str]
 
 _CLASS_MODES = {0x030000: "graphics", 0x030200: "compute"}
 

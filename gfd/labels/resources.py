@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import structlog
 
 from gfd.config import Config, ReplicatedResource, Sharing
+from gfd.labels import Labels
 from gfd.labels.errors import LabelError
 from gfd.labels.sanitise import product
 from gfd.model import DeviceModel, Gpu, MigDevice
 
 log = structlog.get_logger("gfd.labels")
-Labels = dict[str, str]
 
 _FAMILIES = {1: "tesla", 2: "fermi", 3: "kepler", 5: "maxwell", 6: "pascal", 9: "hopper", 10: "blackwell",
              12: "blackwell", 13: "rubin"}

@@ -12,7 +12,9 @@ class Output(Protocol):
         """True when the destination must be rewritten even if the labels did not change."""
         ...
 
-    def remove(self) -> None: ...
+    def remove(self) -> None:
+        """Take back what was published, on a clean stop (only the feature file does)."""
+        ...
 
     def close(self) -> None:
         """Stop whatever the output runs in the background (nothing for most)."""

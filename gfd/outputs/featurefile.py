@@ -57,8 +57,12 @@ def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
 class FeatureFile:
     def __init__(self, path: str) -> None:
         self.path = path
+        self.cleaned = False
 
     def write(self, labels: dict[str, str]) -> None:
+        if not self.cleaned:  # what an earlier process's interrupted write left, once per run
+            self.clean_temp_files()
+            self.cleaned = True
         log.info("Writing labels to output file", path=self.path)
         write_atomically(self.path, render(labels))
 
@@ -77,10 +81,13 @@ class FeatureFile:
                         os.unlink(entry.path)
 
     def close(self) -> None:
-        """Nothing runs in the background."""
+        """A write interrupted by the stop leaves its temp file: removed here."""
+        self.clean_temp_files()
 
     def remove(self) -> None:
         """Upstream's exit cleanup: the legacy gfd-tmp directory and the file itself."""
+        log.info("removing the feature file on exit (upstream behaviour; --keep-output-on-exit keeps it)",
+                 path=self.path)
         legacy = os.path.join(os.path.dirname(self.path), "gfd-tmp")
         for target in (legacy, self.path):
             try:
