@@ -25,20 +25,18 @@ def in_process_pass(passes: int) -> tuple[float, float, int]:
 
     logs.configure("json", level=40)
     config = load_config(parse_command_line(["--simulate", PROFILE, "--mig-strategy=mixed"], {}))
-    source = NodeSource.for_gfd(config)
-    assert source.simulation is not None
-    try:
+    with NodeSource.for_gfd(config) as source:
+        simulation = source.simulation
+        assert simulation is not None
         wall, cpu = [], []
         for _ in range(passes):
-            before = source.simulation.library.calls.total()
+            before = simulation.library.calls.total()
             t0, c0 = time.perf_counter(), time.process_time()
             labels_for(read_model(source, config), config, 0)
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-            calls = source.simulation.library.calls.total() - before
+            calls = simulation.library.calls.total() - before
         return statistics.median(wall), statistics.median(cpu), calls
-    finally:
-        source.close()
 
 
 def main() -> None:

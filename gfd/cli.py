@@ -50,15 +50,14 @@ def oneshot(config: Config) -> int:
     except ConfigError as e:
         log.error(str(e))
         return 1
-    try:
-        output = make_output(config)
-        labels = labels_for(read_model(source, config), config, int(time.time()))
-        output.write(labels)
-    except (PassError, ConfigError, OutputError) as e:
-        log.error(str(e))
-        return 1
-    finally:
-        source.close()
+    with source:
+        try:
+            output = make_output(config)
+            labels = labels_for(read_model(source, config), config, int(time.time()))
+            output.write(labels)
+        except (PassError, ConfigError, OutputError) as e:
+            log.error(str(e))
+            return 1
     return 0
 
 

@@ -160,7 +160,6 @@ class Daemon:
             return run
         # The old run lets go of NVML (and a simulation) before the new one takes it.
         run.output.close()
-        run.source.close_nvml()
         run.source.close()
         try:
             new_run = self._start_run(config)
@@ -173,7 +172,6 @@ class Daemon:
 
     def _finish(self, run: _Run, remove: bool) -> None:
         run.output.close()
-        run.source.close_nvml()
         run.source.close()
         cfg = run.config
         keep = cfg.keep_output_on_exit or cfg.oneshot or cfg.sleep_interval_ns == INFINITE_NS

@@ -140,7 +140,6 @@ class DevicePlugin:
             resources = build_resources(model, config)
             node = read_node_devices(config, resources, source.host_root)
         except (DiscoveryError, ResourceError) as e:
-            source.close_nvml()
             source.close()
             raise StartError(str(e)) from None
         if not resources:
@@ -163,7 +162,6 @@ class DevicePlugin:
             registrar.start()
         except (ServeError, OSError) as e:
             registrar.stop()
-            source.close_nvml()
             source.close()
             self.current = None
             raise StartError(str(e) if isinstance(e, ServeError) else f"cannot serve: {e}") from None
@@ -177,7 +175,6 @@ class DevicePlugin:
         plugins.registrar.stop()
         plugins.checker.stop()
         plugins.checker.join(2)
-        plugins.source.close_nvml()
         plugins.source.close()
 
 

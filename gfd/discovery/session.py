@@ -68,13 +68,23 @@ class NodeSource:
         return read_node(self.reader, self.host_root, self.machine_type_file, topology)
 
     def close_nvml(self) -> None:
+        """Shut NVML down (to open it again later in the same run); the source stays usable."""
         if self.reader is not None:
             self.reader = None
             nvml.shutdown()
 
     def close(self) -> None:
+        """Done with the source: NVML shut down if open, a simulation removed."""
+        self.close_nvml()
         if self.simulation is not None:
             self.simulation.close()
+            self.simulation = None
+
+    def __enter__(self) -> NodeSource:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def init_failure(self, error: NvmlUnavailable) -> str:
         """Upstream's wording for an NVML that cannot be opened, by discovery strategy."""
