@@ -12,7 +12,7 @@ import structlog
 from gfd import logs
 from gfd.config import Config, ConfigError, load_config, parse_command_line
 from gfd.outputs import OutputError
-from gfd.outputs.choose import make_output
+from gfd.outputs.choose import make_output, writes_node_feature
 
 log = structlog.get_logger("gfd")
 
@@ -67,7 +67,7 @@ def _loggable(config: Config) -> dict[str, object]:
     return {
         "migStrategy": config.mig_strategy,
         "failOnInitError": config.fail_on_init_error,
-        "useNodeFeatureAPI": config.writes_node_feature,
+        "useNodeFeatureAPI": writes_node_feature(config),
         "deviceDiscoveryStrategy": config.device_discovery_strategy,
         "oneshot": config.oneshot,
         "noTimestamp": config.no_timestamp,

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gfd.config import ConfigError, load_config, parse_command_line
 from gfd.config.model import DEFAULT_OUTPUT_FILE, Config
+from gfd.outputs.choose import writes_node_feature
 
 
 def load(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Config:
@@ -159,11 +160,11 @@ def test_missing_and_unparsable_files(tmp_path: Any, write_yaml: Any) -> None:
 
 
 def test_output_choice_honours_an_explicit_file_and_stdout() -> None:
-    assert load().writes_node_feature is True
-    assert load(["-o", "-"]).writes_node_feature is False
-    assert load(["-o", "/x"]).writes_node_feature is False
-    assert load(["-o", "/x", "--use-node-feature-api"]).writes_node_feature is True
-    assert load([], {"USE_NODE_FEATURE_API": "false"}).writes_node_feature is False
+    assert writes_node_feature(load()) is True
+    assert writes_node_feature(load(["-o", "-"])) is False
+    assert writes_node_feature(load(["-o", "/x"])) is False
+    assert writes_node_feature(load(["-o", "/x", "--use-node-feature-api"])) is True
+    assert writes_node_feature(load([], {"USE_NODE_FEATURE_API": "false"})) is False
 
 
 _yaml_values = st.recursive(

@@ -86,16 +86,3 @@ class Config:
     imex: Imex = field(default_factory=Imex)
     # Options given explicitly (flag, env or file), by attribute name: decides the output (see outputs).
     explicit: frozenset[str] = frozenset()
-
-    @property
-    def writes_node_feature(self) -> bool:
-        """NodeFeature API output, as upstream's default, unless the user clearly asked for a file.
-
-        Upstream ignores `--output-file` while the API is on (its default); we honour an explicit
-        output file when `--use-node-feature-api` itself was not set, and `-` always means stdout.
-        """
-        if self.output_file in (STDOUT, ""):
-            return False
-        if "use_node_feature_api" in self.explicit:
-            return self.use_node_feature_api
-        return self.use_node_feature_api and "output_file" not in self.explicit

@@ -13,6 +13,19 @@ if TYPE_CHECKING:
     from gfd.metrics import Metrics
 
 
+def writes_node_feature(config: Config) -> bool:
+    """NodeFeature API output, as upstream's default, unless the user clearly asked for a file.
+
+    Upstream ignores `--output-file` while the API is on (its default); we honour an explicit output file
+    when `--use-node-feature-api` itself was not set, and `-` always means stdout.
+    """
+    if config.output_file in (STDOUT, ""):
+        return False
+    if "use_node_feature_api" in config.explicit:
+        return config.use_node_feature_api
+    return config.use_node_feature_api and "output_file" not in config.explicit
+
+
 def make_output(config: Config, metrics: Metrics | None = None,
                 on_deleted: Callable[[], None] | None = None) -> Output:
     """`on_deleted`: called when someone deletes what was written (the NodeFeature object), so that a
@@ -22,7 +35,7 @@ def make_output(config: Config, metrics: Metrics | None = None,
 
     if config.output_file in (STDOUT, ""):
         return Stdout()
-    if config.writes_node_feature:
+    if writes_node_feature(config):
         from gfd.outputs.nodefeature import NodeFeatureOutput
 
         return NodeFeatureOutput.from_config(config, metrics, on_deleted)
