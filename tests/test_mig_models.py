@@ -129,3 +129,25 @@ def test_plugin_resources_on_every_model(simulate: Any, model: Model, strategy: 
         assert counts == {"nvidia.com/gpu": 14}
     else:
         assert counts == {f"nvidia.com/mig-{p.name.replace('+', '.')}": 2 for p in model.layout}
+
+
+def test_a_compute_instance_smaller_than_its_gpu_instance_as_upstream(capsys: Any, simulate: Any,
+                                                                      tmp_path: Any) -> None:
+    """Upstream's two programs disagree on purpose here (shared/reference/config.md §5): GFD labels every
+    profile it finds, the plugin serves only profiles whose compute slices equal their GPU slices and
+    refuses to start otherwise. Both halves are kept, from the same device model."""
+    from gfd.discovery.session import NodeSource
+    from plugin.resources import ResourceError
+
+    path = node_file(tmp_path, A100_40, ["1c.3g.20gb", "3g.20gb"])
+    code, labels, _ = oneshot(capsys, f"--simulate={path}", "--mig-strategy=mixed")
+    assert code == 0 and labels["nvidia.com/mig-1c.3g.20gb.slices.ci"] == "1"
+    assert labels["nvidia.com/mig-1c.3g.20gb.slices.gi"] == "3"
+    sim = simulate({"gpus": [{"model": "A100-SXM4-40GB", "mig": ["1c.3g.20gb", "3g.20gb"]}]})
+    source = NodeSource("nvml")
+    source.host_root = sim.host_root
+    with source:
+        source.open()
+        model = source.read()
+    with pytest.raises(ResourceError, match=r"MIG profile '1c\.3g\.20gb' does not match any resource patterns"):
+        build_resources(model, load_plugin_config(["--mig-strategy=mixed"], {}))
