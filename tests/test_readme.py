@@ -73,3 +73,10 @@ def test_the_plugin_example_runs_as_shown() -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0 and "Traceback" not in out
+
+
+def test_ci_runs_the_readmes_test_command_verbatim() -> None:
+    command = re.search(r"Run the tests:\n`(.*?)`", README)
+    assert command is not None
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert command.group(1) in ci_lines
