@@ -99,11 +99,6 @@ def error_name(e: Exception) -> str:
     return _error_names().get(value, f"ERROR_{value}")
 
 
-def _lost_check(e: Exception, call: str) -> None:
-    if isinstance(e, pynvml.NVMLError_GpuIsLost):
-        raise GpuLost(call) from None
-
-
 def _unsupported(e: Exception) -> bool:
     return isinstance(e, pynvml.NVMLError_NotSupported | pynvml.NVMLError_FunctionNotFound)
 
@@ -126,12 +121,17 @@ class NvmlReader:
         # (NVML function, error name) of every failed query in the last read, fatal or not.
         self.errors: list[tuple[str, str]] = []
 
+    def _failed(self, call: str, e: Exception) -> None:
+        """Every failed query: recorded (for metrics); GpuLost when the GPU is lost, whatever the call."""
+        self.errors.append((call, error_name(e)))
+        if isinstance(e, pynvml.NVMLError_GpuIsLost):
+            raise GpuLost(call) from None
+
     def _fatal(self, what: str, call: Callable[..., T], *args: Any) -> T:
         try:
             return call(*args)
         except NVMLError as e:
-            self.errors.append((call.__name__, error_name(e)))
-            _lost_check(e, call.__name__)
+            self._failed(call.__name__, e)
             raise DiscoveryError(f"{what}: {error_name(e)}", call.__name__) from None
 
     def _recorded(self, call: Callable[..., T], *args: Any) -> T:
@@ -139,16 +139,14 @@ class NvmlReader:
         try:
             return call(*args)
         except NVMLError as e:
-            self.errors.append((call.__name__, error_name(e)))
-            _lost_check(e, call.__name__)
+            self._failed(call.__name__, e)
             raise
 
     def _optional(self, what: str, call: Callable[..., T], *args: Any) -> T | None:
         try:
             return call(*args)
         except NVMLError as e:
-            self.errors.append((call.__name__, error_name(e)))
-            _lost_check(e, call.__name__)
+            self._failed(call.__name__, e)
             log.warning(f"Ignoring error getting {what}", error=error_name(e))
             return None
 
@@ -289,8 +287,7 @@ class NvmlReader:
         except NVMLError as e:
             if _unsupported(e):
                 return False, False
-            self.errors.append(("nvmlDeviceGetMigMode", error_name(e)))
-            _lost_check(e, "nvmlDeviceGetMigMode")
+            self._failed("nvmlDeviceGetMigMode", e)
             raise DiscoveryError(f"error getting MIG mode: {error_name(e)}", "nvmlDeviceGetMigMode") from None
         return True, current == pynvml.NVML_DEVICE_MIG_ENABLE
 
@@ -305,8 +302,7 @@ class NvmlReader:
             except pynvml.NVMLError_NotFound:
                 continue  # an empty MIG slot
             except NVMLError as e:
-                self.errors.append(("nvmlDeviceGetMigDeviceHandleByIndex", error_name(e)))
-                _lost_check(e, "nvmlDeviceGetMigDeviceHandleByIndex")
+                self._failed("nvmlDeviceGetMigDeviceHandleByIndex", e)
                 raise
             uuid = call(pynvml.nvmlDeviceGetUUID, handle)
             cached = self._migs.get(uuid)
@@ -369,8 +365,7 @@ class NvmlReader:
         except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_InvalidArgument):
             return None
         except NVMLError as e:
-            self.errors.append((call.__name__, error_name(e)))
-            _lost_check(e, call.__name__)
+            self._failed(call.__name__, e)
             raise
 
     def _fabric(self, handle: Any) -> Fabric | None:
@@ -381,8 +376,7 @@ class NvmlReader:
         except NVMLError as e:
             if _unsupported(e):
                 return None
-            self.errors.append(("nvmlDeviceGetGpuFabricInfoV", error_name(e)))
-            _lost_check(e, "nvmlDeviceGetGpuFabricInfoV")
+            self._failed("nvmlDeviceGetGpuFabricInfoV", e)
             raise DiscoveryError(f"error getting GPU fabric info: {error_name(e)}",
                                  "nvmlDeviceGetGpuFabricInfoV") from None
         cluster = bytes(info.clusterUuid)

@@ -5,8 +5,10 @@ Every path is resolved under `host_root` so a simulated node can supply its own 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from typing import NamedTuple
 
 import structlog
 
@@ -169,11 +171,17 @@ def identify_lost(lost: tuple[LostGpu, ...], nvml_count: int, host_root: str) ->
             log.warning("lost GPU not found in the driver's /proc entries", index=gpu.index)
             done.append(gpu)
         else:
-            done.append(LostGpu(gpu.index, entry.uuid, gpu.call, entry.pci_bus_id, entry.minor_number))
+            done.append(dataclasses.replace(gpu, uuid=entry.uuid, pci_bus_id=entry.bus_id, minor_number=entry.minor))
     return tuple(done)
 
 
-def _driver_gpus(host_root: str) -> list[LostGpu]:
+class _DriverEntry(NamedTuple):
+    uuid: str
+    bus_id: str
+    minor: int
+
+
+def _driver_gpus(host_root: str) -> list[_DriverEntry]:
     base = os.path.join(host_root, DRIVER_GPUS)
     try:
         addresses = sorted(os.listdir(base))
@@ -187,5 +195,5 @@ def _driver_gpus(host_root: str) -> list[LostGpu]:
             minor = int(fields.get("Device Minor", "").strip())
         except (OSError, ValueError):
             continue
-        entries.append(LostGpu(-1, fields.get("GPU UUID", "").strip(), "", address, minor))
+        entries.append(_DriverEntry(fields.get("GPU UUID", "").strip(), address, minor))
     return entries
