@@ -175,22 +175,20 @@ class HealthChecker(threading.Thread):
 
     def probe_all(self) -> None:
         failing = set()
-        lost = self.rediscover.lost if self.rediscover is not None else frozenset()
+        rediscover = self.rediscover
+        lost = rediscover.lost if rediscover is not None else frozenset()
         for gpu in self.gpus:
-            error = probe(gpu) if gpu.uuid not in lost else probe_fully(gpu.index, self.rediscover_root)
+            error = probe_fully(gpu.index, rediscover.host_root) if rediscover is not None and gpu.uuid in lost \
+                else probe(gpu)
             if error is not None:
                 failing.add(gpu.uuid)
                 self.state.fault((gpu.uuid, -1, -1), f"probe failed: {error}")
-        if self.rediscover is not None and lost - failing:
+        if rediscover is not None and lost - failing:
             log.info("a GPU lost at start answers every query again; reading the node again", gpus=sorted(lost))
-            self.rediscover.callback()
+            rediscover.callback()
             self.rediscover = None
             return
         self.state.recover(failing)
-
-    @property
-    def rediscover_root(self) -> str:
-        return self.rediscover.host_root if self.rediscover is not None else "/"
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def read_config_file(path: str, options: Sequence[Option] = GFD_OPTIONS) -> tupl
         field = ".".join(opt.file_key)
         values[opt.dest] = _convert(raw, opt.kind, field, source, opt.accepted)
         try:
-            opt.check_choice(values[opt.dest])
+            opt.check_value(values[opt.dest])
         except ValueError as e:
             raise ConfigError(source, field, str(e), opt.accepted) from None
 

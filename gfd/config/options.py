@@ -55,10 +55,10 @@ class Option:
             "intlist": lambda t: tuple(int(i) for i in t.split(",") if i.strip()),
         }
         value = parsers[self.kind](text)
-        self.check_choice(value)
+        self.check_value(value)
         return value
 
-    def check_choice(self, value: Any) -> None:
+    def check_value(self, value: Any) -> None:
         """ValueError for a value outside the option's accepted set (choices, or the duration bounds)."""
         if self.kind == "duration" and not (MIN_DURATION_NS <= value <= MAX_DURATION_NS or value == INFINITE_NS):
             raise ValueError(f"{format_duration(value) if value >= 0 else f'{value}ns'} is out of range")
