@@ -7,8 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,22 +18,9 @@ from gfd.daemon import Daemon
 from gfd.discovery.simulated.install import Simulation
 from gfd.discovery.simulated.profiles import Fault, build_node
 from tests.apiserver import FakeApiServer
+from tests.helpers import eventually, free_port, http_get, read_labels
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Wait until `predicate` holds; the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
-    return time.monotonic() - start
-
-
-def read_labels(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines()) if path.exists() else {}
 
 
 def sample(daemon: Daemon, name: str, **labels: str) -> float:
@@ -188,32 +173,20 @@ def test_nvml_calls_per_steady_cycle_are_fewer_than_a_rediscovery(start: Callabl
 
 
 def test_metrics_and_healthz(start: Callable[..., Running]) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     r = start("--simulate", "t4", f"--metrics-address=127.0.0.1:{port}")
     r.daemon.health_min_s = 0.2
     r.wait_cycles(2)
     base = f"http://127.0.0.1:{port}"
-    eventually(lambda: _get(base + "/healthz")[0] == 200)
-    status, body = _get(base + "/metrics")
+    eventually(lambda: (http_get(base + "/healthz") or (0, ""))[0] == 200)
+    status, body = http_get(base + "/metrics") or (0, "")
     assert status == 200
     for name in ("gfd_cycles_total", "gfd_cycle_duration_seconds_bucket", "gfd_last_success_timestamp_seconds",
                  "gfd_labels", "gfd_output_writes_total", "gfd_nvml_up"):
         assert name in body
     r.sim.node.faults.append(Fault("nvmlDeviceGetCount_v2", 999))
-    eventually(lambda: _get(base + "/healthz")[0] == 503)
-    assert "no successful labelling cycle" in _get(base + "/healthz")[1]
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    eventually(lambda: (http_get(base + "/healthz") or (0, ""))[0] == 503)
+    assert "no successful labelling cycle" in (http_get(base + "/healthz") or (0, ""))[1]
 
 
 def test_a_reader_never_sees_a_partial_file(start: Callable[..., Running], tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_daemon import eventually, read_labels
+from tests.helpers import eventually, read_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ from gfd.daemon import Daemon as InProcess
 from gfd.labels.compose import compose
 from gfd.labels.valid import MAX_VALUE
 from gfd.model import DeviceModel, Gpu, MigDevice, Vgpu
-from tests.test_daemon import eventually, read_labels
+from tests.helpers import eventually, free_port, http_get, read_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "tests" / "data" / "hostile"
@@ -397,34 +397,20 @@ def test_an_unexpected_exception_in_a_pass_is_survived_and_counted(tmp_path: Pat
 
 # -- 9: metrics and /healthz under slow clients ------------------------------------------------------------
 def test_an_idle_connection_does_not_block_healthz(daemon: Callable[..., Daemon]) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     d = daemon("--simulate=t4", f"--metrics-address=127.0.0.1:{port}")
-    eventually(lambda: _get(port, "/healthz") is not None, timeout=10)
+    eventually(lambda: http_get(f"http://127.0.0.1:{port}/healthz") is not None, timeout=10)
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]  # connect, send nothing
     try:
         started = time.monotonic()
-        assert _get(port, "/healthz") == (200, "ok")
-        assert (_get(port, "/metrics") or (0, ""))[0] == 200
-        assert _get(port, "/nope") == (404, "not found: try /metrics or /healthz")
+        assert http_get(f"http://127.0.0.1:{port}/healthz") == (200, "ok")
+        assert (http_get(f"http://127.0.0.1:{port}/metrics") or (0, ""))[0] == 200
+        assert http_get(f"http://127.0.0.1:{port}/nope") == (404, "not found: try /metrics or /healthz")
         assert time.monotonic() - started < 2
     finally:
         for s in idle:
             s.close()
     d.stop_within_a_second()
-
-
-def _get(port: int, path: str) -> tuple[int, str] | None:
-    import urllib.error
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-            return resp.status, resp.read().decode().strip()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode().strip()
-    except OSError:
-        return None
 
 
 def test_ipv6_and_all_interface_addresses_are_served(tmp_path: Path) -> None:

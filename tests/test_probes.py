@@ -3,11 +3,8 @@ fails while the program is unhealthy and passes once it is healthy."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +17,10 @@ from gfd.daemon import Daemon
 from gfd.discovery.simulated.profiles import Fault
 from plugin.cli import DevicePlugin
 from plugin.config import load_plugin_config
+from tests.helpers import eventually, free_port, http_get
 from tests.kubelet import KubeletStandIn
-from tests.test_daemon import eventually
 
 CHART = Path(__file__).resolve().parent.parent / "helm"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rendered_env(component: str, container_name: str, port: int) -> dict[str, str]:
@@ -47,13 +38,8 @@ def rendered_env(component: str, container_name: str, port: int) -> dict[str, st
 
 
 def healthz(port: int) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-    except OSError:
-        return None
+    answer = http_get(f"http://127.0.0.1:{port}/healthz")
+    return answer[0] if answer else None
 
 
 def test_gfd_probe_fails_without_a_successful_pass_and_passes_after(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from kubernetes import client
 
 from tests.e2e.conftest import Cluster, render
 from tests.e2e.podrunner import PodRunner
-from tests.test_daemon import eventually
+from tests.helpers import eventually
 
 NS = "gpu-operator"
 NODE = "gfd-node-1"  # a Node object without a kubelet: GFD's pod runs here as local processes

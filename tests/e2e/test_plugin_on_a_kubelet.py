@@ -15,7 +15,7 @@ from plugin.api.podresources_pb2 import ListPodResourcesRequest
 from plugin.api.podresources_pb2_grpc import PodResourcesListerStub
 from tests.e2e.conftest import K8S, NODE, Cluster, render
 from tests.e2e.podrunner import PodRunner
-from tests.test_daemon import eventually
+from tests.helpers import eventually
 
 NS = "nvidia-device-plugin"
 DAEMONSET = "nvdp-nvidia-device-plugin"

@@ -1,0 +1,42 @@
+"""Small helpers the test modules share: waiting, reading a feature file, a free port, an HTTP GET."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Wait until `predicate` holds; the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+def read_labels(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines()) if path.exists() else {}
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str] | None:
+    """(status, body stripped), also for error statuses; None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status), resp.read().decode().strip()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read().decode().strip()
+    except OSError:
+        return None
