@@ -163,9 +163,12 @@ class Daemon:
         run.source.close()
         try:
             new_run = self._start_run(config)
-        except (ConfigError, OutputError) as e:
+        except Exception as e:  # the daemon goes on as it was; an unforeseen failure with its traceback
             self.metrics.reload_failures.inc()
-            log.error("reload failed; keeping the running config", error=str(e))
+            if isinstance(e, (ConfigError, OutputError)):
+                log.error("reload failed; keeping the running config", error=str(e))
+            else:
+                log.exception("reload failed unexpectedly; keeping the running config")
             return self._start_run(run.config)
         log.info("config reloaded", config_file=config.config_file)
         return new_run

@@ -78,7 +78,7 @@ class Daemon:
     def stop_within_a_second(self) -> None:
         sent = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=5) == 0
+        assert self.proc.wait(timeout=5) == 0, self.text()[-4000:]
         assert time.monotonic() - sent < 1.0
 
 
@@ -393,6 +393,31 @@ def test_an_unexpected_exception_in_a_pass_is_survived_and_counted(tmp_path: Pat
         assert out.read_text() == before
         monkeypatch.setattr(source, "read", real_read)
     assert not out.exists()  # a clean stop still removes the file, as upstream
+
+
+def test_an_unexpected_exception_while_reloading_keeps_the_running_config(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from gfd.discovery.session import NodeSource
+
+    out = tmp_path / "gfd"
+    with in_process_daemon(out, "--simulate=t4") as d:
+        before = read_labels(out)
+        real = NodeSource.for_gfd.__func__  # type: ignore[attr-defined]
+        calls: list[int] = []
+
+        def first_start_fails(cls: type[NodeSource], config: Config) -> NodeSource:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError(28, "No space left on device")
+            return real(cls, config)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(NodeSource, "for_gfd", classmethod(first_start_fails))
+        d.request_reload()
+        eventually(lambda: len(calls) == 2)
+        assert d.metrics.registry.get_sample_value("gfd_reload_failures_total") == 1
+        out.unlink()  # the restarted run writes the labels again
+        eventually(out.exists)
+        assert read_labels(out).keys() == before.keys()
 
 
 # -- 9: metrics and /healthz under slow clients ------------------------------------------------------------
