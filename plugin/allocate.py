@@ -6,10 +6,10 @@ import os
 import uuid
 from dataclasses import dataclass, field
 
+from plugin.cdi.spec import VENDOR
 from plugin.config import PluginConfig
 from plugin.resources import PluginDevice, Resource
 
-CDI_VENDOR = "k8s.device-plugin.nvidia.com"
 DEVICE_LIST_DIR = "/var/run/nvidia-container-devices"
 CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 
@@ -48,6 +48,7 @@ class NodeDevices:
     imex_channels: tuple[int, ...] = ()
     mig_cap_minors: dict[str, int] = field(default_factory=dict)  # "gpu0/gi1/access" -> minor
     control_devices: tuple[str, ...] = ()
+    cdi_classes: frozenset[str] = frozenset()  # the CDI specs written at start: only these are named
 
 
 def validate(resource: Resource, ids: list[str]) -> list[PluginDevice]:
@@ -95,11 +96,10 @@ def allocate(resource: Resource, ids: list[str], config: PluginConfig, node: Nod
 
 
 def _cdi(out: ContainerAllocation, visible: list[str], config: PluginConfig, node: NodeDevices) -> None:
-    names = [f"{CDI_VENDOR}/gpu={v}" for v in visible]
-    names += [f"{CDI_VENDOR}/imex-channel={c}" for c in node.imex_channels]
-    names += [f"{CDI_VENDOR}/{kind}=all" for enabled, kind in (
-        (config.gdrcopy_enabled, "gdrcopy"), (config.gds_enabled, "gds"), (config.mofed_enabled, "mofed"))
-        if enabled]
+    names = [f"{VENDOR}/gpu={v}" for v in visible]
+    names += [f"{VENDOR}/imex-channel={c}" for c in node.imex_channels]
+    # An enabled class whose spec was empty (no gdrdrv, nvidia-fs or infiniband nodes) is not named, as upstream.
+    names += [f"{VENDOR}/{kind}=all" for kind in ("gdrcopy", "gds", "mofed") if kind in node.cdi_classes]
     if not names:
         return
     if "cdi-annotations" in config.device_list_strategy:

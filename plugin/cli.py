@@ -6,7 +6,7 @@ import os
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -113,6 +113,8 @@ class DevicePlugin:
         """Discover, build resources, serve and register. None: no devices, wait for signals."""
         from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
         from gfd.discovery.session import NodeSource
+        from plugin.cdi import CdiError
+        from plugin.cdi.store import publish
         from plugin.health import HealthChecker, HealthState, Rediscovery, XidPolicy
         from plugin.host import read_node_devices
         from plugin.kubelet import KubeletRegistrar
@@ -139,7 +141,10 @@ class DevicePlugin:
             model = source.read(topology=True)
             resources = build_resources(model, config)
             node = read_node_devices(config, resources, source.host_root)
-        except (DiscoveryError, ResourceError) as e:
+            if config.cdi_enabled:
+                classes = publish(model, config, node.imex_channels, node.mig_cap_minors, source.host_root)
+                node = replace(node, cdi_classes=classes)
+        except (DiscoveryError, ResourceError, CdiError) as e:
             source.close()
             raise StartError(str(e)) from None
         if not resources:

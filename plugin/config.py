@@ -14,6 +14,8 @@ from gfd.config.options import LOG_LEVELS, Option
 DEVICE_LIST_STRATEGIES = ("envvar", "volume-mounts", "cdi-annotations", "cdi-cri")
 DEVICE_ID_STRATEGIES = ("uuid", "index")
 ALLOCATION_POLICIES = ("distributed", "packed")
+# nvidia-container-toolkit internal/discover/hooks.go: the hooks a generated spec can hold, and `all`.
+CDI_HOOKS = ("all", "create-symlinks", "enable-cuda-compat", "update-ldcache", "disable-device-node-modification")
 KUBELET_SOCKET = "/var/lib/kubelet/device-plugins/kubelet.sock"
 
 PLUGIN_OPTIONS: tuple[Option, ...] = (
@@ -65,6 +67,8 @@ PLUGIN_OPTIONS: tuple[Option, ...] = (
     Option("cdi_disable_hooks", ("--cdi-disable-hooks",), ("CDI_DISABLE_HOOKS",), "list", (),
            help="CDI hooks to leave out of generated specs ('all' for every hook)"),
     # Ours, not upstream's.
+    Option("cdi_spec_dir", ("--cdi-spec-dir",), ("CDI_SPEC_DIR",), "str", "/var/run/cdi",
+           help="where CDI specs are written (the container runtime's CDI directory)"),
     Option("simulate", ("--simulate",), ("DP_SIMULATE", "GFD_SIMULATE"), "str", "",
            help="run on a simulated node: a built-in profile name or a profile YAML path"),
     Option("log_format", ("--log-format",), ("DP_LOG_FORMAT",), "str", "auto", None, ("auto", "console", "json"),
@@ -104,6 +108,7 @@ class PluginConfig:
     config_file: str = ""
     cdi_feature_flags: tuple[str, ...] = ()
     cdi_disable_hooks: tuple[str, ...] = ()
+    cdi_spec_dir: str = "/var/run/cdi"
     simulate: str = ""
     log_format: str = "auto"
     log_level: str = "info"
@@ -130,6 +135,10 @@ class PluginConfig:
     @property
     def cdi_only(self) -> bool:
         return all(s.startswith("cdi-") for s in self.device_list_strategy)
+
+    @property
+    def cdi_enabled(self) -> bool:
+        return any(s.startswith("cdi-") for s in self.device_list_strategy)
 
 
 def load_plugin_config(argv: Sequence[str], environ: Mapping[str, str]) -> PluginConfig:
@@ -165,6 +174,9 @@ def validate(config: PluginConfig) -> PluginConfig:
              f"invalid --device-discovery-strategy option {config.device_discovery_strategy}", "auto, nvml, tegra")
     if config.mig_strategy not in MIG_STRATEGIES:
         fail("mig-strategy", f"unknown MIG strategy: {config.mig_strategy}", ", ".join(MIG_STRATEGIES))
+    for hook in config.cdi_disable_hooks:
+        if hook not in CDI_HOOKS:
+            fail("cdi-disable-hooks", f"invalid --cdi-disable-hooks option: unknown hook: {hook}", ", ".join(CDI_HOOKS))
     if config.channel_ids not in ((), (0,)):
         fail("imex-channel-ids", "invalid IMEX channel IDs: invalid IMEX config: channelIDs must be [] or [0]; "
              f"found [{' '.join(map(str, config.channel_ids))}]", "[] or [0]")

@@ -17,7 +17,7 @@ MIG_MINORS = "proc/driver/nvidia-caps/mig-minors"
 
 def read_node_devices(config: PluginConfig, resources: list[Resource], root: str = "/") -> NodeDevices:
     """`root` is where the container's / is for these reads (a simulated node's tree in tests)."""
-    minors = _mig_minors(root) if config.pass_device_specs else {}
+    minors = _mig_minors(root) if config.pass_device_specs or config.cdi_enabled else {}
     if config.pass_device_specs:
         for device in (d for r in resources for d in r.devices):
             if device.gpu.minor_number is None:

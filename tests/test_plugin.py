@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
 import time
@@ -49,8 +50,8 @@ def start(kubelet: KubeletStandIn, tmp_path: Path) -> Iterator[Callable[..., Run
     started: list[Running] = []
 
     def _start(*argv: str, env: dict[str, str] | None = None, serving: bool = True) -> Running:
-        args = [f"--kubelet-socket={kubelet.socket}", "--health-probe-interval=50ms",
-                "--health-recovery-period=400ms", "--log-format=json", *argv]
+        args = [f"--kubelet-socket={kubelet.socket}", f"--cdi-spec-dir={tmp_path / 'cdi'}",
+                "--health-probe-interval=50ms", "--health-recovery-period=400ms", "--log-format=json", *argv]
         environ = env or {}
         plugin = DevicePlugin(args, environ, load_plugin_config(args, environ))
         thread = threading.Thread(target=plugin.run, daemon=True)
@@ -246,11 +247,15 @@ def test_mps_responses(start: Callable[..., Running], kubelet: KubeletStandIn, w
     ("envvar,cdi-cri", lambda r, ids: r.envs["NVIDIA_VISIBLE_DEVICES"] == ",".join(ids) and len(r.cdi_devices) == 2),
 ])
 def test_device_list_strategies(start: Callable[..., Running], kubelet: KubeletStandIn, strategies: str,
-                                check: Callable[[Any, list[str]], bool]) -> None:
+                                check: Callable[[Any, list[str]], bool], tmp_path: Path) -> None:
     r = start("--simulate=t4", f"--device-list-strategy={strategies}")
     ids = r.uuids()[1:3]
     resp = kubelet.allocate("nvidia.com/gpu", ids[1], ids[0], ids[1])  # arbitrary order, a duplicate
     assert check(resp, [ids[1], ids[0]])
+    names = [c.name for c in resp.cdi_devices] + [n for v in resp.annotations.values() for n in v.split(",")]
+    if names:  # written before the plugin registered, and naming every device it handed out
+        spec = json.loads((tmp_path / "cdi" / "k8s.device-plugin.nvidia.com-gpu.json").read_text())
+        assert set(names) <= {f"{spec['kind']}={d['name']}" for d in spec["devices"]}
 
 
 def test_pass_device_specs_with_driver_root_and_gds(start: Callable[..., Running], kubelet: KubeletStandIn) -> None:
@@ -367,6 +372,22 @@ def test_reload_rebuilds_resources_from_the_changed_config(start: Callable[..., 
     time.sleep(0.5)
     assert r.thread.is_alive()
     assert len(kubelet.registered("nvidia.com/gpu").devices) == 8
+
+
+def test_a_reload_rewrites_the_cdi_spec_for_the_new_config(start: Callable[..., Running], kubelet: KubeletStandIn,
+                                                            tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("version: v1\nflags:\n  plugin:\n    deviceListStrategy: [cdi-cri]\n")
+    spec = tmp_path / "cdi" / "k8s.device-plugin.nvidia.com-gpu.json"
+    r = start("--simulate=t4", f"--config-file={cfg}")
+    first = kubelet.registered("nvidia.com/gpu")
+    assert {d["name"] for d in json.loads(spec.read_text())["devices"]} == {*r.uuids(), "all"}
+    cfg.write_text("version: v1\nflags:\n  plugin:\n    deviceListStrategy: [cdi-cri]\n    deviceIDStrategy: index\n")
+    r.plugin.request_reload()  # what SIGHUP does
+    kubelet.wait(lambda: kubelet.registrations.get("nvidia.com/gpu") is not first)
+    assert {d["name"] for d in json.loads(spec.read_text())["devices"]} == {"0", "1", "2", "3", "all"}
+    resp = kubelet.allocate("nvidia.com/gpu", r.uuids()[2])
+    assert [c.name for c in resp.cdi_devices] == ["k8s.device-plugin.nvidia.com/gpu=2"]
 
 
 def test_a_gpu_lost_at_start_is_advertised_unhealthy_and_rediscovered_when_back(

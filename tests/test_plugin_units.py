@@ -193,11 +193,14 @@ def test_cdi_only_with_modes_and_custom_prefix() -> None:
     resource = build_resources(model(gpu(0)), PluginConfig())[0]
     config = PluginConfig(device_list_strategy=("cdi-annotations",), cdi_annotation_prefix="custom.io/",
                           gdrcopy_enabled=True, device_id_strategy="index")
-    out = allocate(resource, ["GPU-0000"], config, NodeDevices())
+    out = allocate(resource, ["GPU-0000"], config, NodeDevices(cdi_classes=frozenset({"gpu", "gdrcopy"})))
     assert out.envs == {"NVIDIA_GDRCOPY": "enabled"}
     (key, value), = out.annotations.items()
     assert key.startswith("custom.io/nvidia-device-plugin_")
     assert value == "k8s.device-plugin.nvidia.com/gpu=0,k8s.device-plugin.nvidia.com/gdrcopy=all"
+    # Enabled, but no /dev/gdrdrv on the node, so no spec was written: the name is left out, as upstream.
+    out = allocate(resource, ["GPU-0000"], config, NodeDevices(cdi_classes=frozenset({"gpu"})))
+    assert list(out.annotations.values()) == ["k8s.device-plugin.nvidia.com/gpu=0"]
 
 
 def test_device_specs_need_minor_numbers_and_mig_capabilities(tmp_path: Any) -> None:

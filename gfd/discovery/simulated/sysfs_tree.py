@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from gfd.discovery.simulated.driver_root import materialise_driver_root
 from gfd.discovery.simulated.profiles import SimGpu, SimNode
 from gfd.discovery.sysfs import DRIVER_GPUS, PCI_DEVICES
 
@@ -65,7 +66,10 @@ def materialise(node: SimNode, root: str) -> None:
         _write(os.path.join(entry, "information"), driver_information(gpu).encode())
     caps = os.path.join(root, "proc/driver/nvidia-caps")
     os.makedirs(caps, exist_ok=True)
-    _write(os.path.join(caps, "mig-minors"), mig_minors(len(node.gpus)).encode())
+    minors = mig_minors(len(node.gpus))
+    _write(os.path.join(caps, "mig-minors"), minors.encode())
+    cap_minors = {key: int(minor) for key, _, minor in (line.rpartition(" ") for line in minors.splitlines())}
+    materialise_driver_root(node, os.path.join(root, "driver-root"), cap_minors)
 
 
 def _function(devices: str, address: str, vendor: str, pci_class: int, vgpu: dict[str, str] | None,
