@@ -113,6 +113,21 @@ def test_plugin_daemonset_defaults(chart: Any) -> None:
     assert "initContainers" not in pod and "shareProcessNamespace" not in pod
 
 
+def test_the_rendered_plugin_writes_cdi_specs_into_the_hosts_cdi_directory(chart: Any) -> None:
+    """The plugin's config, from the rendered env alone: where it reads the driver and writes specs is
+    where the chart mounts the host's driver root and CDI directory, and host paths name the host's root."""
+    from plugin.config import load_plugin_config
+
+    objects = render(chart, {"deviceListStrategy": "cdi-cri", "nvidiaDriverRoot": "/run/nvidia/driver"})
+    ctr = container(objects, PLUGIN, "nvidia-device-plugin-ctr")
+    config = load_plugin_config(ctr.get("args", []), {k: v for k, v in env(ctr).items() if isinstance(v, str)})
+    pod = objects[("DaemonSet", PLUGIN)]["spec"]["template"]["spec"]
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounted = {m["mountPath"]: host_paths.get(m["name"]) for m in ctr["volumeMounts"]}
+    assert config.cdi_enabled and mounted[config.cdi_spec_dir] == "/var/run/cdi"
+    assert mounted[config.container_driver_root] == config.nvidia_driver_root == "/run/nvidia/driver"
+
+
 def test_values_become_env_and_security_contexts(chart: Any) -> None:
     objects = render(chart, {"gfd": {"enabled": True}, "migStrategy": "mixed", "failOnInitError": False,
                              "compatWithCPUManager": True, "deviceListStrategy": "envvar,cdi-cri",
