@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from plugin.cdi.spec import VENDOR
 from plugin.config import PluginConfig
+from plugin.mps.root import CONTAINER_ROOT, MpsRoot
 from plugin.resources import PluginDevice, Resource
 
 DEVICE_LIST_DIR = "/var/run/nvidia-container-devices"
@@ -110,10 +111,10 @@ def _cdi(out: ContainerAllocation, visible: list[str], config: PluginConfig, nod
 
 
 def _mps(out: ContainerAllocation, resource: Resource, config: PluginConfig) -> None:
-    pipe = f"/mps/{resource.name}/pipe"
+    pipe = MpsRoot(CONTAINER_ROOT).pipe_dir(resource.name)  # where clients look, as upstream: /mps/<resource>/pipe
+    host = MpsRoot(config.mps_root)
     out.envs["CUDA_MPS_PIPE_DIRECTORY"] = pipe
-    out.mounts += [Mount(pipe, os.path.join(config.mps_root, resource.name, "pipe")),
-                   Mount("/dev/shm", os.path.join(config.mps_root, "shm"))]
+    out.mounts += [Mount(pipe, host.pipe_dir(resource.name)), Mount("/dev/shm", host.shm)]
 
 
 def _device_specs(devices: list[PluginDevice], config: PluginConfig, node: NodeDevices) -> list[DeviceSpec]:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gfd.discovery.session import NodeSource
     from plugin.health import HealthChecker
     from plugin.kubelet import KubeletRegistrar
+    from plugin.mps.readiness import MpsWatch
 
 log = structlog.get_logger("plugin")
 
@@ -34,6 +35,7 @@ class _Plugins:
     source: NodeSource
     checker: HealthChecker
     registrar: KubeletRegistrar
+    mps_watch: MpsWatch | None = None
 
 
 class DevicePlugin:
@@ -118,6 +120,8 @@ class DevicePlugin:
         from plugin.health import HealthChecker, HealthState, Rediscovery, XidPolicy
         from plugin.host import read_node_devices
         from plugin.kubelet import KubeletRegistrar
+        from plugin.mps.readiness import MpsWatch, wait_until_ready
+        from plugin.mps.root import MpsRoot
         from plugin.resources import ResourceError, build_resources, lost_placeholders
         from plugin.server import DevicePluginService, ResourceServer, ServeError
 
@@ -149,6 +153,11 @@ class DevicePlugin:
             raise StartError(str(e)) from None
         if not resources:
             log.info("No devices found. Waiting indefinitely.")
+        mps = [r for r in resources if r.mps]
+        mps_root = MpsRoot(config.mps_container_root)
+        if mps and not wait_until_ready(mps_root, mps, self.registrar_stop):
+            source.close()  # stopped or reloading while waiting
+            return None
         state = HealthState(config.health_recovery_ns / 1e9)
         lost = lost_placeholders(model)
         for gpu in lost:
@@ -162,7 +171,8 @@ class DevicePlugin:
         services = [DevicePluginService(r, config, node, state, model.links, self.metrics) for r in resources]
         registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir) for s in services], config.kubelet_socket,
                                      self.metrics)
-        self.current = plugins = _Plugins(source, checker, registrar)
+        watch = MpsWatch(mps_root, mps, state) if mps else None
+        self.current = plugins = _Plugins(source, checker, registrar, watch)
         try:
             registrar.start()
         except (ServeError, OSError) as e:
@@ -171,6 +181,8 @@ class DevicePlugin:
             self.current = None
             raise StartError(str(e) if isinstance(e, ServeError) else f"cannot serve: {e}") from None
         checker.start()
+        if watch is not None:
+            watch.start()
         return plugins
 
     @staticmethod
@@ -180,6 +192,8 @@ class DevicePlugin:
         plugins.registrar.stop()
         plugins.checker.stop()
         plugins.checker.join(2)
+        if plugins.mps_watch is not None:
+            plugins.mps_watch.stop()
         plugins.source.close()
 
 

@@ -69,6 +69,8 @@ PLUGIN_OPTIONS: tuple[Option, ...] = (
     # Ours, not upstream's.
     Option("cdi_spec_dir", ("--cdi-spec-dir",), ("CDI_SPEC_DIR",), "str", "/var/run/cdi",
            help="where CDI specs are written (the container runtime's CDI directory)"),
+    Option("mps_container_root", ("--mps-container-root",), ("MPS_CONTAINER_ROOT",), "str", "/mps",
+           help="where --mps-root is mounted in this container (the MPS pipe, log and shm directories)"),
     Option("simulate", ("--simulate",), ("DP_SIMULATE", "GFD_SIMULATE"), "str", "",
            help="run on a simulated node: a built-in profile name or a profile YAML path"),
     Option("log_format", ("--log-format",), ("DP_LOG_FORMAT",), "str", "auto", None, ("auto", "console", "json"),
@@ -109,6 +111,7 @@ class PluginConfig:
     cdi_feature_flags: tuple[str, ...] = ()
     cdi_disable_hooks: tuple[str, ...] = ()
     cdi_spec_dir: str = "/var/run/cdi"
+    mps_container_root: str = "/mps"
     simulate: str = ""
     log_format: str = "auto"
     log_level: str = "info"
@@ -146,8 +149,9 @@ def load_plugin_config(argv: Sequence[str], environ: Mapping[str, str]) -> Plugi
                          PLUGIN_OPTIONS, PluginConfig))
 
 
-def validate(config: PluginConfig) -> PluginConfig:
-    """Upstream's start-up validation, in its order and with its messages."""
+def validate(config: PluginConfig, needs_mps_root: bool = True) -> PluginConfig:
+    """Upstream's start-up validation, in its order and with its messages. The MPS control daemon has no
+    --mps-root (it works under its container's mount of it)."""
     src = "unable to validate flags"
 
     def fail(field_name: str, message: str, accepted: str) -> None:
@@ -167,7 +171,7 @@ def validate(config: PluginConfig) -> PluginConfig:
     if config.sharing.strategy == "mps":
         if config.mig_strategy == "mixed":
             fail("mig-strategy", "using --mig-strategy=mixed is not supported with MPS", "none, single")
-        if not config.mps_root:
+        if needs_mps_root and not config.mps_root:
             fail("mps-root", "using MPS requires --mps-root to be specified", "a host directory")
     if config.device_discovery_strategy not in DISCOVERY_STRATEGIES[:3]:
         fail("device-discovery-strategy",

@@ -59,6 +59,7 @@ class HealthState:
         self.version = 0
         self._faults: dict[Unit, tuple[float, str]] = {}  # unit -> (time of the last fault, reason)
         self._all_reason: str | None = None
+        self._resource_faults: dict[str, str] = {}  # resource name -> reason (its MPS daemon is down)
 
     def healthy(self, device: PluginDevice) -> bool:
         if self._all_reason is not None:
@@ -68,7 +69,23 @@ class HealthState:
 
     def snapshot(self, resource: Resource) -> tuple[int, list[tuple[PluginDevice, bool]]]:
         with self.changed:
-            return self.version, [(d, self.healthy(d)) for d in resource.devices]
+            down = resource.name in self._resource_faults
+            return self.version, [(d, not down and self.healthy(d)) for d in resource.devices]
+
+    def fault_resource(self, name: str, reason: str) -> None:
+        """Every device of the resource, whatever its GPU's health (a daemon it depends on is down)."""
+        with self.changed:
+            if name not in self._resource_faults:
+                log.error("resource marked unhealthy", resource=name, reason=reason)
+                self._resource_faults[name] = reason
+                self._bump()
+
+    def clear_resource(self, name: str) -> None:
+        with self.changed:
+            was = self._resource_faults.pop(name, None)
+            if was is not None:
+                log.info("resource healthy again", resource=name, was=was)
+                self._bump()
 
     def fault(self, unit: Unit, reason: str) -> None:
         with self.changed:

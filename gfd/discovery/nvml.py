@@ -87,6 +87,20 @@ def shutdown() -> None:
         log.warning("error shutting down NVML", error=str(e))
 
 
+COMPUTE_MODES = {"DEFAULT": pynvml.NVML_COMPUTEMODE_DEFAULT,
+                 "EXCLUSIVE_PROCESS": pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS}
+
+
+def set_compute_mode(index: int, mode: str) -> None:
+    """nvmlDeviceSetComputeMode on the GPU at `index` (what `nvidia-smi -i <gpu> -c <mode>` does);
+    DiscoveryError naming NVML's answer (NO_PERMISSION without root, NOT_SUPPORTED, ...)."""
+    try:
+        pynvml.nvmlDeviceSetComputeMode(pynvml.nvmlDeviceGetHandleByIndex(index), COMPUTE_MODES[mode])
+    except NVMLError as e:
+        raise DiscoveryError(f"error setting compute mode {mode} on GPU {index}: {error_name(e)}",
+                             "nvmlDeviceSetComputeMode") from None
+
+
 @functools.cache
 def _error_names() -> dict[object, str]:
     """Built on the first error, not at import: the oneshot's start-up never pays for it."""

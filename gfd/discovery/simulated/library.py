@@ -219,6 +219,8 @@ class SimulatedLibrary:
             ("nvmlDeviceGetTopologyCommonAncestor", (_P, _P, _P), self._device(self._common_ancestor)),
             ("nvmlDeviceGetNvLinkState", (_P, c_uint, _P), self._device(self._nvlink_state)),
             ("nvmlDeviceGetNvLinkRemotePciInfo_v2", (_P, c_uint, _P), self._device(self._nvlink_remote)),
+            ("nvmlDeviceGetComputeMode", (_P, _P), self._device(lambda g, p: _write_uint(p, g.compute_mode))),
+            ("nvmlDeviceSetComputeMode", (_P, c_uint), self._device(self._set_compute_mode)),
             ("nvmlEventSetCreate", (_P,), lambda out: _write_ptr(out, self._handle(self._registered))),
             ("nvmlEventSetFree", (_P,), lambda _set: SUCCESS),
             ("nvmlDeviceGetSupportedEventTypes", (_P, _P), self._device(self._supported_events)),
@@ -282,6 +284,14 @@ class SimulatedLibrary:
     def _compute(gpu: SimGpu, major: int, minor: int) -> int:
         _write_int(major, gpu.compute_capability[0])
         return _write_int(minor, gpu.compute_capability[1])
+
+    @staticmethod
+    def _set_compute_mode(gpu: SimGpu, mode: int) -> int:
+        """nvml.h nvmlComputeMode_t: 0 DEFAULT, 2 PROHIBITED, 3 EXCLUSIVE_PROCESS (1, EXCLUSIVE_THREAD, is gone)."""
+        if mode not in (0, 2, 3):
+            return INVALID_ARGUMENT
+        gpu.compute_mode = mode
+        return SUCCESS
 
     @staticmethod
     def _mig_mode(gpu: SimGpu, current: int, pending: int) -> int:

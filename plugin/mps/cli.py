@@ -1,0 +1,164 @@
+"""`mps-control-daemon`: upstream's flags and env (`--config-file`/`CONFIG_FILE`, `--mig-strategy`/
+`MIG_STRATEGY`), the shared v1 config file, and the `mount-shm` subcommand for the init container.
+
+Starts one MPS control daemon per resource the config shares with MPS, writes `<root>/.ready`, then checks
+every second that each daemon answers and starts again any that does not. SIGTERM quits the daemons and
+gives the GPUs back their DEFAULT compute mode; SIGHUP does that and starts again with the reloaded config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import structlog
+
+from gfd import logs, signals
+from gfd.config import ConfigError
+from gfd.config.loader import load, parse_command_line
+from plugin.config import PLUGIN_OPTIONS, PluginConfig, validate
+from plugin.mps import MpsError
+from plugin.mps.control import answers
+from plugin.mps.daemon import ResourceDaemon, check_replicas
+from plugin.mps.root import MpsRoot
+
+if TYPE_CHECKING:
+    from gfd.discovery.session import NodeSource
+
+log = structlog.get_logger("plugin.mps")
+PROG = "mps-control-daemon"
+OPTIONS = tuple(o for o in PLUGIN_OPTIONS if o.dest in {
+    "mig_strategy", "config_file", "fail_on_init_error", "container_driver_root", "device_discovery_strategy",
+    "mps_container_root", "simulate", "log_format", "log_level"})
+CHECK_S = 1.0
+
+
+def load_daemon_config(argv: Sequence[str], environ: Mapping[str, str]) -> PluginConfig:
+    return validate(load(parse_command_line(argv, environ, OPTIONS, PROG), OPTIONS, PluginConfig), needs_mps_root=False)
+
+
+class MpsControlDaemon:
+    def __init__(self, argv: Sequence[str], environ: Mapping[str, str], config: PluginConfig) -> None:
+        self.argv, self.environ, self.config = argv, environ, config
+        self.stopping = threading.Event()
+        self.wake = threading.Event()  # set by stop and reload
+        self.reload = False
+        self.daemons: list[ResourceDaemon] = []
+        self.source: NodeSource | None = None
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def request_reload(self) -> None:
+        self.reload = True
+        self.wake.set()
+
+    @property
+    def root(self) -> MpsRoot:
+        return MpsRoot(self.config.mps_container_root)
+
+    def run(self) -> int:
+        while not self.stopping.is_set():
+            self.wake.clear()
+            try:
+                self.start()
+                self.supervise()
+            except (MpsError, ConfigError) as e:
+                log.error(str(e))
+                return 1
+            finally:
+                self.shutdown()
+            if self.reload and not self.stopping.is_set():
+                self.reload = False
+                try:
+                    self.config = load_daemon_config(self.argv, self.environ)
+                except ConfigError as e:
+                    log.error("reload failed; keeping the running config", error=str(e))
+        log.info("Exiting")
+        return 0
+
+    def start(self) -> None:
+        """Every MPS resource's daemon, then `.ready`; MpsError on the first that cannot start (those that
+        did are stopped again by `shutdown`)."""
+        from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
+        from gfd.discovery.session import NodeSource
+        from plugin.resources import ResourceError, build_resources
+
+        if self.config.sharing.strategy != "mps":
+            log.info("No devices are configured for MPS sharing; Waiting indefinitely.")
+            return
+        strategy = "nvml" if self.config.device_discovery_strategy == "auto" else self.config.device_discovery_strategy
+        self.source = NodeSource(strategy, self.config.simulate, driver_root=self.config.container_driver_root)
+        try:
+            self.source.open()
+            resources = [r for r in build_resources(self.source.read(), self.config) if r.mps]
+        except (NvmlUnavailable, DiscoveryError, ResourceError) as e:
+            raise MpsError(f"error starting MPS daemons: {e}") from None
+        for resource in resources:
+            check_replicas(resource)
+            daemon = ResourceDaemon(resource, self.root)
+            self.daemons.append(daemon)
+            try:
+                daemon.start()
+            except MpsError as e:
+                raise MpsError(f"error starting the MPS daemon for {resource.name}: {e}") from None
+        with open(self.root.ready, "w"):
+            pass
+        log.info("MPS daemons started", resources=[d.name for d in self.daemons])
+
+    def supervise(self) -> None:
+        """Until a signal: a daemon that stops answering is stopped and started again."""
+        while not self.wake.wait(CHECK_S):
+            for daemon in self.daemons:
+                reason = answers(self.root, daemon.name)
+                if reason is None:
+                    continue
+                log.error("MPS daemon not answering; starting it again", resource=daemon.name, reason=reason)
+                daemon.stop()
+                try:
+                    daemon.start()
+                except MpsError as e:
+                    log.error("MPS daemon did not start; retrying", resource=daemon.name, error=str(e))
+
+    def shutdown(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.root.ready)
+        for daemon in self.daemons:
+            daemon.stop()
+        self.daemons = []
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    subcommand = argv.pop(0) if argv and not argv[0].startswith("-") else ""
+    if subcommand not in ("", "mount-shm"):
+        print(f"{PROG}: unknown command {subcommand!r} (accepted: mount-shm)", file=sys.stderr)
+        return 1
+    try:
+        config = load_daemon_config(argv, environ)
+    except ConfigError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    logs.configure(config.log_format, config.log_level)
+    if subcommand == "mount-shm":
+        from plugin.mps.shm import mount_shm
+
+        try:
+            size = mount_shm(MpsRoot(config.mps_container_root).shm)
+        except MpsError as e:
+            log.error(str(e))
+            return 1
+        log.info("mounted the MPS shm tmpfs", path=MpsRoot(config.mps_container_root).shm, size=size)
+        return 0
+    daemon = MpsControlDaemon(argv, environ, config)
+    signals.install(daemon.stop, daemon.request_reload)
+    return daemon.run()
