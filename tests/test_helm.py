@@ -49,16 +49,17 @@ def env(c: dict[str, Any]) -> dict[str, Any]:
 
 
 PLUGIN, GFD = "nvdp-nvidia-device-plugin", "nvdp-nvidia-device-plugin-gpu-feature-discovery"
+MPS = "nvdp-nvidia-device-plugin-mps-control-daemon"
 MODES = {
-    "plugin only (default)": ({}, {PLUGIN}),
-    "combined": ({"gfd": {"enabled": True}}, {PLUGIN, GFD}),
+    "plugin only (default)": ({}, {PLUGIN, MPS}),
+    "combined": ({"gfd": {"enabled": True}}, {PLUGIN, GFD, MPS}),
     "standalone GFD": ({"gfd": {"enabled": True}, "devicePlugin": {"enabled": False}}, {GFD}),
     "nothing but RBAC (upstream README's standalone command)": ({"devicePlugin": {"enabled": False}}, set()),
 }
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_daemonsets_per_mode_and_no_mps_daemon(chart: Any, mode: str) -> None:
+def test_daemonsets_per_mode(chart: Any, mode: str) -> None:
     values, expected = MODES[mode]
     objects = render(chart, values)
     assert {name for kind, name in objects if kind == "DaemonSet"} == expected
@@ -126,6 +127,55 @@ def test_the_rendered_plugin_writes_cdi_specs_into_the_hosts_cdi_directory(chart
     mounted = {m["mountPath"]: host_paths.get(m["name"]) for m in ctr["volumeMounts"]}
     assert config.cdi_enabled and mounted[config.cdi_spec_dir] == "/var/run/cdi"
     assert mounted[config.container_driver_root] == config.nvidia_driver_root == "/run/nvidia/driver"
+
+
+def test_mps_control_daemon_daemonset_as_upstream(chart: Any) -> None:
+    objects = render(chart, {"config": {"map": {"default": "version: v1\n", "mps": "version: v1\nsharing:\n  mps:\n"
+                                                "    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\n"}},
+                             "migStrategy": "single", "nodeSelector": {"pool": "gpu"}})
+    pod = objects[("DaemonSet", MPS)]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/mps.capable": "true", "pool": "gpu"} and pod["hostPID"] is True
+    init = [c["name"] for c in pod["initContainers"]]
+    assert init == ["mps-control-daemon-mounts", "mps-control-daemon-init"]
+    mounts = container(objects, MPS, "mps-control-daemon-mounts")
+    assert mounts["command"] == ["mps-control-daemon", "mount-shm"]
+    assert mounts["securityContext"] == {"privileged": True}
+    assert mounts["volumeMounts"] == [{"name": "mps-root", "mountPath": "/mps", "mountPropagation": "Bidirectional"}]
+    ctr = container(objects, MPS, "mps-control-daemon-ctr")
+    assert ctr["command"] == ["mps-control-daemon"] and ctr["securityContext"] == {"privileged": True}
+    assert env(ctr) == {"NODE_NAME": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}},
+                        "MIG_STRATEGY": "single", "CONFIG_FILE": "/config/config.yaml",
+                        "NVIDIA_MIG_MONITOR_DEVICES": "all", "NVIDIA_VISIBLE_DEVICES": "all",
+                        "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+    assert {m["mountPath"] for m in ctr["volumeMounts"]} == {"/dev/shm", "/mps", "/available-configs", "/config"}
+    sidecar = container(objects, MPS, "mps-control-daemon-sidecar")
+    assert env(sidecar)["PROCESS_TO_SIGNAL"] == "mps-control-daemon"
+    volumes = {v["name"]: v.get("hostPath") for v in pod["volumes"]}
+    assert volumes["mps-root"] == {"path": "/run/nvidia/mps", "type": "DirectoryOrCreate"}
+    assert volumes["mps-shm"] == {"path": "/run/nvidia/mps/shm"}
+    # The plugin mounts the same host directory where the daemon writes its pipes and readiness.
+    plugin = objects[("DaemonSet", PLUGIN)]["spec"]["template"]["spec"]
+    assert {v["name"]: v.get("hostPath") for v in plugin["volumes"]}["mps-root"] == volumes["mps-root"]
+    assert pod.get("shareProcessNamespace") is None
+    no_host_pid = render(chart, {"mps": {"enableHostPID": False}})[("DaemonSet", MPS)]["spec"]["template"]["spec"]
+    assert no_host_pid["shareProcessNamespace"] is True and "hostPID" not in no_host_pid
+
+
+def test_the_rendered_mps_daemon_and_plugin_agree_on_the_root(chart: Any) -> None:
+    """Both programs' configs, from the rendered env alone, look for MPS under their /mps mount."""
+    from plugin.config import load_plugin_config
+    from plugin.mps.cli import load_daemon_config
+
+    objects = render(chart)
+    daemon_ctr, plugin_ctr = container(objects, MPS, "mps-control-daemon-ctr"), \
+        container(objects, PLUGIN, "nvidia-device-plugin-ctr")
+    strings = {k: v for k, v in env(daemon_ctr).items() if isinstance(v, str)}
+    daemon_root = load_daemon_config([], strings).mps_container_root
+    plugin_config = load_plugin_config([], {k: v for k, v in env(plugin_ctr).items() if isinstance(v, str)})
+    assert daemon_root == plugin_config.mps_container_root == "/mps"
+    assert "/mps" in {m["mountPath"] for m in daemon_ctr["volumeMounts"]} & \
+        {m["mountPath"] for m in plugin_ctr["volumeMounts"]}
+    assert plugin_config.mps_root == "/run/nvidia/mps"  # what Allocate mounts into pods: the host's path
 
 
 def test_values_become_env_and_security_contexts(chart: Any) -> None:

@@ -136,16 +136,21 @@ imagePullSecrets:
 serviceAccountName: {{ include "nvidia-device-plugin.serviceAccountName" . }}
 securityContext:
 {{- toYaml .Values.podSecurityContext | nindent 2 }}
-{{- with .Values.nodeSelector }}
-nodeSelector:
-{{- toYaml . | nindent 2 }}
-{{- end }}
 {{- with .Values.affinity }}
 affinity:
 {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- with .Values.tolerations }}
 tolerations:
+{{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- /* The pods' nodeSelector: the chart's, merged over `extra` (the MPS daemon's own label). */ -}}
+{{- define "nvidia-device-plugin.nodeSelector" -}}
+{{- $selector := merge (deepCopy (default dict .root.Values.nodeSelector)) (default dict .extra) -}}
+{{- with $selector }}
+nodeSelector:
 {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
