@@ -86,6 +86,7 @@ def _node_up(directory: Path) -> None:
     raise AssertionError(f"node up failed twice (exit {up.returncode}): {up.stderr[-3000:]}")
 
 
-def render(values: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
-    out = helm_python.Chart.load(str(ROOT / "helm")).render(values, name="nvdp", namespace=namespace)
+def render(values: dict[str, Any], namespace: str, release: str = "nvdp") -> list[dict[str, Any]]:
+    """A release name of its own keeps a module's cluster-scoped objects (ClusterRoles) apart from another's."""
+    out = helm_python.Chart.load(str(ROOT / "helm")).render(values, name=release, namespace=namespace)
     return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
