@@ -304,9 +304,11 @@ def test_plugin_serves_only_once_mps_is_ready_and_follows_its_health(
         devices = kubelet.registered(RESOURCE).devices
         assert len(devices) == 16 and all(dev.health == "Healthy" for dev in devices)
         resp = kubelet.allocate(RESOURCE, devices[0].ID)
-        assert resp.envs["CUDA_MPS_PIPE_DIRECTORY"] == f"/mps/{RESOURCE}/pipe"
-        pipe = next(m.host_path for m in resp.mounts if m.container_path == f"/mps/{RESOURCE}/pipe")
-        assert Path(pipe, "control").exists()  # the mount is the directory the running daemon serves
+        assert dict(resp.envs) == {"NVIDIA_VISIBLE_DEVICES": devices[0].ID.split("::")[0],
+                                   "CUDA_MPS_PIPE_DIRECTORY": f"/mps/{RESOURCE}/pipe"}
+        assert [(m.container_path, m.host_path) for m in resp.mounts] == [
+            (f"/mps/{RESOURCE}/pipe", f"{mps_root}/{RESOURCE}/pipe"), ("/dev/shm", f"{mps_root}/shm")]
+        assert Path(resp.mounts[0].host_path, "control").exists()  # the directory the running daemon serves
 
         pid = _stand_in_pid(mps_root)
         assert pid is not None

@@ -224,16 +224,6 @@ def test_time_slicing_replicas_and_rename(start: Callable[..., Running], kubelet
     assert len({p.split("::")[0] for p in picks}) == 4
 
 
-def test_mps_responses(start: Callable[..., Running], kubelet: KubeletStandIn, write_yaml: Any) -> None:
-    cfg = write_yaml({"sharing": {"mps": {"resources": [{"name": "nvidia.com/gpu", "replicas": 2}]}}})
-    r = start("--simulate=l4", f"--config-file={cfg}", "--mps-root=/run/nvidia/mps")
-    gpu = r.sim.node.gpus[0].uuid
-    resp = kubelet.allocate("nvidia.com/gpu", f"{gpu}::1")
-    assert dict(resp.envs) == {"NVIDIA_VISIBLE_DEVICES": gpu, "CUDA_MPS_PIPE_DIRECTORY": "/mps/nvidia.com/gpu/pipe"}
-    assert [(m.container_path, m.host_path) for m in resp.mounts] == [
-        ("/mps/nvidia.com/gpu/pipe", "/run/nvidia/mps/nvidia.com/gpu/pipe"), ("/dev/shm", "/run/nvidia/mps/shm")]
-
-
 @pytest.mark.parametrize(("strategies", "check"), [
     ("envvar", lambda r, ids: dict(r.envs) == {"NVIDIA_VISIBLE_DEVICES": ",".join(ids)} and not r.mounts),
     ("volume-mounts", lambda r, ids: dict(r.envs) == {"NVIDIA_VISIBLE_DEVICES": "/var/run/nvidia-container-devices"}
