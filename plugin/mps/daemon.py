@@ -60,7 +60,7 @@ def check_replicas(resource: Resource) -> None:
 class ResourceDaemon:
     def __init__(self, resource: Resource, root: MpsRoot) -> None:
         self.resource, self.root, self.name = resource, root, resource.name
-        self.tail: LogTail | None = None
+        self.tails: list[LogTail] = []
 
     def start(self) -> None:
         for gpu in gpus_of(self.resource):
@@ -70,8 +70,11 @@ class ResourceDaemon:
             os.makedirs(directory, 0o755, exist_ok=True)
         _label_for_containers(self.root.pipe_dir(self.name))
         start_daemon(self.root, self.name, [g.uuid for g in gpus_of(self.resource)])
-        self.tail = LogTail(os.path.join(self.root.log_dir(self.name), "control.log"), self.name)
-        self.tail.start()
+        # What MPS writes (control.log, and server.log once a client has started a server) shows in our log.
+        self.tails = [LogTail(os.path.join(self.root.log_dir(self.name), f), self.name)
+                      for f in ("control.log", "server.log")]
+        for tail in self.tails:
+            tail.start()
         for index, limit in sorted(pinned_memory_limits(self.resource).items()):
             send(self.root, self.name, f"set_default_device_pinned_mem_limit {index} {limit}")
         send(self.root, self.name, f"set_default_active_thread_percentage {active_thread_percentage(self.resource)}")
@@ -87,8 +90,9 @@ class ResourceDaemon:
             log.info("Shut down MPS", resource=self.name)
         except MpsError as e:
             log.warning("MPS daemon did not take quit", resource=self.name, error=str(e))
-        if self.tail is not None:
-            self.tail.stop()
+        for tail in self.tails:
+            tail.stop()
+        self.tails = []
         for gpu in gpus_of(self.resource):
             try:
                 _set_compute_mode(gpu, "DEFAULT")
@@ -98,7 +102,7 @@ class ResourceDaemon:
 
 
 class LogTail(threading.Thread):
-    """Follows the MPS control log into ours, so `kubectl logs` shows what MPS said."""
+    """Follows an MPS log file into ours, so `kubectl logs` shows what MPS said."""
 
     def __init__(self, path: str, resource: str) -> None:
         super().__init__(name="mps-log", daemon=True)
@@ -121,7 +125,8 @@ class LogTail(threading.Thread):
             offset += len(data)
             *lines, partial = (partial + data).split(b"\n")
             for line in lines:
-                log.info("mps", resource=self.resource, line=line.decode(errors="replace"))
+                log.info("mps", resource=self.resource, log=os.path.basename(self.path),
+                         line=line.decode(errors="replace"))
 
 
 def _set_compute_mode(gpu: Gpu, mode: str) -> None:
