@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
-from ctypes import CFUNCTYPE, c_int, c_uint, c_void_p
+from ctypes import CFUNCTYPE, c_int, c_uint, c_uint64, c_void_p
 from typing import Any
 
 import structlog
@@ -31,6 +32,8 @@ TIMEOUT = 10
 GPU_IS_LOST = 15
 UNKNOWN = 999
 XID_CRITICAL = 0x8
+FI_DEV_MEMORY_TEMP = 82  # nvml.h NVML_FI_DEV_MEMORY_TEMP
+VALUE_TYPE_UNSIGNED_INT = 1  # nvml.h NVML_VALUE_TYPE_UNSIGNED_INT
 ALL_INSTANCES = 0xFFFFFFFF
 GPU_INSTANCE_PROFILE_COUNT = 0x12  # nvml.h NVML_GPU_INSTANCE_PROFILE_COUNT
 COMPUTE_INSTANCE_PROFILE_COUNT = 0x9
@@ -38,11 +41,24 @@ COMPUTE_INSTANCE_PROFILE_COUNT = 0x9
 _P = c_void_p  # every pointer or handle argument
 
 
+class _Value(ctypes.Union):  # nvmlValue_t
+    _fields_ = [("dVal", ctypes.c_double), ("uiVal", c_uint), ("ulVal", ctypes.c_ulong),
+                ("ullVal", ctypes.c_ulonglong), ("sllVal", ctypes.c_longlong)]
+
+
 class _Struct:
     """C layouts of the structs we fill (nvml.h), independent of pynvml's own definitions."""
 
     class Memory(ctypes.Structure):
         _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+    class Utilization(ctypes.Structure):  # nvmlUtilization_t
+        _fields_ = [("gpu", c_uint), ("memory", c_uint)]
+
+    class FieldValue(ctypes.Structure):  # nvmlFieldValue_t
+        _fields_ = [("fieldId", c_uint), ("scopeId", c_uint), ("timestamp", ctypes.c_longlong),
+                    ("latencyUsec", ctypes.c_longlong), ("valueType", c_uint), ("nvmlReturn", c_uint),
+                    ("value", _Value)]
 
     class PciInfo(ctypes.Structure):
         _fields_ = [("busIdLegacy", ctypes.c_char * 16), ("domain", c_uint), ("bus", c_uint), ("device", c_uint),
@@ -118,6 +134,7 @@ class SimulatedLibrary:
         self._events: deque[tuple[SimGpu, int, int, int]] = deque()
         self._event_ready = threading.Condition()
         self._registered: set[int] = set()  # id() of GPUs whose XID events are registered
+        self._energy_mj: dict[int, tuple[float, float]] = {}  # id() of a GPU -> (last query, mJ so far)
         for name, argtypes, impl in self._entry_points():
             self._functions[name] = CFUNCTYPE(c_int, *argtypes)(self._wrap(name, impl))
 
@@ -194,7 +211,7 @@ class SimulatedLibrary:
             ("nvmlDeviceGetName", (_P, _P, c_uint), self._device(lambda g, buf, size: _write_str(buf, size, g.name))),
             ("nvmlDeviceGetUUID", (_P, _P, c_uint), self._any_device(
                 lambda d, buf, size: _write_str(buf, size, d.uuid))),
-            ("nvmlDeviceGetMemoryInfo", (_P, _P), self._device(self._memory)),
+            ("nvmlDeviceGetMemoryInfo", (_P, _P), self._any_device(self._memory)),
             ("nvmlDeviceGetCudaComputeCapability", (_P, _P, _P), self._device(self._compute)),
             ("nvmlDeviceGetMigMode", (_P, _P, _P), self._device(self._mig_mode)),
             ("nvmlDeviceGetPciInfo_v3", (_P, _P), self._device(self._pci)),
@@ -220,6 +237,23 @@ class SimulatedLibrary:
             ("nvmlDeviceGetNvLinkState", (_P, c_uint, _P), self._device(self._nvlink_state)),
             ("nvmlDeviceGetNvLinkRemotePciInfo_v2", (_P, c_uint, _P), self._device(self._nvlink_remote)),
             ("nvmlDeviceGetComputeMode", (_P, _P), self._device(lambda g, p: _write_uint(p, g.compute_mode))),
+            # Telemetry (gfd.discovery.simulated.telemetry): readings that change with time.
+            ("nvmlDeviceGetUtilizationRates", (_P, _P), self._device(self._utilization)),
+            ("nvmlDeviceGetEncoderUtilization", (_P, _P, _P), self._device(
+                lambda g, util, period: _write_uint(util, self._read(g, "enc_util")) or _write_uint(period, 167_000))),
+            ("nvmlDeviceGetDecoderUtilization", (_P, _P, _P), self._device(
+                lambda g, util, period: _write_uint(util, self._read(g, "dec_util")) or _write_uint(period, 167_000))),
+            ("nvmlDeviceGetTemperature", (_P, c_uint, _P), self._device(
+                lambda g, sensor, p: _write_uint(p, self._read(g, "gpu_temp")) if sensor == 0 else INVALID_ARGUMENT)),
+            ("nvmlDeviceGetFieldValues", (_P, ctypes.c_int, _P), self._device(self._field_values)),
+            ("nvmlDeviceGetPowerUsage", (_P, _P), self._device(
+                lambda g, p: _write_uint(p, self._read(g, "power_w") * 1000))),
+            ("nvmlDeviceGetTotalEnergyConsumption", (_P, _P), self._device(self._energy)),
+            ("nvmlDeviceGetClockInfo", (_P, c_uint, _P), self._device(self._clock)),
+            ("nvmlDeviceGetPcieReplayCounter", (_P, _P), self._device(
+                lambda g, p: _write_uint(p, self._read(g, "pcie_replay")))),
+            ("nvmlDeviceGetTotalEccErrors", (_P, c_uint, c_uint, _P), self._device(self._ecc)),
+            ("nvmlDeviceGetRemappedRows", (_P, _P, _P, _P, _P), self._device(self._remapped_rows)),
             ("nvmlDeviceSetComputeMode", (_P, c_uint), self._device(self._set_compute_mode)),
             ("nvmlEventSetCreate", (_P,), lambda out: _write_ptr(out, self._handle(self._registered))),
             ("nvmlEventSetFree", (_P,), lambda _set: SUCCESS),
@@ -272,13 +306,60 @@ class SimulatedLibrary:
         gpu = self.node.gpus[index]
         return GPU_IS_LOST if gpu.lost else _write_ptr(out, self._handle(gpu))
 
-    @staticmethod
-    def _memory(gpu: SimGpu, ptr: int) -> int:
+    def _memory(self, device: SimGpu | SimMig, ptr: int) -> int:
         mem = _Struct.Memory.from_address(ptr)
-        mem.total = gpu.memory_mib * 1024 * 1024
-        mem.used = 0
-        mem.free = mem.total
+        mem.total = device.memory_mib * 1024 * 1024
+        used = self._read(device, "fb_used_mib") if isinstance(device, SimGpu) else 0
+        mem.used = min(mem.total, used * 1024 * 1024)
+        mem.free = mem.total - mem.used
         return SUCCESS
+
+    # -- telemetry ----------------------------------------------------------------------------------
+    def _read(self, gpu: SimGpu, key: str) -> int:
+        gpus = self.node.gpus
+        phase = gpus.index(gpu) / len(gpus) if gpu in gpus else 0.0
+        return max(0, round(self.node.telemetry[key].at(time.monotonic() - self.node.started, phase)))
+
+    def _utilization(self, gpu: SimGpu, ptr: int) -> int:
+        util = _Struct.Utilization.from_address(ptr)
+        util.gpu, util.memory = self._read(gpu, "gpu_util"), self._read(gpu, "mem_util")
+        return SUCCESS
+
+    def _field_values(self, gpu: SimGpu, count: int, ptr: int) -> int:
+        values = (_Struct.FieldValue * count).from_address(ptr)
+        for value in values:
+            if value.fieldId == FI_DEV_MEMORY_TEMP:
+                value.valueType, value.value.uiVal = VALUE_TYPE_UNSIGNED_INT, self._read(gpu, "memory_temp")
+                value.nvmlReturn = SUCCESS
+            else:
+                value.nvmlReturn = NOT_SUPPORTED
+        return SUCCESS
+
+    def _energy(self, gpu: SimGpu, ptr: int) -> int:
+        """The power drawn since the last query, added up: a counter that never goes back."""
+        now = time.monotonic()
+        last, total = self._energy_mj.get(id(gpu), (self.node.started, 0.0))
+        total += self._read(gpu, "power_w") * (now - last) * 1000
+        self._energy_mj[id(gpu)] = (now, total)
+        c_uint64.from_address(ptr).value = int(total)
+        return SUCCESS
+
+    def _clock(self, gpu: SimGpu, clock: int, ptr: int) -> int:
+        key = {0: "sm_clock", 1: "sm_clock", 2: "mem_clock"}.get(clock)  # graphics, SM, memory
+        return INVALID_ARGUMENT if key is None else _write_uint(ptr, self._read(gpu, key))
+
+    def _ecc(self, gpu: SimGpu, error_type: int, _counter: int, ptr: int) -> int:
+        key = {0: "ecc_sbe", 1: "ecc_dbe"}.get(error_type)
+        if key is None:
+            return INVALID_ARGUMENT
+        c_uint64.from_address(ptr).value = self._read(gpu, key)
+        return SUCCESS
+
+    def _remapped_rows(self, gpu: SimGpu, corr: int, unc: int, pending: int, failure: int) -> int:
+        _write_uint(corr, self._read(gpu, "remapped_correctable"))
+        _write_uint(unc, self._read(gpu, "remapped_uncorrectable"))
+        _write_uint(pending, 0)
+        return _write_uint(failure, self._read(gpu, "remap_failure"))
 
     @staticmethod
     def _compute(gpu: SimGpu, major: int, minor: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ import yaml
 
 from gfd.config.errors import ConfigError, short
 from gfd.config.reading import load_yaml, read_text
+from gfd.discovery.simulated.telemetry import Pattern, parse_telemetry
 
 # Package data read by path: importlib.resources would add ~2 ms of imports to every oneshot.
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -89,6 +91,8 @@ class SimNode:
     gpus: list[SimGpu]
     faults: list[Fault] = field(default_factory=list)
     library_present: bool = True
+    telemetry: dict[str, Pattern] = field(default_factory=lambda: parse_telemetry(None, ""))
+    started: float = field(default_factory=time.monotonic)  # telemetry patterns run from here
     extra_pci_functions: list[dict[str, Any]] = field(default_factory=list)
     pcie: dict[tuple[int, int], int] = field(default_factory=dict)  # (a, b) with a < b -> NVML level
     pcie_default: int = 40
@@ -186,6 +190,7 @@ def _build_node(doc: Any, source: str, src: str) -> SimNode:
         gpus=gpus,
         faults=[_fault(f, f"faults[{i}]", src) for i, f in enumerate(doc.get("faults") or [])],
         library_present=doc.get("library", "present") != "missing",
+        telemetry=parse_telemetry(doc.get("telemetry"), src),
         extra_pci_functions=[dict(f, address=_bus_id(f["address"], src, f"extra_pci_functions[{i}].address"))
                              for i, f in enumerate(doc.get("extra_pci_functions") or [])],
         vfio_gpus=vfio,
