@@ -70,10 +70,11 @@ def _pattern(value: Any, field_name: str, src: str) -> Pattern:
         raise ConfigError(src, f"{field_name}.{kind}", f"expected the keys {sorted(needed)}", ", ".join(sorted(needed)))
     pattern = Pattern(kind, args)
     try:
+        period = float(args.get("period_s", args.get("every_s", 1)))
         pattern.at(0.0, 0.0)
     except (TypeError, ValueError, IndexError, ZeroDivisionError, KeyError):
         raise ConfigError(src, f"{field_name}.{kind}", f"not numbers: {short(args)}",
                           ", ".join(sorted(needed))) from None
-    if kind != "constant" and float(args.get("period_s", args.get("every_s", 0))) <= 0:
+    if not period > 0:
         raise ConfigError(src, f"{field_name}.{kind}", "the period must be positive", "a number of seconds > 0")
     return pattern
