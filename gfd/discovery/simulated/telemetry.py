@@ -70,7 +70,7 @@ def _pattern(value: Any, field_name: str, src: str) -> Pattern:
         raise ConfigError(src, f"{field_name}.{kind}", f"expected the keys {sorted(needed)}", ", ".join(sorted(needed)))
     pattern = Pattern(kind, args)
     try:
-        period = float(args.get("period_s", args.get("every_s", 1)))
+        period = float(args["period_s"] if "period_s" in args else args.get("every_s", 1))
         pattern.at(0.0, 0.0)
     except (TypeError, ValueError, IndexError, ZeroDivisionError, KeyError):
         raise ConfigError(src, f"{field_name}.{kind}", f"not numbers: {short(args)}",
