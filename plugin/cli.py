@@ -17,9 +17,11 @@ from plugin.config import PluginConfig, load_plugin_config
 
 if TYPE_CHECKING:
     from gfd.discovery.session import NodeSource
+    from gfd.model import DeviceModel
     from plugin.health import HealthChecker
     from plugin.kubelet import KubeletRegistrar
     from plugin.mps.readiness import MpsWatch
+    from plugin.telemetry.collector import TelemetryCollector
 
 log = structlog.get_logger("plugin")
 
@@ -49,6 +51,8 @@ class DevicePlugin:
         self.registrar_stop = threading.Event()
         self.current: _Plugins | None = None
         self.waiting = False  # started with nothing to serve (no GPUs, or NVML absent and allowed)
+        self.model: DeviceModel | None = None  # the last start's, for GPU telemetry
+        self.telemetry: TelemetryCollector | None = None
 
     def request_reload(self) -> None:
         """A full restart: stop serving, reload the config, rediscover, serve and register again."""
@@ -74,15 +78,22 @@ class DevicePlugin:
         return True, "ok"
 
     def run(self) -> int:
-        server = None
-        if self.config.metrics_address:
-            from gfd.metrics import AddressError, serve
+        from gfd.metrics import AddressError, serve
 
-            try:
-                server = serve(self.metrics.registry, self.config.metrics_address, self.healthy)
-            except AddressError as e:
-                log.error(f"error starting plugins: {e}")
-                return 1
+        servers = []
+        try:
+            if self.config.metrics_address:
+                servers.append(serve(self.metrics.registry, self.config.metrics_address, self.healthy))
+            if self.config.gpu_metrics_address:
+                self.telemetry = self._telemetry()
+                servers.append(serve(self.telemetry.registry, self.config.gpu_metrics_address,
+                                     lambda: (True, "ok") if self.telemetry and self.telemetry.collections
+                                     else (False, "no collection yet")))
+        except AddressError as e:
+            log.error(f"error starting plugins: {e}")
+            for server in servers:
+                server.shutdown()
+            return 1
         try:
             while not self.stop_event.is_set():
                 self.registrar_stop.clear()
@@ -106,10 +117,23 @@ class DevicePlugin:
                     except ConfigError as e:
                         log.error("reload failed; keeping the running config", error=str(e))
         finally:
-            if server is not None:
+            for server in servers:
                 server.shutdown()
+            if self.telemetry is not None:
+                self.telemetry.stop()
         log.info("Exiting")
         return 0
+
+    def _telemetry(self) -> TelemetryCollector:
+        """Samples the GPUs of the last start on its own thread; the health stream feeds it XIDs."""
+        from plugin.telemetry.cli import hostname
+        from plugin.telemetry.collector import TelemetryCollector
+
+        collector = TelemetryCollector(lambda: self.model, self.config.collect_interval_ns / 1e9,
+                                       self.config.pod_resources_socket, hostname(self.environ or os.environ),
+                                       xids=True)
+        collector.start()
+        return collector
 
     def start(self) -> _Plugins | None:
         """Discover, build resources, serve and register. None: no devices, wait for signals."""
@@ -167,7 +191,9 @@ class DevicePlugin:
         uuids = frozenset(g.uuid for g in lost)
         rediscover = Rediscovery(uuids, self.request_reload, source.host_root) if lost else None
         checker = HealthChecker(model.gpus + lost, state, XidPolicy.from_env(self.environ),
-                                config.health_probe_ns / 1e9, rediscover=rediscover)
+                                config.health_probe_ns / 1e9, rediscover=rediscover,
+                                xid_seen=self.telemetry.record_xid if self.telemetry else None)
+        self.model = model
         services = [DevicePluginService(r, config, node, state, model.links, self.metrics) for r in resources]
         registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir) for s in services], config.kubelet_socket,
                                      self.metrics)

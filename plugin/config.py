@@ -83,6 +83,13 @@ PLUGIN_OPTIONS: tuple[Option, ...] = (
            300_000_000_000, help="an unhealthy device is healthy again after its checks pass for this long"),
     Option("health_probe_ns", ("--health-probe-interval",), ("DP_HEALTH_PROBE_INTERVAL",), "duration",
            30_000_000_000, help="how often every GPU is probed (finds GPUs lost without an XID)"),
+    Option("gpu_metrics_address", ("--gpu-metrics-address",), ("DP_GPU_METRICS_ADDRESS",), "str", "",
+           help="serve GPU telemetry (dcgm-exporter's metric names) on HOST:PORT, e.g. :9101 (off when empty)"),
+    Option("pod_resources_socket", ("--pod-resources-socket",), ("POD_RESOURCES_SOCKET",), "str",
+           "/var/lib/kubelet/pod-resources/kubelet.sock",
+           help="the kubelet's PodResources socket, to label GPU telemetry with the pod holding each device"),
+    Option("collect_interval_ns", ("--collect-interval",), ("COLLECT_INTERVAL",), "duration", 10_000_000_000,
+           help="how often GPU telemetry is sampled (scrapes read the last sample)"),
 )
 
 
@@ -118,6 +125,9 @@ class PluginConfig:
     metrics_address: str = ""
     health_recovery_ns: int = 300_000_000_000
     health_probe_ns: int = 30_000_000_000
+    gpu_metrics_address: str = ""
+    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    collect_interval_ns: int = 10_000_000_000
     sharing: Sharing = field(default_factory=Sharing)
     imex: Imex = field(default_factory=Imex)
     explicit: frozenset[str] = frozenset()

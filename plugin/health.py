@@ -128,9 +128,11 @@ class HealthChecker(threading.Thread):
     """Watches XID events and probes GPUs; owns nothing but the watcher and the state it updates."""
 
     def __init__(self, gpus: tuple[Gpu, ...], state: HealthState, policy: XidPolicy, probe_s: float,
-                 wait_ms: int = 500, rediscover: Rediscovery | None = None) -> None:
+                 wait_ms: int = 500, rediscover: Rediscovery | None = None,
+                 xid_seen: Callable[[str, int], None] | None = None) -> None:
+        """`xid_seen`: told of every XID, critical or not (GPU telemetry reports the last one)."""
         super().__init__(name="health", daemon=True)
-        self.rediscover = rediscover
+        self.rediscover, self.xid_seen = rediscover, xid_seen
         self.gpus, self.state, self.policy = gpus, state, policy
         self.probe_s, self.wait_ms = probe_s, wait_ms
         self.stopped = threading.Event()
@@ -179,6 +181,8 @@ class HealthChecker(threading.Thread):
                 self.on_xid(event)
 
     def on_xid(self, event: XidEvent) -> None:
+        if self.xid_seen is not None:
+            self.xid_seen(event.gpu_uuid, event.xid)
         if not self.policy.critical(event.xid):
             log.info("ignoring XID", xid=event.xid, gpu=event.gpu_uuid)
             return

@@ -1,0 +1,90 @@
+"""`gpu-metrics-exporter`: GPU telemetry alone, for nodes that run another device plugin. The same
+collector the device plugin runs with `--gpu-metrics-address`; no XID metric (that comes from the
+plugin's health stream)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import structlog
+
+from gfd import logs, signals
+from gfd.config import ConfigError
+from gfd.config.loader import load, parse_command_line
+from gfd.config.options import Option
+from plugin.config import PLUGIN_OPTIONS, PluginConfig
+
+log = structlog.get_logger("plugin.telemetry")
+PROG = "gpu-metrics-exporter"
+OPTIONS = (
+    Option("gpu_metrics_address", ("--address",), ("GPU_METRICS_ADDRESS",), "str", ":9101",
+           help="serve /metrics and /healthz on HOST:PORT"),
+    *(o for o in PLUGIN_OPTIONS if o.dest in {"pod_resources_socket", "collect_interval_ns", "simulate",
+                                              "container_driver_root", "log_format", "log_level"}),
+)
+
+
+def hostname(environ: Mapping[str, str]) -> str:
+    """dcgm-exporter's `Hostname` label: the node's name in a pod (NODE_NAME), else the host name."""
+    return environ.get("NODE_NAME") or socket.gethostname()
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    environ = os.environ if environ is None else environ
+    try:
+        config = load(parse_command_line(argv, environ, OPTIONS, PROG), OPTIONS, PluginConfig)
+    except ConfigError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    logs.configure(config.log_format, config.log_level)
+    return run(replace(config, device_discovery_strategy="nvml"), hostname(environ))
+
+
+def run(config: PluginConfig, host: str) -> int:
+    from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
+    from gfd.discovery.session import NodeSource
+    from gfd.metrics import AddressError, serve
+    from gfd.model import DeviceModel
+    from plugin.telemetry.collector import TelemetryCollector
+
+    source = NodeSource("nvml", config.simulate, driver_root=config.container_driver_root)
+    try:
+        source.open()
+    except NvmlUnavailable as e:
+        log.error(f"NVML unavailable: {e}")
+        source.close()
+        return 1
+
+    def model() -> DeviceModel | None:
+        try:
+            return source.read()  # read again each time: a MIG re-layout shows at the next collection
+        except DiscoveryError as e:
+            log.error("reading the GPUs failed; keeping the last telemetry", error=str(e))
+            return None
+
+    collector = TelemetryCollector(model, config.collect_interval_ns / 1e9, config.pod_resources_socket, host)
+    stop = threading.Event()
+    try:
+        server = serve(collector.registry, config.gpu_metrics_address,
+                       lambda: (True, "ok") if collector.collections else (False, "no collection yet"))
+    except AddressError as e:
+        log.error(str(e))
+        source.close()
+        return 1
+    signals.install(stop.set, lambda: None)
+    collector.start()
+    log.info("serving GPU telemetry", address=config.gpu_metrics_address,
+             interval_s=config.collect_interval_ns / 1e9)
+    stop.wait()
+    collector.stop()
+    collector.join(5)
+    server.shutdown()
+    source.close()
+    log.info("Exiting")
+    return 0
