@@ -92,6 +92,9 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         return api_pb2.PreStartContainerResponse()
 
 
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with its terminating NUL (unix(7))
+
+
 class ServeError(Exception):
     """A resource's socket cannot be served; the message is one line."""
 
@@ -129,8 +132,14 @@ class ResourceServer:
         # and room for Allocate / GetPreferredAllocation / the options call made inside Register.
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dp"))
         api_pb2_grpc.add_DevicePluginServicer_to_server(self.service, server)  # type: ignore[no-untyped-call]
-        if not server.add_insecure_port(f"unix://{self.path}"):
-            raise ServeError(f"cannot bind {self.path}")
+        try:
+            bound = server.add_insecure_port(f"unix://{self.path}")
+        except RuntimeError:  # what grpcio raises for a failed bind
+            bound = 0
+        if not bound:
+            too_long = len(os.fsencode(self.path)) > MAX_SOCKET_PATH
+            raise ServeError(f"cannot bind {self.path}" + (f": longer than a unix socket path may be "
+                                                          f"({MAX_SOCKET_PATH} bytes)" if too_long else ""))
         self.service.stopping = False
         server.start()
         self.server = server

@@ -1,4 +1,5 @@
-"""A kubelet stand-in: the Registration service on kubelet.sock, and the kubelet's calls into plugins.
+"""A kubelet stand-in: the Registration service on kubelet.sock, the kubelet's calls into plugins, and
+its PodResources API (`pod-resources/kubelet.sock` beside the plugin directory) listing what it allocated.
 
 Like the kubelet it validates Register, dials the plugin's socket and calls GetDevicePluginOptions
 before Register returns, then follows ListAndWatch in the background. `restart()` does what a kubelet
@@ -17,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from plugin.api import api_pb2, api_pb2_grpc
+from plugin.api import api_pb2, api_pb2_grpc, podresources_pb2, podresources_pb2_grpc
 
 
 @dataclass
@@ -29,6 +30,22 @@ class Registration:
     stub: Any
     devices: list[Any] = field(default_factory=list)
     updates: int = 0
+
+
+class _PodResources(podresources_pb2_grpc.PodResourcesListerServicer):
+    def __init__(self, kubelet: KubeletStandIn) -> None:
+        self.kubelet = kubelet
+
+    def List(self, request: Any, context: Any) -> Any:
+        pods: dict[tuple[str, str], dict[str, list[Any]]] = {}
+        with self.kubelet.changed:
+            for (namespace, pod, container), (resource, ids) in self.kubelet.assigned.items():
+                pods.setdefault((namespace, pod), {}).setdefault(container, []).append(
+                    podresources_pb2.ContainerDevices(resource_name=resource, device_ids=ids))
+        return podresources_pb2.ListPodResourcesResponse(pod_resources=[
+            podresources_pb2.PodResources(name=pod, namespace=namespace, containers=[
+                podresources_pb2.ContainerResources(name=c, devices=d) for c, d in containers.items()])
+            for (namespace, pod), containers in pods.items()])
 
 
 class _Registration(api_pb2_grpc.RegistrationServicer):
@@ -67,6 +84,16 @@ class KubeletStandIn:
         self.history: list[Registration] = []
         self.changed = threading.Condition()
         self.server: grpc.Server | None = None
+        # (namespace, pod, container) -> (resource, device IDs), as the kubelet's PodResources API lists them
+        self.assigned: dict[tuple[str, str, str], tuple[str, list[str]]] = {}
+        pod_resources = os.path.join(os.path.dirname(directory), "pod-resources")
+        os.makedirs(pod_resources, exist_ok=True)
+        self.pod_resources_socket = os.path.join(pod_resources, "kubelet.sock")
+        self.pod_resources = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        podresources_pb2_grpc.add_PodResourcesListerServicer_to_server(  # type: ignore[no-untyped-call]
+            _PodResources(self), self.pod_resources)
+        self.pod_resources.add_insecure_port(f"unix://{self.pod_resources_socket}")
+        self.pod_resources.start()
         self.start()
 
     def start(self) -> None:
@@ -77,6 +104,10 @@ class KubeletStandIn:
         self.server = server
 
     def stop(self) -> None:
+        self.pod_resources.stop(0).wait()
+        self._stop_registration()
+
+    def _stop_registration(self) -> None:
         if self.server is not None:
             self.server.stop(0).wait()
             self.server = None
@@ -85,7 +116,7 @@ class KubeletStandIn:
 
     def restart(self) -> None:
         """Stop, wipe every socket in the directory (as the kubelet does at start), serve a new kubelet.sock."""
-        self.stop()
+        self._stop_registration()
         with self.changed:
             self.registrations.clear()
         for name in os.listdir(self.directory):
@@ -120,6 +151,17 @@ class KubeletStandIn:
     def allocate(self, resource: str, *ids: str) -> Any:
         request = api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids)])
         return self.registered(resource).stub.Allocate(request, timeout=5).container_responses[0]
+
+    def run_pod(self, namespace: str, pod: str, container: str, resource: str, *ids: str) -> Any:
+        """Allocate as for a container being created, and list the assignment as the kubelet does."""
+        response = self.allocate(resource, *ids)
+        with self.changed:
+            self.assigned[(namespace, pod, container)] = (resource, list(ids))
+        return response
+
+    def delete_pod(self, namespace: str, pod: str) -> None:
+        with self.changed:
+            self.assigned = {k: v for k, v in self.assigned.items() if k[:2] != (namespace, pod)}
 
     def preferred(self, resource: str, available: list[str], must: list[str], size: int) -> list[str]:
         request = api_pb2.PreferredAllocationRequest(container_requests=[api_pb2.ContainerPreferredAllocationRequest(
