@@ -361,6 +361,37 @@ def test_metrics_values_give_ports_probes_a_service_and_a_service_monitor(chart:
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
 
 
+def test_gpu_telemetry_values_give_a_port_the_pod_resources_socket_and_a_scrape_target(chart: Any) -> None:
+    from plugin.config import load_plugin_config
+
+    objects = render(chart, {"devicePlugin": {"gpuMetrics": {"enabled": True}},
+                             "serviceMonitor": {"enabled": True}})
+    c = container(objects, PLUGIN, "nvidia-device-plugin-ctr")
+    assert env(c)["DP_GPU_METRICS_ADDRESS"] == ":9101"
+    assert c["ports"] == [{"name": "gpu-metrics", "containerPort": 9101, "protocol": "TCP"}]
+    assert "livenessProbe" not in c  # probes follow the plugin's own /healthz, which is off here
+    config = load_plugin_config([], {k: v for k, v in env(c).items() if isinstance(v, str)})
+    pod = objects[("DaemonSet", PLUGIN)]["spec"]["template"]["spec"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "pod-resources")
+    assert mount == {"name": "pod-resources", "mountPath": "/var/lib/kubelet/pod-resources", "readOnly": True}
+    assert config.pod_resources_socket.startswith(mount["mountPath"] + "/")  # the socket the program opens
+    assert {"name": "pod-resources", "hostPath": {"path": "/var/lib/kubelet/pod-resources",
+                                                  "type": "Directory"}} in pod["volumes"]
+    service = objects[("Service", "nvdp-nvidia-device-plugin-metrics")]
+    assert service["spec"]["ports"] == [{"name": "gpu-metrics", "port": 9101, "targetPort": "gpu-metrics",
+                                         "protocol": "TCP"}]
+    monitor = objects[("ServiceMonitor", "nvdp-nvidia-device-plugin")]
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["gpu-metrics"]
+    for obj in objects.values():
+        if obj["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    both = render(chart, METRICS_ON | {"devicePlugin": {"metrics": {"enabled": True}, "gpuMetrics": {"enabled": True}}})
+    assert [p["name"] for p in container(both, PLUGIN, "nvidia-device-plugin-ctr")["ports"]] == ["metrics",
+                                                                                                 "gpu-metrics"]
+    assert [p["name"] for p in both[("Service", "nvdp-nvidia-device-plugin-metrics")]["spec"]["ports"]] == [
+        "metrics", "gpu-metrics"]
+
+
 def test_metrics_are_off_by_default_and_a_local_bind_has_no_probes(chart: Any) -> None:
     objects = render(chart, {"gfd": {"enabled": True}})
     assert not [k for k in objects if k[0] in ("Service", "ServiceMonitor")]

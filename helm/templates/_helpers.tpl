@@ -211,19 +211,31 @@ annotations:
 {{/* Our opt-in /metrics and /healthz: env, container port and probes for one program.
      .component is .Values.devicePlugin or .Values.gfd; .env the program's address variable. */}}
 {{- define "nvidia-device-plugin.metricsEnv" -}}
-{{- with .component.metrics }}{{- if .enabled }}
+{{- with .config }}{{- if .enabled }}
 - name: {{ $.env }}
   value: {{ printf "%s:%v" (.bindAddress | default "") .port | quote }}
 {{- end }}{{- end }}
 {{- end -}}
 
+{{- /* The container's ports (its own metrics; the plugin's GPU telemetry too) and, for its own metrics
+     bound to every interface, the probes. */ -}}
 {{- define "nvidia-device-plugin.metricsPortsAndProbes" -}}
-{{- with .component.metrics }}{{- if .enabled }}
+{{- $metrics := .metrics -}}
+{{- $gpu := .gpuMetrics | default dict -}}
+{{- if or $metrics.enabled $gpu.enabled }}
 ports:
+{{- if $metrics.enabled }}
 - name: metrics
-  containerPort: {{ .port }}
+  containerPort: {{ $metrics.port }}
   protocol: TCP
-{{- if not .bindAddress }}
+{{- end }}
+{{- if $gpu.enabled }}
+- name: gpu-metrics
+  containerPort: {{ $gpu.port }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+{{- if and $metrics.enabled (not $metrics.bindAddress) }}
 {{- /* The kubelet probes the pod IP: only an all-interfaces bind can answer. */}}
 livenessProbe:
   httpGet:
@@ -240,9 +252,12 @@ readinessProbe:
   periodSeconds: 10
   timeoutSeconds: 5
 {{- end }}
-{{- end }}{{- end }}
 {{- end -}}
 
-{{- define "nvidia-device-plugin.metricsEnabled" -}}
+{{- define "nvidia-device-plugin.ownMetricsEnabled" -}}
 {{- if or (and .Values.devicePlugin.enabled .Values.devicePlugin.metrics.enabled) (and .Values.gfd.enabled .Values.gfd.metrics.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "nvidia-device-plugin.gpuMetricsEnabled" -}}
+{{- if and .Values.devicePlugin.enabled .Values.devicePlugin.gpuMetrics.enabled -}}true{{- end -}}
 {{- end -}}
