@@ -9,7 +9,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 
 class Metrics:
@@ -57,6 +57,15 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+def _prepared(render: Callable[[], bytes]) -> Callable[..., Any]:
+    def app(_environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        body = render()
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
 class AddressError(ValueError):
     """A --metrics-address that cannot be served; the message is one line with the accepted forms."""
 
@@ -77,9 +86,12 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def serve(registry: CollectorRegistry, address: str, healthy: Callable[[], tuple[bool, str]]) -> WSGIServer:
-    """Serve /metrics plus /healthz from daemon threads; AddressError when the address cannot be served."""
-    metrics_app = make_wsgi_app(registry)
+def serve(metrics: CollectorRegistry | Callable[[], bytes], address: str,
+          healthy: Callable[[], tuple[bool, str]]) -> WSGIServer:
+    """Serve /metrics plus /healthz from daemon threads; AddressError when the address cannot be served.
+    `metrics`: a registry, rendered per scrape, or what returns an exposition already rendered (GPU
+    telemetry renders once per collection, so a scrape only copies bytes)."""
+    metrics_app = make_wsgi_app(metrics) if isinstance(metrics, CollectorRegistry) else _prepared(metrics)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO")

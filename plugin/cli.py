@@ -86,7 +86,7 @@ class DevicePlugin:
                 servers.append(serve(self.metrics.registry, self.config.metrics_address, self.healthy))
             if self.config.gpu_metrics_address:
                 self.telemetry = self._telemetry()
-                servers.append(serve(self.telemetry.registry, self.config.gpu_metrics_address,
+                servers.append(serve(self.telemetry.render, self.config.gpu_metrics_address,
                                      lambda: (True, "ok") if self.telemetry and self.telemetry.collections
                                      else (False, "no collection yet")))
         except AddressError as e:

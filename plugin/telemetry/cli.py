@@ -71,7 +71,7 @@ def run(config: PluginConfig, host: str) -> int:
     collector = TelemetryCollector(model, config.collect_interval_ns / 1e9, config.pod_resources_socket, host)
     stop = threading.Event()
     try:
-        server = serve(collector.registry, config.gpu_metrics_address,
+        server = serve(collector.render, config.gpu_metrics_address,
                        lambda: (True, "ok") if collector.collections else (False, "no collection yet"))
     except AddressError as e:
         log.error(str(e))

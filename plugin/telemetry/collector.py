@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
 from gfd.discovery import telemetry
@@ -31,6 +31,7 @@ class TelemetryCollector(threading.Thread):
         self.socket, self.hostname = pod_resources_socket, hostname
         self.xids: dict[str, int] | None = {} if xids else None
         self.snapshot: list[Metric] = []
+        self.exposition = b""  # the snapshot rendered once per collection: what a scrape sends
         self.collections = 0
         self.stopped = threading.Event()
         self._reported: set[tuple[str, str, str]] = set()  # (UUID, metric, what) logged once
@@ -39,7 +40,7 @@ class TelemetryCollector(threading.Thread):
         self.registry.register(self)
 
     def collect(self) -> list[Metric]:
-        """What a scrape returns: the last collection, prepared."""
+        """The last collection's metric families (rendered into `exposition` once per collection)."""
         return self.snapshot
 
     def record_xid(self, gpu_uuid: str, xid: int) -> None:
@@ -88,7 +89,11 @@ class TelemetryCollector(threading.Thread):
         self.snapshot = families(Collection(devices, lost + list(model.lost_gpus), self.hostname,
                                             model.driver_version, self._holders(),
                                             None if self.xids is None else dict(self.xids)))
+        self.exposition = generate_latest(self.registry)
         self.collections += 1
+
+    def render(self) -> bytes:
+        return self.exposition
 
     def _holders(self) -> dict[str, list[Holder]]:
         try:
