@@ -270,3 +270,10 @@ def test_on_nvidias_mock_the_readings_are_the_profiles(tmp_path: Path, config: s
         assert {x.value for x in s.series("DCGM_FI_DEV_SM_CLOCK")} == {clocks["sm_current"]}
     if "memory_current" in clocks:
         assert {x.value for x in s.series("DCGM_FI_DEV_MEM_CLOCK")} == {clocks["memory_current"]}
+
+
+def test_the_readme_documents_the_mapping() -> None:
+    rows = {line.split("|")[1].strip(" `"): [c.strip(" `") for c in line.split("|")[2:5]]
+            for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `DCGM_FI_")}
+    for f in FIELDS:
+        assert rows[f.name] == [f.kind, f.unit, f.call], f.name
