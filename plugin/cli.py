@@ -13,7 +13,7 @@ import structlog
 
 from gfd import logs, signals
 from gfd.config import ConfigError
-from plugin.config import PluginConfig, load_plugin_config
+from plugin.config import PluginConfig, load_plugin_config, reload_or_keep
 
 if TYPE_CHECKING:
     from gfd.discovery.session import NodeSource
@@ -112,10 +112,7 @@ class DevicePlugin:
                     self.shutdown(plugins)
                 if self.reload and not self.stop_event.is_set():
                     self.reload = False
-                    try:
-                        self.config = load_plugin_config(self.argv, self.environ)
-                    except ConfigError as e:
-                        log.error("reload failed; keeping the running config", error=str(e))
+                    self.config = reload_or_keep(load_plugin_config, self.argv, self.environ, self.config)
         finally:
             for server in servers:
                 server.shutdown()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import structlog
 
 from gfd.config import ConfigError, Sharing
 from gfd.config.loader import load, parse_command_line
 from gfd.config.model import DISCOVERY_STRATEGIES, MIG_STRATEGIES, Imex
 from gfd.config.options import LOG_LEVELS, Option
 
+log = structlog.get_logger("plugin")
 DEVICE_LIST_STRATEGIES = ("envvar", "volume-mounts", "cdi-annotations", "cdi-cri")
 DEVICE_ID_STRATEGIES = ("uuid", "index")
 ALLOCATION_POLICIES = ("distributed", "packed")
@@ -152,6 +155,16 @@ class PluginConfig:
     @property
     def cdi_enabled(self) -> bool:
         return any(s.startswith("cdi-") for s in self.device_list_strategy)
+
+
+def reload_or_keep(load: Callable[[Sequence[str], Mapping[str, str]], PluginConfig], argv: Sequence[str],
+                   environ: Mapping[str, str], running: PluginConfig) -> PluginConfig:
+    """A SIGHUP restart's config: loaded again, or the running one when the new one is bad (logged)."""
+    try:
+        return load(argv, environ)
+    except ConfigError as e:
+        log.error("reload failed; keeping the running config", error=str(e))
+        return running
 
 
 def load_plugin_config(argv: Sequence[str], environ: Mapping[str, str]) -> PluginConfig:

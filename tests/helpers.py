@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
@@ -40,3 +42,11 @@ def http_get(url: str) -> tuple[int, str] | None:
         return int(e.code), e.read().decode().strip()
     except OSError:
         return None
+
+
+def kill_all(procs: Iterable[subprocess.Popen[Any]]) -> None:
+    """What a test started and left running: killed and reaped."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -29,7 +29,7 @@ from gfd.daemon import Daemon as InProcess
 from gfd.labels.compose import compose
 from gfd.labels.valid import MAX_VALUE
 from gfd.model import DeviceModel, Gpu, MigDevice, Vgpu
-from tests.helpers import eventually, free_port, http_get, read_labels
+from tests.helpers import eventually, free_port, http_get, kill_all, read_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "tests" / "data" / "hostile"
@@ -93,10 +93,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         return d
 
     yield _start
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
+    kill_all(d.proc for d in started)
 
 
 # -- 1, 5, 6: a bad config on reload keeps the daemon and its labels ---------------------------------------

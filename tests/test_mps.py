@@ -25,7 +25,7 @@ from plugin.mps.daemon import ResourceDaemon, check_replicas, pinned_memory_limi
 from plugin.mps.root import MpsRoot
 from plugin.mps.shm import shm_size
 from plugin.resources import PluginDevice, Resource, build_resources
-from tests.helpers import eventually
+from tests.helpers import eventually, kill_all
 
 ROOT = Path(__file__).resolve().parent.parent
 STAND_IN = ROOT / "tests" / "mps"
@@ -84,10 +84,8 @@ def daemon(mps_root: Path, path_with_stand_in: str) -> Iterator[Callable[..., Da
         return d
 
     yield _start
+    kill_all(d.proc for d in started)
     for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
         d.log.unlink(missing_ok=True)
     _kill_stand_in(mps_root)
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -133,18 +135,19 @@ def test_every_metric_under_dcgm_exporters_name_type_and_labels(plugin: Any, tmp
     eventually(lambda: scrape(port).value("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", UUID=uuid) > first)
 
 
-def test_an_unsupported_query_is_left_out_for_that_gpu_and_logged_once(plugin: Any, tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unsupported_query_is_left_out_for_that_gpu_and_logged_once(plugin: Any, tmp_path: Path) -> None:
     node = profile(tmp_path, faults=[{"call": "nvmlDeviceGetFieldValues", "error": "NOT_SUPPORTED", "gpu": 1}])
-    p, _kubelet, port = plugin(f"--simulate={node}")
-    assert p.model is not None
-    first, second = (g.uuid for g in p.model.gpus)
-    s = scrape(port)
-    assert s.series("DCGM_FI_DEV_MEMORY_TEMP", UUID=first) and not s.series("DCGM_FI_DEV_MEMORY_TEMP", UUID=second)
-    assert s.series("DCGM_FI_DEV_GPU_TEMP", UUID=second)  # the rest of that GPU's metrics stay
-    eventually(lambda: p.telemetry is not None and p.telemetry.collections >= 3)
-    logged = capsys.readouterr().out
-    assert logged.count("metric not supported by this device") == 1 and "DCGM_FI_DEV_MEMORY_TEMP" in logged
+    with structlog.testing.capture_logs() as logged:
+        p, _kubelet, port = plugin(f"--simulate={node}")
+        assert p.model is not None
+        first, second = (g.uuid for g in p.model.gpus)
+        s = scrape(port)
+        assert s.series("DCGM_FI_DEV_MEMORY_TEMP", UUID=first)
+        assert not s.series("DCGM_FI_DEV_MEMORY_TEMP", UUID=second)
+        assert s.series("DCGM_FI_DEV_GPU_TEMP", UUID=second)  # the rest of that GPU's metrics stay
+        eventually(lambda: p.telemetry is not None and p.telemetry.collections >= 3)
+    unsupported = [e for e in logged if e["event"] == "metric not supported by this device; left out"]
+    assert [(e["device"], e["metric"]) for e in unsupported] == [(second, "DCGM_FI_DEV_MEMORY_TEMP")]
 
 
 def test_mig_devices_report_their_memory_with_instance_labels(plugin: Any) -> None:

@@ -20,7 +20,7 @@ import structlog
 from gfd import logs, signals
 from gfd.config import ConfigError
 from gfd.config.loader import load, parse_command_line
-from plugin.config import PLUGIN_OPTIONS, PluginConfig, validate
+from plugin.config import PLUGIN_OPTIONS, PluginConfig, reload_or_keep, validate
 from plugin.mps import MpsError
 from plugin.mps.control import answers
 from plugin.mps.daemon import ResourceDaemon, check_replicas
@@ -75,10 +75,7 @@ class MpsControlDaemon:
                 self.shutdown()
             if self.reload and not self.stopping.is_set():
                 self.reload = False
-                try:
-                    self.config = load_daemon_config(self.argv, self.environ)
-                except ConfigError as e:
-                    log.error("reload failed; keeping the running config", error=str(e))
+                self.config = reload_or_keep(load_daemon_config, self.argv, self.environ, self.config)
         log.info("Exiting")
         return 0
 
