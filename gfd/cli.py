@@ -20,6 +20,11 @@ log = structlog.get_logger("gfd")
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
+    if argv[:1] == ["doctor"]:
+        from gfd.config.options import GFD_OPTIONS
+        from gfd.doctor.cli import main as doctor
+
+        return doctor("gpu-feature-discovery", GFD_OPTIONS, argv[1:], environ)
     try:
         cmdline = parse_command_line(argv, environ)
     except ConfigError as e:

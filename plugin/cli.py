@@ -223,6 +223,11 @@ class DevicePlugin:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
+    if argv[:1] == ["doctor"]:
+        from gfd.doctor.cli import main as doctor
+        from plugin.config import PLUGIN_OPTIONS
+
+        return doctor("nvidia-device-plugin", PLUGIN_OPTIONS, argv[1:], environ)
     try:
         config = load_plugin_config(argv, environ)
     except ConfigError as e:

@@ -101,6 +101,33 @@ def set_compute_mode(index: int, mode: str) -> None:
                              "nvmlDeviceSetComputeMode") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class PendingState:
+    """What a GPU waits for (a reset) or has given up on; None where the GPU cannot say."""
+
+    mig_current: int | None
+    mig_pending: int | None
+    rows_pending: bool | None
+    remap_failed: bool | None
+
+
+def pending_state(index: int) -> PendingState:
+    """For `doctor`: a MIG mode change waiting for a GPU reset, row remapping pending or failed."""
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    try:
+        current, pending = pynvml.nvmlDeviceGetMigMode(handle)
+    except NVMLError:
+        current = pending = None
+    rows: bool | None = None
+    failed: bool | None = None
+    try:
+        _corr, _unc, rows_pending, failure = pynvml.nvmlDeviceGetRemappedRows(handle)
+        rows, failed = bool(rows_pending), bool(failure)
+    except NVMLError:
+        pass  # not an HBM GPU (no row remapping), or too old a driver
+    return PendingState(current, pending, rows, failed)
+
+
 @functools.cache
 def _error_names() -> dict[object, str]:
     """Built on the first error, not at import: the oneshot's start-up never pays for it."""

@@ -358,7 +358,7 @@ class SimulatedLibrary:
     def _remapped_rows(self, gpu: SimGpu, corr: int, unc: int, pending: int, failure: int) -> int:
         _write_uint(corr, self._read(gpu, "remapped_correctable"))
         _write_uint(unc, self._read(gpu, "remapped_uncorrectable"))
-        _write_uint(pending, 0)
+        _write_uint(pending, self._read(gpu, "remap_pending"))
         return _write_uint(failure, self._read(gpu, "remap_failure"))
 
     @staticmethod
@@ -379,7 +379,7 @@ class SimulatedLibrary:
         if not gpu.mig_capable:
             return NOT_SUPPORTED
         _write_uint(current, int(gpu.mig_enabled))
-        return _write_uint(pending, int(gpu.mig_enabled))
+        return _write_uint(pending, int(gpu.mig_enabled if gpu.mig_pending is None else gpu.mig_pending))
 
     @staticmethod
     def _pci(gpu: SimGpu, ptr: int) -> int:

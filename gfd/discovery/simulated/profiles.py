@@ -68,6 +68,7 @@ class SimGpu:
     vgpu: dict[str, str] | None = None
     lost: bool = False
     compute_mode: int = 0  # nvmlComputeMode_t; the MPS control daemon sets EXCLUSIVE_PROCESS
+    mig_pending: bool | None = None  # a MIG mode change that waits for a GPU reset (None: none pending)
     nvlinks: list[str] = field(default_factory=list)  # remote PCI bus id per active NVLink
     events_supported: bool = True
     pci_name: str = ""  # the PCI-ID database name (what the vfio back-end reports)
