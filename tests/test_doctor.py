@@ -1,0 +1,278 @@
+"""`doctor` (issue 15): on a simulated DGX A100 with a correct fake host root every check is ok; breaking
+one piece of the set-up flips exactly the check that names it, with a remedy; the JSON output matches the
+schema kept in the repo; the programs run it as `<program> doctor`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from gfd.config.options import GFD_OPTIONS
+from gfd.doctor.cli import main as doctor
+from plugin.config import PLUGIN_OPTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SCHEMA = json.loads((ROOT / "gfd" / "doctor" / "schema.json").read_text())
+# As `nvidia-ctk runtime configure --runtime=containerd --set-as-default` writes it (config version 2).
+CONTAINERD = """version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "nvidia"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]
+      BinaryName = "/usr/bin/nvidia-container-runtime"
+"""
+CRIO_DROP_IN = """[crio.runtime]
+default_runtime = "nvidia"
+[crio.runtime.runtimes.nvidia]
+runtime_path = "/usr/bin/nvidia-container-runtime"
+runtime_type = "oci"
+"""
+DOCKER = {"default-runtime": "nvidia", "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}}
+
+
+class Host:
+    """A fake host root, as a correct GPU node has it; `kubelet.sock` is a real listening socket."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for node in ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", *(f"nvidia{i}" for i in range(8))]:
+            self.write(f"dev/{node}", "")
+        self.write("etc/containerd/config.toml", CONTAINERD)
+        for tool in ("usr/bin/nvidia-container-runtime", "usr/bin/nvidia-ctk"):
+            self.write(tool, "#!/bin/sh\n", 0o755)
+        (root / "etc/kubernetes/node-feature-discovery/features.d").mkdir(parents=True)
+        plugins = root / "var/lib/kubelet/device-plugins"
+        plugins.mkdir(parents=True)
+        self.kubelet = socket.socket(socket.AF_UNIX)
+        self.kubelet.bind(str(plugins / "kubelet.sock"))
+        self.kubelet.listen(1)
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> Path:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
+        return target
+
+
+@pytest.fixture
+def host() -> Iterator[Host]:
+    root = Path(tempfile.mkdtemp(prefix="host-", dir="/tmp"))  # short: kubelet.sock must fit a socket path
+    h = Host(root)
+    yield h
+    h.kubelet.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def run(host: Host, *args: str, program: str = "plugin", env: dict[str, str] | None = None,
+        capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, dict[str, str]]]:
+    prog, options = ("nvidia-device-plugin", PLUGIN_OPTIONS) if program == "plugin" else \
+        ("gpu-feature-discovery", GFD_OPTIONS)
+    status = doctor(prog, options, ["--simulate=dgx-a100", f"--host-root={host.root}", "--output=json", *args],
+                    env or {})
+    report = json.loads(capsys.readouterr().out)
+    jsonschema.validate(report, SCHEMA)
+    return status, {c["id"]: c for c in report["checks"]}
+
+
+def verdicts(checks: dict[str, dict[str, str]]) -> dict[str, str]:
+    return {k: c["verdict"] for k, c in checks.items()}
+
+
+LOCAL_OK = {"nvml.library", "driver.version", "cuda.version", "devices.nodes", "gpus.mig-pending", "gpus.lost",
+            "gpus.row-remapping", "runtime.nvidia", "toolkit.installed", "kubelet.device-plugins", "nfd.features"}
+
+
+def test_a_correct_node_is_all_ok(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    status, checks = run(host, capsys=capsys)
+    assert status == 0
+    assert {k for k, v in verdicts(checks).items() if v == "ok"} == LOCAL_OK
+    # What needs the API or a CDI strategy says why it did not run.
+    assert {k: c["evidence"] for k, c in checks.items() if c["verdict"] == "skipped"} == {
+        "cdi.specs": "no CDI device list strategy chosen",
+        "k8s.runtimeclass": "the chart sets no runtimeClassName",
+        "k8s.node-labels": "no node name (set NODE_NAME or --node-name)"}
+
+
+def _break_nodes(h: Host) -> None:
+    (h.root / "dev/nvidia3").unlink()
+
+
+def _break_runtime(h: Host) -> None:
+    h.write("etc/containerd/config.toml", 'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd]\n'
+            'default_runtime_name = "runc"\n')
+
+
+def _runtime_syntax(h: Host) -> None:
+    h.write("etc/containerd/config.toml", "version = 2\n[plugins\n")
+
+
+def _break_toolkit(h: Host) -> None:
+    for tool in ("usr/bin/nvidia-container-runtime", "usr/bin/nvidia-ctk"):
+        (h.root / tool).unlink()
+
+
+def _break_kubelet(h: Host) -> None:
+    h.kubelet.close()
+    (h.root / "var/lib/kubelet/device-plugins/kubelet.sock").unlink()
+
+
+def _break_features(h: Host) -> None:
+    shutil.rmtree(h.root / "etc/kubernetes/node-feature-discovery/features.d")
+
+
+@pytest.mark.parametrize(("breakage", "check", "verdict", "remedy"), [
+    (_break_nodes, "devices.nodes", "failed", "nvidia-modprobe"),
+    (_break_runtime, "runtime.nvidia", "failed", "nvidia-ctk runtime configure --runtime=containerd --set-as-default"),
+    (_runtime_syntax, "runtime.nvidia", "failed", "fix the syntax of"),
+    (_break_toolkit, "toolkit.installed", "failed", "install the NVIDIA Container Toolkit"),
+    (_break_kubelet, "kubelet.device-plugins", "failed", "--root-dir"),
+    (_break_features, "nfd.features", "failed", "deploy NFD"),
+])
+def test_breaking_one_piece_flips_exactly_its_check(host: Host, capsys: pytest.CaptureFixture[str],
+                                                    breakage: Callable[[Host], None], check: str, verdict: str,
+                                                    remedy: str) -> None:
+    _status, before = run(host, capsys=capsys)
+    breakage(host)
+    status, after = run(host, capsys=capsys)
+    changed = {k for k in after if after[k]["verdict"] != before[k]["verdict"]}
+    assert changed == {check} and after[check]["verdict"] == verdict
+    assert remedy in after[check]["remedy"]
+    assert status == 1
+
+
+def test_the_runtime_may_be_cri_o_or_docker_and_a_handler_needs_a_runtime_class(
+        host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    (host.root / "etc/containerd/config.toml").unlink()
+    host.write("etc/crio/crio.conf.d/99-nvidia.conf", CRIO_DROP_IN)
+    assert verdicts(run(host, capsys=capsys)[1])["runtime.nvidia"] == "ok"
+    (host.root / "etc/crio/crio.conf.d/99-nvidia.conf").unlink()
+    host.write("etc/docker/daemon.json", json.dumps(DOCKER))
+    assert verdicts(run(host, capsys=capsys)[1])["runtime.nvidia"] == "ok"
+    host.write("etc/docker/daemon.json", json.dumps({"runtimes": DOCKER["runtimes"]}))  # a handler, not the default
+    status, checks = run(host, "--strict", capsys=capsys)
+    assert checks["runtime.nvidia"]["verdict"] == "warning" and "runtimeClassName" in checks["runtime.nvidia"]["remedy"]
+    assert status == 2  # --strict: warnings only
+    assert verdicts(run(host, "--runtime-class=nvidia", capsys=capsys)[1])["runtime.nvidia"] == "ok"
+    (host.root / "etc/docker/daemon.json").unlink()
+    assert verdicts(run(host, capsys=capsys)[1])["runtime.nvidia"] == "skipped"
+
+
+def test_gpu_states_flip_their_checks(host: Host, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                      write_yaml: Any) -> None:
+    """MIG pending, lost, row remapping: set in a profile (the simulator answers NVML as the driver does)."""
+    profile = tmp_path / "node.yaml"
+    profile.write_text(json.dumps({"gpus": [{"model": "A100-SXM4-40GB", "count": 8}],
+                                   "telemetry": {"remap_pending": 1}}))
+    checks = run(host, f"--simulate={profile}", capsys=capsys)[1]
+    assert checks["gpus.row-remapping"]["verdict"] == "warning" and "reset" in checks["gpus.row-remapping"]["remedy"]
+    profile.write_text(json.dumps({"gpus": [{"model": "A100-SXM4-40GB", "count": 8}],
+                                   "telemetry": {"remap_failure": 1}}))
+    assert verdicts(run(host, f"--simulate={profile}", capsys=capsys)[1])["gpus.row-remapping"] == "failed"
+    profile.write_text(json.dumps({"gpus": [{"model": "A100-SXM4-40GB", "count": 8}],
+                                   "faults": [{"call": "nvmlDeviceGetUUID", "error": "GPU_IS_LOST", "gpu": 2}]}))
+    checks = run(host, f"--simulate={profile}", capsys=capsys)[1]
+    assert checks["gpus.lost"]["verdict"] == "failed" and "reboot" in checks["gpus.lost"]["remedy"]
+    profile.write_text(json.dumps({"gpus": [{"model": "A100-SXM4-40GB", "count": 8}], "driver_version": "375.66"}))
+    checks = run(host, f"--simulate={profile}", capsys=capsys)[1]
+    assert checks["driver.version"]["verdict"] == "failed" and "384.81" in checks["driver.version"]["remedy"]
+
+
+def test_mig_mode_pending_a_reset(host: Host, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from gfd.discovery.simulated import profiles
+
+    real = profiles.load_profile
+
+    def pending(name: str) -> Any:
+        node = real(name)
+        node.gpus[1].mig_pending = True
+        return node
+
+    monkeypatch.setattr(profiles, "load_profile", pending)
+    checks = run(host, capsys=capsys)[1]
+    assert checks["gpus.mig-pending"]["verdict"] == "warning"
+    assert "GPU 1 (MIG off -> on)" in checks["gpus.mig-pending"]["evidence"]
+
+
+def test_no_driver_is_one_failed_check_and_the_rest_say_why(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    status, checks = run(host, "--simulate=no-library", capsys=capsys)
+    assert status == 1
+    assert checks["nvml.library"]["verdict"] == "failed"
+    assert "--driver-root-ctr-path" in checks["nvml.library"]["remedy"]
+    assert {k for k, c in checks.items() if c["verdict"] == "failed"} == {"nvml.library"}
+    assert all(checks[k]["evidence"] == "NVML not loaded" for k in ("driver.version", "devices.nodes", "gpus.lost"))
+
+
+def test_cdi_specs_written_by_the_plugin_pass_and_stale_ones_fail(host: Host,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from gfd.discovery.session import NodeSource
+    from plugin.cdi.store import publish
+    from plugin.config import load_plugin_config
+
+    spec_dir = host.root / "var/run/cdi"
+    assert run(host, "--device-list-strategy=cdi-cri", capsys=capsys)[1]["cdi.specs"]["verdict"] == "failed"
+    config = load_plugin_config(["--simulate=dgx-a100", "--device-list-strategy=cdi-cri",
+                                 f"--cdi-spec-dir={spec_dir}"], {})
+    with NodeSource("nvml", config.simulate) as source:
+        source.open()
+        publish(source.read(), config, (), {}, source.host_root)
+    assert run(host, "--device-list-strategy=cdi-cri", capsys=capsys)[1]["cdi.specs"]["verdict"] == "ok"
+    # Index names no longer match a UUID strategy's: a stale spec.
+    checks = run(host, "--device-list-strategy=cdi-cri", "--device-id-strategy=index", capsys=capsys)[1]
+    assert checks["cdi.specs"]["verdict"] == "failed" and "restart the device plugin" in checks["cdi.specs"]["remedy"]
+    (spec_dir / "k8s.device-plugin.nvidia.com-gpu.json").write_text("{not json")
+    assert "is not a CDI spec" in run(host, "--device-list-strategy=cdi-cri", capsys=capsys)[1]["cdi.specs"]["evidence"]
+
+
+def test_api_checks_on_a_loopback_api_server(host: Host, capsys: pytest.CaptureFixture[str], apiserver: Any,
+                                             tmp_path: Path) -> None:
+    kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
+    args = [f"--kubeconfig={kubeconfig}", "--node-name=node-1", "--runtime-class=nvidia",
+            "--use-node-feature-api=true"]
+    checks = run(host, *args, program="gfd", capsys=capsys)[1]
+    assert {k: checks[k]["verdict"] for k in ("nfd.features", "k8s.runtimeclass", "k8s.node-labels")} == {
+        "nfd.features": "failed", "k8s.runtimeclass": "failed", "k8s.node-labels": "failed"}
+    apiserver.put_object("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/nodefeatures.nfd.k8s-sigs.io", {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "nodefeatures.nfd.k8s-sigs.io"},
+        "spec": {"group": "nfd.k8s-sigs.io", "scope": "Namespaced",
+                 "names": {"plural": "nodefeatures", "kind": "NodeFeature"},
+                 "versions": [{"name": "v1alpha1", "served": True, "storage": True}]}})
+    apiserver.put_object("/apis/node.k8s.io/v1/runtimeclasses/nvidia", {
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"}, "handler": "nvidia"})
+    apiserver.put_object("/api/v1/nodes/node-1", {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-1", "labels": {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.count": "8"}}})
+    checks = run(host, *args, program="gfd", capsys=capsys)[1]
+    assert {k: checks[k]["verdict"] for k in ("nfd.features", "k8s.runtimeclass", "k8s.node-labels")} == {
+        "nfd.features": "ok", "k8s.runtimeclass": "ok", "k8s.node-labels": "ok"}
+    apiserver.fail("GET", "/runtimeclasses/", status=403)
+    checks = run(host, *args, program="gfd", capsys=capsys)[1]
+    assert checks["k8s.runtimeclass"]["verdict"] == "failed" and "403" in checks["k8s.runtimeclass"]["evidence"]
+
+
+def test_the_programs_run_it_as_a_subcommand(host: Host) -> None:
+    # GFD publishes through the NodeFeature API by default: without credentials its NFD check is skipped.
+    for program, summary in (("gpu-feature-discovery", "10 ok, 0 warning, 0 failed, 4 skipped"),
+                             ("nvidia-device-plugin", "11 ok, 0 warning, 0 failed, 3 skipped")):
+        proc = subprocess.run([str(BIN / program), "doctor", "--simulate=dgx-a100", f"--host-root={host.root}"],
+                              capture_output=True, text=True, timeout=60, check=False,
+                              env={"PATH": os.environ["PATH"], "NO_COLOR": "1"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0].split() == ["CHECK", "VERDICT", "EVIDENCE", "/", "REMEDY"]
+        assert lines[-1] == summary and "\033[" not in proc.stdout
