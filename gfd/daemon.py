@@ -20,6 +20,8 @@ from gfd.config import CommandLine, Config, ConfigError, load_config
 from gfd.config.duration import INFINITE_NS
 from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
 from gfd.discovery.session import NodeSource
+from gfd.doctor.checks import Context
+from gfd.doctor.startup import check_at_start
 from gfd.labelling import lost_summary
 from gfd.labels.compose import Labels, compose
 from gfd.labels.errors import LabelError
@@ -66,6 +68,7 @@ class Daemon:
         self.current: _Run | None = None
         self.lost = ""  # summary of the GPUs lost in the last read
         self.seen_exceptions: set[str] = set()
+        self.setup_checked = False
 
     # -- control ----------------------------------------------------------------------------------
     def request_reload(self) -> None:
@@ -214,6 +217,10 @@ class Daemon:
             return None
         for call, error in model.nvml_errors:
             self.metrics.nvml_errors.labels(call=call, error=error).inc()
+        if not self.setup_checked:  # once per process, with the first node read
+            self.setup_checked = True
+            check_at_start(model, self.metrics.setup_check, context=Context(
+                host_root=run.source.host_root, driver_root=run.config.container_driver_root))
         self._note_lost(model)
         try:
             return compose(model, run.config, run.started_at)

@@ -11,6 +11,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
+from gfd.doctor.startup import setup_gauge
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -38,6 +40,7 @@ class Metrics:
                                       registry=r)
         self.api_requests = Counter("gfd_api_requests", "Kubernetes API requests by verb and status code",
                                     ["verb", "code"], registry=r)
+        self.setup_check = setup_gauge(r, "gfd")
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -53,6 +53,7 @@ class DevicePlugin:
         self.waiting = False  # started with nothing to serve (no GPUs, or NVML absent and allowed)
         self.model: DeviceModel | None = None  # the last start's, for GPU telemetry
         self.telemetry: TelemetryCollector | None = None
+        self.setup_checked = False
 
     def request_reload(self) -> None:
         """A full restart: stop serving, reload the config, rediscover, serve and register again."""
@@ -136,6 +137,8 @@ class DevicePlugin:
         """Discover, build resources, serve and register. None: no devices, wait for signals."""
         from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
         from gfd.discovery.session import NodeSource
+        from gfd.doctor.checks import Context
+        from gfd.doctor.startup import check_at_start
         from plugin.cdi import CdiError
         from plugin.cdi.store import publish
         from plugin.health import HealthChecker, HealthState, Rediscovery, XidPolicy
@@ -172,6 +175,10 @@ class DevicePlugin:
         except (DiscoveryError, ResourceError, CdiError) as e:
             source.close()
             raise StartError(str(e)) from None
+        if not self.setup_checked:  # once per process: the node's set-up, from inside this container
+            self.setup_checked = True
+            check_at_start(model, self.metrics.setup_check,
+                           context=Context(host_root=source.host_root, driver_root=config.container_driver_root))
         if not resources:
             log.info("No devices found. Waiting indefinitely.")
         mps = [r for r in resources if r.mps]

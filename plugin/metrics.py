@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from gfd.doctor.startup import setup_gauge
+
 
 class PluginMetrics:
     def __init__(self) -> None:
@@ -17,3 +19,4 @@ class PluginMetrics:
         self.registrations = Counter("nvidia_device_plugin_registrations",
                                      "Registrations with the kubelet, by reason", ["resource", "reason"],
                                      registry=r)
+        self.setup_check = setup_gauge(r, "nvidia_device_plugin")

@@ -276,3 +276,28 @@ def test_the_programs_run_it_as_a_subcommand(host: Host) -> None:
         lines = proc.stdout.splitlines()
         assert lines[0].split() == ["CHECK", "VERDICT", "EVIDENCE", "/", "REMEDY"]
         assert lines[-1] == summary and "\033[" not in proc.stdout
+
+
+def test_the_daemons_check_their_node_at_start_log_problems_and_keep_running(tmp_path: Path) -> None:
+    from tests.helpers import eventually, free_port, http_get, read_labels
+
+    profile = tmp_path / "node.yaml"
+    profile.write_text(json.dumps({"gpus": [{"model": "A100-SXM4-40GB", "count": 2}],
+                                   "telemetry": {"remap_failure": 1}}))
+    port, out = free_port(), tmp_path / "gfd"
+    proc = subprocess.Popen([str(BIN / "gpu-feature-discovery"), f"--simulate={profile}", "--log-format=json",
+                             "--use-node-feature-api=false", f"--output-file={out}",
+                             f"--metrics-address=127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        eventually(lambda: read_labels(out).get("nvidia.com/gpu.count") == "2", timeout=20)  # it labels anyway
+        answer = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert answer is not None
+        assert 'gfd_setup_check{check="gpus.row-remapping",verdict="failed"} 1.0' in answer[1]
+        assert 'gfd_setup_check{check="devices.nodes",verdict="ok"} 1.0' in answer[1]
+    finally:
+        proc.terminate()
+        logged, _ = proc.communicate(timeout=10)
+    problems = [json.loads(line) for line in logged.splitlines() if '"set-up check"' in line]
+    assert [(p["check"], p["verdict"]) for p in problems] == [("gpus.row-remapping", "failed")]
+    assert "replaced" in problems[0]["remedy"]

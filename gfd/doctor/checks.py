@@ -53,8 +53,17 @@ class Context:
     api: Any = None  # a kubernetes ApiClient, when credentials were given
     node_name: str = ""
 
+    driver_root: str = "/driver-root"  # where a driver container's root is mounted, if it is
+
     def host(self, path: str) -> str:
         return os.path.join(self.host_root, path.lstrip("/"))
+
+    @property
+    def dev_root(self) -> str:
+        """The driver root when it holds the device nodes (a driver container's), else the host's / (upstream's
+        rule for IMEX channels and device specs)."""
+        driver = self.host(self.driver_root)
+        return driver if os.path.isdir(os.path.join(driver, "dev")) else self.host_root
 
 
 def nvml_library(c: Context) -> Finding:
@@ -89,7 +98,7 @@ def device_nodes(c: Context) -> Finding:
         return Finding(SKIPPED, "NVML not loaded")
     wanted = ["/dev/nvidiactl", "/dev/nvidia-uvm"] + [f"/dev/nvidia{g.minor_number}" for g in c.model.gpus
                                                       if g.minor_number is not None]
-    missing = [p for p in wanted if not os.path.exists(c.host(p))]
+    missing = [p for p in wanted if not os.path.exists(os.path.join(c.dev_root, p.lstrip("/")))]
     if missing:
         return Finding(FAILED, f"{len(c.model.gpus)} GPUs; missing {', '.join(missing)}",
                      "load the nvidia and nvidia-uvm kernel modules (nvidia-modprobe -u -c=0), or mount the "

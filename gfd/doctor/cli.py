@@ -82,7 +82,8 @@ def context(config: DoctorConfig, environ: Mapping[str, str]) -> Context:
                 cdi_spec_dir=config.cdi_spec_dir, device_id_strategy=config.device_id_strategy,
                 device_plugins_dir=os.path.dirname(config.kubelet_socket) or "/var/lib/kubelet/device-plugins",
                 node_feature_api=bool(config.use_node_feature_api),
-                runtime_class=config.runtime_class, node_name=config.node_name, features_dir=config.features_dir)
+                runtime_class=config.runtime_class, node_name=config.node_name, features_dir=config.features_dir,
+                driver_root=config.container_driver_root)
     source = NodeSource("nvml", config.simulate, driver_root=config.container_driver_root)
     try:
         source.open()

@@ -1,0 +1,42 @@
+"""The doctor's checks a daemon runs once at start, from inside its container: those that need no host
+root and no API (the container sees NVML and /dev, not the host's /etc or the kubelet's files unless
+mounted). Each failure or warning is one log line with its remedy; every verdict is a metric. A daemon never
+refuses to start over them."""
+
+from __future__ import annotations
+
+import structlog
+from prometheus_client import CollectorRegistry, Gauge
+
+from gfd.discovery import nvml
+from gfd.doctor.checks import CHECKS, FAILED, WARNING, Check, Context, run
+from gfd.model import DeviceModel
+
+log = structlog.get_logger("gfd.doctor")
+NODE_CHECKS = ("nvml.library", "driver.version", "cuda.version", "devices.nodes", "gpus.mig-pending",
+               "gpus.lost", "gpus.row-remapping")
+
+
+def setup_gauge(registry: CollectorRegistry, prefix: str) -> Gauge:
+    return Gauge(f"{prefix}_setup_check", "1 for the verdict of each set-up check at start (see `doctor`)",
+                 ["check", "verdict"], registry=registry)
+
+
+def check_at_start(model: DeviceModel, gauge: Gauge, ids: tuple[str, ...] = NODE_CHECKS,
+                   context: Context | None = None) -> list[Check]:
+    """NVML is open (the daemon just read `model` through it)."""
+    c = context or Context()
+    c.model = model
+    c.pending = {}
+    for gpu in model.gpus:
+        try:
+            c.pending[gpu.index] = nvml.pending_state(gpu.index)
+        except nvml.NVMLError:
+            continue  # the GPU's own checks say what is wrong with it
+    known = {check_id for check_id, _fn, _cheap in CHECKS}
+    results = [r for r in run(c, cheap_only=True) if r.id in set(ids) & known]
+    for r in results:
+        gauge.labels(check=r.id, verdict=r.verdict).set(1)
+        if r.verdict in (FAILED, WARNING):
+            log.warning("set-up check", check=r.id, verdict=r.verdict, evidence=r.evidence, remedy=r.remedy)
+    return results
