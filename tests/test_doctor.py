@@ -256,7 +256,7 @@ def test_api_checks_on_a_loopback_api_server(host: Host, capsys: pytest.CaptureF
         "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"}, "handler": "nvidia"})
     apiserver.put_object("/api/v1/nodes/node-1", {
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": "node-1", "labels": {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.count": "8"}}})
+        "metadata": {"name": "node-1", "labels": {"nvidia.com/gpu.product": "A100", "nvidia.com/gpu.count": "8"}}})
     checks = run(host, *args, program="gfd", capsys=capsys)[1]
     assert {k: checks[k]["verdict"] for k in ("nfd.features", "k8s.runtimeclass", "k8s.node-labels")} == {
         "nfd.features": "ok", "k8s.runtimeclass": "ok", "k8s.node-labels": "ok"}

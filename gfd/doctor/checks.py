@@ -291,8 +291,8 @@ def _labels(api: Any, node: str) -> tuple[str, str, str]:
     metadata = client.CoreV1Api(api).read_node(node, _request_timeout=3).metadata
     labels = (metadata.labels if metadata else None) or {}
     ours = sorted(k for k in labels if k.startswith("nvidia.com/"))
-    if labels.get("nvidia.com/gpu.present") != "true":
-        return FAILED, f"node {node}: {len(ours)} nvidia.com labels, no nvidia.com/gpu.present=true", \
+    if "nvidia.com/gpu.count" not in labels:  # GFD's, on every node with a GPU it can read
+        return FAILED, f"node {node}: {len(ours)} nvidia.com labels, no nvidia.com/gpu.count", \
             "check GFD's log and NFD's master: GFD writes the labels, NFD publishes them"
     return OK, f"node {node}: {len(ours)} nvidia.com labels", ""
 

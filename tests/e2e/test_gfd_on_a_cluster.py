@@ -4,7 +4,10 @@ deleted NodeFeature comes back."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ from tests.e2e.podrunner import PodRunner
 from tests.helpers import eventually
 
 NS = "gpu-operator"
+BIN = Path(sys.executable).parent
 NODE = "gfd-node-1"  # a Node object without a kubelet: GFD's pod runs here as local processes
 CONFIGS = {"default": "version: v1\n", "file": "version: v1\nflags:\n  useNodeFeatureAPI: false\n",
            "shared": "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n"
@@ -103,6 +107,26 @@ def test_a_deleted_node_feature_comes_back_within_seconds(cluster: Cluster, gfd_
     took = eventually(exists, timeout=10)
     print(f"NodeFeature recreated after {took:.2f} s")
     assert took < 3.0
+
+
+def test_doctor_reads_the_real_api(cluster: Cluster, gfd_pod: PodRunner) -> None:
+    """doctor's API checks against the real API server: NFD's CRD, this node's labels, a RuntimeClass."""
+    eventually(lambda: "nvidia.com/gpu.count" in node_labels(cluster), timeout=30)
+
+    def api_verdicts() -> dict[str, str]:
+        proc = subprocess.run([str(BIN / "gpu-feature-discovery"), "doctor", "--output=json", "--simulate=dgx-a100",
+                               f"--kubeconfig={cluster.kubeconfig}", f"--node-name={NODE}", "--runtime-class=nvidia"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        checks = {c["id"]: c["verdict"] for c in json.loads(proc.stdout)["checks"]}
+        return {k: checks[k] for k in ("nfd.features", "k8s.node-labels", "k8s.runtimeclass")}
+
+    assert api_verdicts() == {"nfd.features": "ok", "k8s.node-labels": "ok", "k8s.runtimeclass": "failed"}
+    node = client.NodeV1Api(cluster.api)
+    node.create_runtime_class(client.V1RuntimeClass(metadata=client.V1ObjectMeta(name="nvidia"), handler="nvidia"))
+    try:
+        assert api_verdicts()["k8s.runtimeclass"] == "ok"
+    finally:
+        node.delete_runtime_class("nvidia")
 
 
 def test_the_charts_rbac_is_enough_no_403(gfd_pod: PodRunner) -> None:
