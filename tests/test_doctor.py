@@ -301,3 +301,14 @@ def test_the_daemons_check_their_node_at_start_log_problems_and_keep_running(tmp
     problems = [json.loads(line) for line in logged.splitlines() if '"set-up check"' in line]
     assert [(p["check"], p["verdict"]) for p in problems] == [("gpus.row-remapping", "failed")]
     assert "replaced" in problems[0]["remedy"]
+
+
+def test_the_readme_example_is_what_doctor_prints(host: Host) -> None:
+    _break_runtime(host)
+    _break_nodes(host)
+    proc = subprocess.run([str(BIN / "nvidia-device-plugin"), "doctor", "--simulate=dgx-a100",
+                           f"--host-root={host.root}"], capture_output=True, text=True, timeout=60, check=False,
+                          env={"PATH": os.environ["PATH"], "NO_COLOR": "1", "COLUMNS": "110"})
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("$ nvidia-device-plugin doctor --host-root=/host\n", 1)[1].split("```", 1)[0]
+    assert proc.stdout.replace(str(host.root), "/host") == example
