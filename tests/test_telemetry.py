@@ -280,3 +280,17 @@ def test_the_readme_documents_the_mapping() -> None:
             for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `DCGM_FI_")}
     for f in FIELDS:
         assert rows[f.name] == [f.kind, f.unit, f.call], f.name
+
+
+def test_nvlink_bandwidth_where_the_gpu_has_links(plugin: Any, tmp_path: Path) -> None:
+    node = tmp_path / "node.yaml"
+    node.write_text(yaml.safe_dump({"gpus": [{"model": "A100-SXM4-40GB", "count": 3}],
+                                    "topology": {"nvlink": [[0, 1, 4]]}, "telemetry": {"nvlink_kib_per_s": 1000}}))
+    p, _kubelet, port = plugin(f"--simulate={node}")
+    assert p.model is not None
+    linked, _other, alone = (g.uuid for g in p.model.gpus)
+    s = scrape(port)
+    assert s.types["DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"] == "counter"
+    assert not s.series("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", UUID=alone)  # no links: NOT_SUPPORTED, left out
+    first = s.value("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", UUID=linked)
+    eventually(lambda: scrape(port).value("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", UUID=linked) > first)

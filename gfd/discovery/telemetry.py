@@ -32,11 +32,15 @@ def _fb(part: str) -> Callable[[Any], float]:
     return lambda h: getattr(pynvml.nvmlDeviceGetMemoryInfo(h), part) / (1 << 20)
 
 
-def _memory_temperature(handle: Any) -> float:
-    (value,) = pynvml.nvmlDeviceGetFieldValues(handle, [pynvml.NVML_FI_DEV_MEMORY_TEMP])
-    if value.nvmlReturn != pynvml.NVML_SUCCESS:
-        raise pynvml.NVMLError(value.nvmlReturn)
-    return float(value.value.uiVal)
+def _field_value(field_id: int, member: str) -> Callable[[Any], float]:
+    """One NVML field value (nvmlDeviceGetFieldValues); its own return code is the answer for that field."""
+    def read(handle: Any) -> float:
+        (value,) = pynvml.nvmlDeviceGetFieldValues(handle, [field_id])
+        if value.nvmlReturn != pynvml.NVML_SUCCESS:
+            raise pynvml.NVMLError(value.nvmlReturn)
+        return float(getattr(value.value, member))
+
+    return read
 
 
 def _ecc(kind: int) -> Callable[[Any], float]:
@@ -61,7 +65,7 @@ FIELDS: tuple[Field, ...] = (
     Field("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C).", "nvmlDeviceGetTemperature",
           lambda h: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
     Field("DCGM_FI_DEV_MEMORY_TEMP", "gauge", "Memory temperature (in C).",
-          "nvmlDeviceGetFieldValues(NVML_FI_DEV_MEMORY_TEMP)", _memory_temperature),
+          "nvmlDeviceGetFieldValues(NVML_FI_DEV_MEMORY_TEMP)", _field_value(pynvml.NVML_FI_DEV_MEMORY_TEMP, "uiVal")),
     Field("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W).", "nvmlDeviceGetPowerUsage",
           lambda h: pynvml.nvmlDeviceGetPowerUsage(h) / 1000),
     Field("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "counter", "Total energy consumption since boot (in mJ).",
@@ -83,6 +87,10 @@ FIELDS: tuple[Field, ...] = (
           lambda h: pynvml.nvmlDeviceGetRemappedRows(h)[1]),
     Field("DCGM_FI_DEV_ROW_REMAP_FAILURE", "gauge", "Whether remapping of rows has failed.",
           "nvmlDeviceGetRemappedRows", lambda h: pynvml.nvmlDeviceGetRemappedRows(h)[3]),
+    Field("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "counter",
+          "Total number of NVLink bandwidth counters for all lanes.",
+          "nvmlDeviceGetFieldValues(NVML_FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL)",
+          _field_value(pynvml.NVML_FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL, "ullVal")),
 )
 UNSUPPORTED = (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
 

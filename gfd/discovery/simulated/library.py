@@ -34,6 +34,8 @@ UNKNOWN = 999
 XID_CRITICAL = 0x8
 FI_DEV_MEMORY_TEMP = 82  # nvml.h NVML_FI_DEV_MEMORY_TEMP
 VALUE_TYPE_UNSIGNED_INT = 1  # nvml.h NVML_VALUE_TYPE_UNSIGNED_INT
+VALUE_TYPE_UNSIGNED_LONG_LONG = 3  # nvml.h NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL = 66  # nvml.h NVML_FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL
 ALL_INSTANCES = 0xFFFFFFFF
 GPU_INSTANCE_PROFILE_COUNT = 0x12  # nvml.h NVML_GPU_INSTANCE_PROFILE_COUNT
 COMPUTE_INSTANCE_PROFILE_COUNT = 0x9
@@ -331,7 +333,13 @@ class SimulatedLibrary:
             if value.fieldId == FI_DEV_MEMORY_TEMP:
                 value.valueType, value.value.uiVal = VALUE_TYPE_UNSIGNED_INT, self._read(gpu, "memory_temp")
                 value.nvmlReturn = SUCCESS
-            else:
+            elif value.fieldId == FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL and gpu.nvlinks:
+                # What crossed the GPU's links since the simulation began, at the profile's rate.
+                elapsed = time.monotonic() - self.node.started
+                value.valueType = VALUE_TYPE_UNSIGNED_LONG_LONG
+                value.value.ullVal = int(self._read(gpu, "nvlink_kib_per_s") * elapsed)
+                value.nvmlReturn = SUCCESS
+            else:  # no such sensor, or no NVLink on this GPU
                 value.nvmlReturn = NOT_SUPPORTED
         return SUCCESS
 

@@ -19,7 +19,7 @@ DEFAULTS: dict[str, float] = {
     "gpu_util": 0, "mem_util": 0, "enc_util": 0, "dec_util": 0, "fb_used_mib": 0, "gpu_temp": 34,
     "memory_temp": 32, "power_w": 60, "sm_clock": 210, "mem_clock": 1215, "pcie_replay": 0,
     "ecc_sbe": 0, "ecc_dbe": 0, "remapped_correctable": 0, "remapped_uncorrectable": 0, "remap_pending": 0,
-    "remap_failure": 0,
+    "remap_failure": 0, "nvlink_kib_per_s": 0,
 }
 PATTERNS = ("constant", "ramp", "sine", "steps")
 
