@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("plugin.mps")
 PROG = "mps-control-daemon"
 OPTIONS = tuple(o for o in PLUGIN_OPTIONS if o.dest in {
-    "mig_strategy", "config_file", "fail_on_init_error", "container_driver_root", "device_discovery_strategy",
+    "mig_strategy", "config_file", "container_driver_root", "device_discovery_strategy",
     "mps_container_root", "simulate", "log_format", "log_level"})
 CHECK_S = 1.0
 
