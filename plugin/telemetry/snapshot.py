@@ -37,7 +37,7 @@ class Collection:
 
 def labels(gpu: Gpu, mig: MigDevice | None, hostname: str, driver: str, holder: Holder) -> dict[str, str]:
     out = {"gpu": str(gpu.index), "UUID": gpu.uuid, "pci_bus_id": gpu.pci_bus_id,
-           "device": f"nvidia{gpu.minor_number if gpu.minor_number is not None else gpu.index}",
+           "device": _device(gpu.minor_number, gpu.index),
            "modelName": gpu.name}
     if mig is not None:
         out |= {"GPU_I_PROFILE": mig.label_profile, "GPU_I_ID": str(mig.gi_id)}
@@ -61,5 +61,10 @@ def families(c: Collection) -> list[Metric]:
     for index, uuid, bus_id, minor, value in answered + [(g.index, g.uuid, g.pci_bus_id, g.minor_number, 0)
                                                           for g in c.lost]:
         up.add_sample(UP, {"gpu": str(index), "UUID": uuid, "pci_bus_id": bus_id,
-                           "device": f"nvidia{minor if minor is not None else index}", "Hostname": c.hostname}, value)
+                           "device": _device(minor, index), "Hostname": c.hostname}, value)
     return [m for m in (*by_name.values(), xid, up) if m.samples]
+
+
+def _device(minor: int | None, index: int) -> str:
+    """dcgm-exporter's `device`: the GPU's device node name."""
+    return f"nvidia{minor if minor is not None else index}"
