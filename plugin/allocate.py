@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 from plugin.cdi.spec import VENDOR
 from plugin.config import PluginConfig
+from plugin.host import NodeDevices
 from plugin.mps.root import CONTAINER_ROOT, MpsRoot
 from plugin.resources import PluginDevice, Resource
 
 DEVICE_LIST_DIR = "/var/run/nvidia-container-devices"
-CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 
 
 class AllocateError(Exception):
@@ -39,17 +39,6 @@ class ContainerAllocation:
     devices: list[DeviceSpec] = field(default_factory=list)
     annotations: dict[str, str] = field(default_factory=dict)
     cdi_devices: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class NodeDevices:
-    """Host facts Allocate needs beyond the device model: IMEX channels, MIG capability minors and
-    which control devices exist in the plugin's container."""
-
-    imex_channels: tuple[int, ...] = ()
-    mig_cap_minors: dict[str, int] = field(default_factory=dict)  # "gpu0/gi1/access" -> minor
-    control_devices: tuple[str, ...] = ()
-    cdi_classes: frozenset[str] = frozenset()  # the CDI specs written at start: only these are named
 
 
 def validate(resource: Resource, ids: list[str]) -> list[PluginDevice]:

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass, field
 
 import structlog
 
-from plugin.allocate import CONTROL_DEVICES, NodeDevices
 from plugin.config import PluginConfig
 from plugin.resources import Resource, ResourceError
 
 log = structlog.get_logger("plugin")
 MIG_MINORS = "proc/driver/nvidia-caps/mig-minors"
+CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+
+
+@dataclass(frozen=True)
+class NodeDevices:
+    """Host facts Allocate needs beyond the device model: IMEX channels, MIG capability minors and
+    which control devices exist in the plugin's container."""
+
+    imex_channels: tuple[int, ...] = ()
+    mig_cap_minors: dict[str, int] = field(default_factory=dict)  # "gpu0/gi1/access" -> minor
+    control_devices: tuple[str, ...] = ()
+    cdi_classes: frozenset[str] = frozenset()  # the CDI specs written at start: only these are named
 
 
 def read_node_devices(config: PluginConfig, resources: list[Resource], root: str = "/") -> NodeDevices:

@@ -12,10 +12,11 @@ import grpc
 import structlog
 
 from gfd.model import Link
-from plugin.allocate import AllocateError, NodeDevices, allocate
+from plugin.allocate import AllocateError, allocate
 from plugin.api import api_pb2, api_pb2_grpc
 from plugin.config import PluginConfig
 from plugin.health import HealthState
+from plugin.host import NodeDevices
 from plugin.metrics import PluginMetrics
 from plugin.preferred import PreferredError, pair_scores, preferred
 from plugin.resources import Resource

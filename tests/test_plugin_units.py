@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from gfd.config import ConfigError, ReplicatedResource, ReplicatedResources, Sharing
 from gfd.model import DeviceModel, Gpu, Link, MigDevice
-from plugin.allocate import NodeDevices, allocate
+from plugin.allocate import allocate
 from plugin.config import PluginConfig, load_plugin_config
 from plugin.health import XidPolicy
+from plugin.host import NodeDevices
 from plugin.preferred import best_set, greedy, pair_scores, set_score
 from plugin.resources import ResourceError, build_resources
 
