@@ -95,6 +95,8 @@ class DevicePlugin:
             for server in servers:
                 server.shutdown()
             return 1
+        if self.telemetry is not None:
+            self.telemetry.start()
         try:
             while not self.stop_event.is_set():
                 self.registrar_stop.clear()
@@ -123,15 +125,13 @@ class DevicePlugin:
         return 0
 
     def _telemetry(self) -> TelemetryCollector:
-        """Samples the GPUs of the last start on its own thread; the health stream feeds it XIDs."""
+        """Samples the GPUs of the last start on its own thread (started once its address is served); the
+        health stream feeds it XIDs."""
         from plugin.telemetry.cli import hostname
         from plugin.telemetry.collector import TelemetryCollector
 
-        collector = TelemetryCollector(lambda: self.model, self.config.collect_interval_ns / 1e9,
-                                       self.config.pod_resources_socket, hostname(self.environ or os.environ),
-                                       xids=True)
-        collector.start()
-        return collector
+        return TelemetryCollector(lambda: self.model, self.config.collect_interval_ns / 1e9,
+                                  self.config.pod_resources_socket, hostname(self.environ or os.environ), xids=True)
 
     def start(self) -> _Plugins | None:
         """Discover, build resources, serve and register. None: no devices, wait for signals."""
