@@ -299,6 +299,10 @@ MALFORMED_PROFILES = [
     "gpus: [{model: T4}]\ntopology: {nvlink: [[0, 5, 1]]}", "gpus: [{model: T4}]\ntopology: {pcie: {bogus: []}}",
     "gpus: [{model: T4}]\nextra_pci_functions: [{address: '../x'}]", "gpus: [{model: T4, compute_capability: 8}]",
     "gpus: [{model: T4}]\ncuda_driver_version: lots", "{gpus: [{model: T4}], topology: 5}",
+    # Sizes that would build (and hold) millions of GPUs or links: refused before anything is built.
+    "gpus: [{model: T4, count: 100000000}]", "gpus: [{model: T4, count: -1}]",
+    "gpus: [{model: T4, count: 2}]\ntopology: {nvlink: [[0, 1, 1000000000]]}",
+    "gpus: [{model: T4}]\ntelemetry: {gpu_util: {sine: {min: 0, max: 1, period_s: 0}}}",
 ]
 
 

@@ -157,6 +157,8 @@ def build_node(doc: Any, source: str) -> SimNode:
                           "see the built-in profiles for the shape") from None
 
 
+MAX_GPUS = 256  # per simulated node: far above any real one (16), low enough to build in milliseconds
+MAX_NVLINKS = 18  # NVLink links per GPU on the largest parts (H100, GH200)
 _BUS_ID = re.compile(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]")
 
 
@@ -207,6 +209,9 @@ def _topology(node: SimNode, raw: dict[str, Any], src: str) -> None:
     """`nvlink: [[a, b, count], ...]`; `pcie: {default: LEVEL, LEVEL: [[gpu, ...], ...]}` where each
     group lists GPUs whose every pair has that level (more specific levels win over broader ones)."""
     for a, b, count in raw.get("nvlink") or []:
+        if not 0 <= int(count) <= MAX_NVLINKS:
+            raise ConfigError(src, "topology.nvlink", f"{short(count)} links between GPUs {a} and {b}",
+                              f"0 to {MAX_NVLINKS} (NVLink links per GPU)")
         for _ in range(count):
             node.gpus[a].nvlinks.append(node.gpus[b].bus_id)
             node.gpus[b].nvlinks.append(node.gpus[a].bus_id)
@@ -233,8 +238,12 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
     profiles = spec.pop("mig_profiles", {}) or {}
     layout = group.get("mig")
     bus_ids = group.get("bus_ids") or []
+    count = int(group.get("count", 1))
+    if not 0 <= count <= MAX_GPUS - start:  # a huge count would build (and hold) that many GPUs
+        raise ConfigError(src, f"{field_name}.count", f"{short(count)} GPUs is out of range",
+                          f"0 to {MAX_GPUS} GPUs per node")
     out = []
-    for n in range(int(group.get("count", 1))):
+    for n in range(count):
         index = start + n
         gpu = SimGpu(
             name=spec["name"],
