@@ -322,3 +322,15 @@ def test_the_simulators_cache_reads_the_same_in_glibc(node: Any) -> None:
 def test_a_corrupt_cache_is_an_error_not_a_crash(data: bytes) -> None:
     with pytest.raises(CacheError):
         parse_cache(data)
+
+
+def test_mps_shared_devices_are_named_and_resolve_too(node: Any, write_yaml: Any) -> None:
+    cfg = write_yaml({"version": "v1", "sharing": {"mps": {"resources": [{"name": "nvidia.com/gpu", "replicas": 4}]}}})
+    n = node("--simulate=t4", "--device-list-strategy=cdi-cri", f"--config-file={cfg}", "--mps-root=/run/nvidia/mps")
+    n.publish()
+    specs = n.specs()
+    (resource,) = n.resources
+    assert resource.mps and len(resource.devices) == 16
+    out = allocate(resource, [resource.devices[5].id], n.config, n.devices)
+    assert out.envs == {"CUDA_MPS_PIPE_DIRECTORY": "/mps/nvidia.com/gpu/pipe"}  # CDI-only: no NVIDIA_VISIBLE_DEVICES
+    assert [resolve(specs, name)["name"] for name in out.cdi_devices] == [resource.devices[5].uuid]
