@@ -69,8 +69,8 @@ class Context:
 def nvml_library(c: Context) -> Finding:
     if c.nvml_error:
         return Finding(FAILED, c.nvml_error,
-                     "install the NVIDIA driver, or mount the driver container's root (/run/nvidia/driver) at "
-                     "--driver-root-ctr-path (/driver-root)")
+                       "install the NVIDIA driver, or mount the driver container's root (/run/nvidia/driver) at "
+                       "--driver-root-ctr-path (/driver-root)")
     return Finding(OK, f"loaded {c.nvml_library or 'libnvidia-ml.so.1 (ordinary library search)'}")
 
 
@@ -82,7 +82,7 @@ def driver_version(c: Context) -> Finding:
         return Finding(SKIPPED, "no GPU answered, so NVML reported no driver version")
     if _numbers(version) < _numbers(MIN_DRIVER):
         return Finding(FAILED, f"driver {version} < {MIN_DRIVER}",
-                     f"install an NVIDIA driver {MIN_DRIVER} or newer")
+                       f"install an NVIDIA driver {MIN_DRIVER} or newer")
     return Finding(OK, f"driver {version} (needs >= {MIN_DRIVER})")
 
 
@@ -101,8 +101,8 @@ def device_nodes(c: Context) -> Finding:
     missing = [p for p in wanted if not os.path.exists(os.path.join(c.dev_root, p.lstrip("/")))]
     if missing:
         return Finding(FAILED, f"{len(c.model.gpus)} GPUs; missing {', '.join(missing)}",
-                     "load the nvidia and nvidia-uvm kernel modules (nvidia-modprobe -u -c=0), or mount the "
-                     "host's /dev where --dev-root says")
+                       "load the nvidia and nvidia-uvm kernel modules (nvidia-modprobe -u -c=0), or mount the "
+                       "host's /dev where --dev-root says")
     return Finding(OK, f"{len(c.model.gpus)} GPUs, {len(wanted)} device nodes present")
 
 
@@ -113,7 +113,7 @@ def mig_pending(c: Context) -> Finding:
                for i, p in sorted(c.pending.items()) if p.mig_current is not None and p.mig_current != p.mig_pending]
     if waiting:
         return Finding(WARNING, f"a MIG mode change waits for a GPU reset: {', '.join(waiting)}",
-                     "reset those GPUs (nvidia-smi -r -i <gpu>, with no process on them) or reboot the node")
+                       "reset those GPUs (nvidia-smi -r -i <gpu>, with no process on them) or reboot the node")
     return Finding(OK, "no MIG mode change pending")
 
 
@@ -123,7 +123,7 @@ def lost_gpus(c: Context) -> Finding:
     if c.model.lost_gpus:
         names = ", ".join(f"GPU {g.index} {g.uuid or g.pci_bus_id}".strip() for g in c.model.lost_gpus)
         return Finding(FAILED, f"NVML reports GPU_IS_LOST for {names}",
-                     "drain the node and reboot it (a lost GPU needs a reset or power cycle); check dmesg for XID 79")
+                       "drain the node and reboot it (a lost GPU needs a reset or power cycle); check dmesg for XID 79")
     return Finding(OK, f"every one of {len(c.model.gpus)} GPUs answers")
 
 
@@ -134,10 +134,10 @@ def row_remapping(c: Context) -> Finding:
     pending = [i for i, p in sorted(c.pending.items()) if p.rows_pending]
     if failed:
         return Finding(FAILED, f"row remapping failed on GPU {', '.join(map(str, failed))}",
-                     "the GPU's memory has more faults than it can remap: have the GPU replaced")
+                       "the GPU's memory has more faults than it can remap: have the GPU replaced")
     if pending:
         return Finding(WARNING, f"remapped rows wait for a reset on GPU "
-                     f"{', '.join(map(str, pending))}", "reset those GPUs or reboot the node to apply the remapping")
+                       f"{', '.join(map(str, pending))}", "reset those GPUs or reboot the node to apply the remapping")
     if not any(p.rows_pending is not None for p in c.pending.values()):
         return Finding(SKIPPED, "no GPU here remaps rows (HBM GPUs only)")
     return Finding(OK, "no remapping pending or failed")
@@ -147,25 +147,25 @@ def container_runtime(c: Context) -> Finding:
     configs = read_runtime_configs(c.host_root)
     if not configs:
         return Finding(SKIPPED, f"no containerd, CRI-O or Docker configuration under "
-                     f"{c.host('/etc')} (mount the host's /etc, or run doctor on the host)")
+                       f"{c.host('/etc')} (mount the host's /etc, or run doctor on the host)")
     broken = [r for r in configs if r.error]
     if broken:
         return Finding(FAILED, f"{broken[0].path}: {broken[0].error}",
-                     f"fix the syntax of {broken[0].path} and restart {broken[0].runtime}")
+                       f"fix the syntax of {broken[0].path} and restart {broken[0].runtime}")
     evidence = "; ".join(f"{r.runtime} ({r.path}): nvidia handler {'yes' if r.nvidia_handler else 'no'}, "
                          f"default {r.default}" for r in configs)
     if any(r.nvidia_default for r in configs) or c.cdi:
         return Finding(OK, evidence + ("; CDI device names need no runtime handler" if c.cdi
-                                                       and not any(r.nvidia_default for r in configs) else ""))
+                       and not any(r.nvidia_default for r in configs) else ""))
     first = configs[0].runtime
     if any(r.nvidia_handler for r in configs):
         if c.runtime_class:
             return Finding(OK, evidence + f"; pods use RuntimeClass {c.runtime_class}")
         return Finding(WARNING, evidence + "; not the default, and no RuntimeClass in use",
-                     "set the chart value runtimeClassName=nvidia (with a RuntimeClass `nvidia`), or make it the "
-                     f"default: nvidia-ctk runtime configure --runtime={first} --set-as-default")
+                       "set the chart value runtimeClassName=nvidia (with a RuntimeClass `nvidia`), or make it the "
+                       f"default: nvidia-ctk runtime configure --runtime={first} --set-as-default")
     return Finding(FAILED, evidence,
-                 f"nvidia-ctk runtime configure --runtime={first} --set-as-default, then restart {first}")
+                   f"nvidia-ctk runtime configure --runtime={first} --set-as-default, then restart {first}")
 
 
 def toolkit(c: Context) -> Finding:
@@ -173,7 +173,7 @@ def toolkit(c: Context) -> Finding:
     if found:
         return Finding(OK, "found /" + ", /".join(found))
     return Finding(FAILED, f"none of /{', /'.join(TOOLKIT)} under {c.host_root}",
-                 "install the NVIDIA Container Toolkit (package nvidia-container-toolkit), or the GPU Operator")
+                   "install the NVIDIA Container Toolkit (package nvidia-container-toolkit), or the GPU Operator")
 
 
 def cdi_specs(c: Context) -> Finding:
@@ -187,18 +187,18 @@ def cdi_specs(c: Context) -> Finding:
         kind = spec["kind"]
     except FileNotFoundError:
         return Finding(FAILED, f"{path} does not exist",
-                     "start the device plugin with a CDI strategy (it writes the spec), and mount the host's "
-                     "/var/run/cdi into its container")
+                       "start the device plugin with a CDI strategy (it writes the spec), and mount the host's "
+                       "/var/run/cdi into its container")
     except (OSError, ValueError, KeyError, TypeError) as e:
         return Finding(FAILED, f"{path} is not a CDI spec: {type(e).__name__}: {e}",
-                     "delete it; the device plugin writes it again at its next start")
+                       "delete it; the device plugin writes it again at its next start")
     wanted = set() if c.model is None else {
         str(g.index) if c.device_id_strategy == "index" else g.uuid for g in c.model.gpus}
     missing = sorted(wanted - names)
     if kind != f"{CDI_VENDOR}/gpu" or missing:
         return Finding(FAILED, f"{path}: kind {kind}; no device for {', '.join(missing) or '-'}",
-                     "restart the device plugin: it writes the spec for the GPUs it finds (a stale spec names "
-                     "devices that are gone)")
+                       "restart the device plugin: it writes the spec for the GPUs it finds (a stale spec names "
+                       "devices that are gone)")
     return Finding(OK, f"{path}: {len(names)} devices, every GPU named")
 
 
@@ -207,15 +207,15 @@ def device_plugins(c: Context) -> Finding:
     socket = os.path.join(directory, "kubelet.sock")
     if not os.path.isdir(directory):
         return Finding(FAILED, f"{directory} does not exist",
-                     "mount the kubelet's device-plugins directory (hostPath /var/lib/kubelet/device-plugins; "
-                     "adjust it if the kubelet runs with another --root-dir)")
+                       "mount the kubelet's device-plugins directory (hostPath /var/lib/kubelet/device-plugins; "
+                       "adjust it if the kubelet runs with another --root-dir)")
     try:
         is_socket = stat.S_ISSOCK(os.stat(socket).st_mode)
     except OSError:
         is_socket = False
     if not is_socket:
         return Finding(FAILED, f"{socket} is not a socket (the kubelet is not running "
-                     "here, or uses another root directory)", "check `systemctl status kubelet` and its --root-dir")
+                       "here, or uses another root directory)", "check `systemctl status kubelet` and its --root-dir")
     return Finding(OK, f"{socket} present")
 
 
@@ -225,7 +225,7 @@ def nfd_features(c: Context) -> Finding:
     directory = c.host(c.features_dir)
     if not os.path.isdir(directory):
         return Finding(FAILED, f"{directory} does not exist",
-                     "deploy NFD (the chart's nfd.enabled) so its worker reads features.d, and mount it")
+                       "deploy NFD (the chart's nfd.enabled) so its worker reads features.d, and mount it")
     if not os.access(directory, os.W_OK):
         return Finding(FAILED, f"{directory} is not writable", "mount it read-write")
     return Finding(OK, f"{directory} writable")
@@ -252,10 +252,10 @@ def _api(c: Context, probe: Callable[[Any], tuple[str, str, str]]) -> Finding:
         verdict, evidence, remedy = probe(c.api)
     except ApiException as e:
         return Finding(FAILED, f"the API answered {e.status} {e.reason}",
-                     "grant this ServiceAccount read access (the chart's RBAC does)" if e.status == 403 else "")
+                       "grant this ServiceAccount read access (the chart's RBAC does)" if e.status == 403 else "")
     except Exception as e:  # connection refused, timeout: the API is the problem, not this check
         return Finding(FAILED, f"the API did not answer: {type(e).__name__}: {str(e)[:200]}",
-                     "check the API server address and the network from this node")
+                       "check the API server address and the network from this node")
     return Finding(verdict, evidence, remedy)
 
 
