@@ -1,4 +1,4 @@
-"""Node-wide labels: timestamp, machine type, driver/CUDA versions, gpu.mode, vGPU."""
+"""Node-wide (system) labels: timestamp, machine type, driver/CUDA versions, gpu.mode, IMEX, vGPU."""
 
 from __future__ import annotations
 
