@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass, field
 
+from gfd.discovery.sysfs import host_path
 from plugin.cdi.spec import VENDOR
 from plugin.config import PluginConfig
-from plugin.host import NodeDevices
+from plugin.host import GPU_NODE, IMEX_CHANNEL, NodeDevices, mig_cap_nodes
 from plugin.mps.root import CONTAINER_ROOT, MpsRoot
 from plugin.resources import PluginDevice, Resource
 
@@ -109,10 +109,8 @@ def _mps(out: ContainerAllocation, resource: Resource, config: PluginConfig) -> 
 def _device_specs(devices: list[PluginDevice], config: PluginConfig, node: NodeDevices) -> list[DeviceSpec]:
     paths = list(node.control_devices)
     for d in devices:  # the requested IDs as sent: duplicates (replicas of one GPU) are kept, as upstream
-        paths.append(f"/dev/nvidia{d.gpu.minor_number}")
+        paths.append(GPU_NODE.format(d.gpu.minor_number))
         if d.mig is not None:
-            base = f"gpu{d.gpu.minor_number}/gi{d.mig.gi_id}"
-            paths.append(f"/dev/nvidia-caps/nvidia-cap{node.mig_cap_minors[f'{base}/access']}")
-            paths.append(f"/dev/nvidia-caps/nvidia-cap{node.mig_cap_minors[f'{base}/ci{d.mig.ci_id}/access']}")
-    paths += [f"/dev/nvidia-caps-imex-channels/channel{c}" for c in node.imex_channels]
-    return [DeviceSpec(p, os.path.join(config.dev_root, p.lstrip("/"))) for p in paths]
+            paths += mig_cap_nodes(d.gpu.minor_number, d.mig, node.mig_cap_minors)
+    paths += [IMEX_CHANNEL.format(c) for c in node.imex_channels]
+    return [DeviceSpec(p, host_path(config.dev_root, p)) for p in paths]

@@ -8,12 +8,17 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from gfd.discovery.sysfs import device_root, host_path
+from gfd.model import MigDevice
 from plugin.config import PluginConfig
 from plugin.resources import Resource, ResourceError
 
 log = structlog.get_logger("plugin")
 MIG_MINORS = "proc/driver/nvidia-caps/mig-minors"
 CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+GPU_NODE = "/dev/nvidia{}"
+CAP_NODE = "/dev/nvidia-caps/nvidia-cap{}"
+IMEX_CHANNEL = "/dev/nvidia-caps-imex-channels/channel{}"
 
 
 @dataclass(frozen=True)
@@ -34,27 +39,31 @@ def read_node_devices(config: PluginConfig, resources: list[Resource], root: str
         for device in (d for r in resources for d in r.devices):
             if device.gpu.minor_number is None:
                 raise ResourceError(f"error getting device paths: no minor number for GPU {device.gpu.uuid}")
-            if device.mig is None:
-                continue
-            base = f"gpu{device.gpu.minor_number}/gi{device.mig.gi_id}"
-            for key in (f"{base}/access", f"{base}/ci{device.mig.ci_id}/access"):
-                if key not in minors:
-                    raise ResourceError(f"missing MIG GPU instance capability path: {key}")
+            if device.mig is not None:
+                mig_cap_nodes(device.gpu.minor_number, device.mig, minors)
     return NodeDevices(
         imex_channels=_imex_channels(config, root),
         mig_cap_minors=minors,
-        control_devices=tuple(p for p in CONTROL_DEVICES if os.path.exists(_under(root, p))),
+        control_devices=tuple(p for p in CONTROL_DEVICES if os.path.exists(host_path(root, p))),
     )
 
 
-def _under(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
+def mig_cap_nodes(gpu_minor: int | None, mig: MigDevice, minors: dict[str, int]) -> tuple[str, str]:
+    """The /dev/nvidia-caps nodes of a MIG device's GPU instance and compute instance, from the driver's
+    mig-minors table; ResourceError (upstream's message) when the table lacks one."""
+    base = f"gpu{gpu_minor}/gi{mig.gi_id}"
+    nodes = []
+    for key in (f"{base}/access", f"{base}/ci{mig.ci_id}/access"):
+        if key not in minors:
+            raise ResourceError(f"missing MIG GPU instance capability path: {key}")
+        nodes.append(CAP_NODE.format(minors[key]))
+    return nodes[0], nodes[1]
 
 
 def _mig_minors(root: str) -> dict[str, int]:
     """`gpu0/gi1/access 21` lines; missing file = no MIG on this host."""
     try:
-        with open(_under(root, MIG_MINORS), encoding="ascii") as f:
+        with open(host_path(root, MIG_MINORS), encoding="ascii") as f:
             lines = f.read().splitlines()
     except OSError:
         return {}
@@ -68,11 +77,10 @@ def _mig_minors(root: str) -> dict[str, int]:
 
 def _imex_channels(config: PluginConfig, root: str) -> tuple[int, ...]:
     found = []
-    driver_root = _under(root, config.container_driver_root)
-    dev_root = driver_root if os.path.isdir(os.path.join(driver_root, "dev")) else root
+    dev_root = device_root(root, config.container_driver_root)
     for channel in config.channel_ids:
-        path = f"/dev/nvidia-caps-imex-channels/channel{channel}"
-        if any(_is_char_device(_under(base, path)) for base in (dev_root, root)):
+        path = IMEX_CHANNEL.format(channel)
+        if any(_is_char_device(host_path(base, path)) for base in (dev_root, root)):
             found.append(channel)
         elif config.imex.required or config.imex_required:
             raise ResourceError(f"error querying IMEX channels: requested IMEX channel channel{channel} does not exist")

@@ -33,7 +33,15 @@ class VgpuParseError(Exception):
 
 
 def host_path(host_root: str, path: str) -> str:
-    return os.path.join(host_root, path.lstrip("/")) if host_root != "/" else path
+    """`path` under `host_root` ("" or "/" for this machine's own)."""
+    return os.path.join(host_root, path.lstrip("/")) if host_root not in ("", "/") else path
+
+
+def device_root(host_root: str, container_driver_root: str) -> str:
+    """Where /dev is: under a driver container's root when that holds the device nodes, else the host root
+    (upstream's rule for IMEX channels, device specs and CDI)."""
+    driver = host_path(host_root, container_driver_root)
+    return driver if os.path.isdir(os.path.join(driver, "dev")) else host_root
 
 
 def read_machine_type(host_root: str, path: str) -> str | None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gfd.discovery.sysfs import device_root, host_path
 from gfd.doctor.runtime import read_runtime_configs
 from gfd.model import DeviceModel
 
@@ -56,14 +57,7 @@ class Context:
     driver_root: str = "/driver-root"  # where a driver container's root is mounted, if it is
 
     def host(self, path: str) -> str:
-        return os.path.join(self.host_root, path.lstrip("/"))
-
-    @property
-    def dev_root(self) -> str:
-        """The driver root when it holds the device nodes (a driver container's), else the host's / (upstream's
-        rule for IMEX channels and device specs)."""
-        driver = self.host(self.driver_root)
-        return driver if os.path.isdir(os.path.join(driver, "dev")) else self.host_root
+        return host_path(self.host_root, path)
 
 
 def nvml_library(c: Context) -> Finding:
@@ -98,7 +92,8 @@ def device_nodes(c: Context) -> Finding:
         return Finding(SKIPPED, "NVML not loaded")
     wanted = ["/dev/nvidiactl", "/dev/nvidia-uvm"] + [f"/dev/nvidia{g.minor_number}" for g in c.model.gpus
                                                       if g.minor_number is not None]
-    missing = [p for p in wanted if not os.path.exists(os.path.join(c.dev_root, p.lstrip("/")))]
+    dev_root = device_root(c.host_root, c.driver_root)
+    missing = [p for p in wanted if not os.path.exists(host_path(dev_root, p))]
     if missing:
         return Finding(FAILED, f"{len(c.model.gpus)} GPUs; missing {', '.join(missing)}",
                        "load the nvidia and nvidia-uvm kernel modules (nvidia-modprobe -u -c=0), or mount the "

@@ -14,6 +14,7 @@ import stat
 from dataclasses import dataclass
 
 from gfd.discovery.nvml import LIBRARY_DIRS
+from gfd.discovery.sysfs import host_path
 from plugin.cdi import CdiError
 from plugin.cdi.ldcache import CacheError, read_cache
 
@@ -64,7 +65,7 @@ def _libraries(root: str, version: str) -> tuple[tuple[str, ...], tuple[tuple[st
     sonames: dict[tuple[str, str], None] = {}
     for name, path in candidates:
         real = resolve(root, path)
-        if real is None or not real.endswith(suffix) or not os.path.isfile(_under(root, real)):
+        if real is None or not real.endswith(suffix) or not os.path.isfile(host_path(root, real)):
             continue
         libraries[real] = None
         if name != os.path.basename(real):
@@ -77,7 +78,7 @@ def _binaries(root: str) -> tuple[str, ...]:
     for name in BINARIES:
         for directory in BINARY_DIRS:
             real = resolve(root, f"/{directory}/{name}")
-            if real is not None and _is_executable(_under(root, real)):
+            if real is not None and _is_executable(host_path(root, real)):
                 found.append(real)
                 break
     return tuple(found)
@@ -88,7 +89,7 @@ def _firmware(root: str, version: str) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for base in (f"/lib/firmware/updates/{release}", "/lib/firmware/updates", f"/lib/firmware/{release}",
                  "/lib/firmware"):
-        pattern = _under(root, f"{base}/nvidia/{glob.escape(version)}/gsp*.bin")
+        pattern = host_path(root, f"{base}/nvidia/{glob.escape(version)}/gsp*.bin")
         for match in sorted(glob.glob(pattern)):
             real = resolve(root, "/" + os.path.relpath(match, root))
             if real is not None:
@@ -112,24 +113,20 @@ def resolve(root: str, path: str) -> str | None:
             continue
         current = "/" + "/".join([*done, part])
         try:
-            mode = os.lstat(_under(root, current)).st_mode
+            mode = os.lstat(host_path(root, current)).st_mode
         except OSError:
             return None
         if stat.S_ISLNK(mode):
             hops += 1
             if hops > _MAX_LINKS:
                 return None
-            target = os.readlink(_under(root, current))
+            target = os.readlink(host_path(root, current))
             if target.startswith("/"):
                 done = []
             parts = [p for p in target.split("/") if p] + parts
             continue
         done.append(part)
     return "/" + "/".join(done)
-
-
-def _under(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
 
 
 def _listdir(path: str) -> list[str]:

@@ -16,14 +16,16 @@ import glob
 import os
 from dataclasses import dataclass
 
+from gfd.discovery.sysfs import device_root, host_path
 from gfd.model import DeviceModel, Gpu, MigDevice
 from plugin.cdi import CdiError
 from plugin.cdi.driver import DriverFiles, find_driver_files, resolve
 from plugin.cdi.spec import ContainerEdits, Device, DeviceNode, Hook, Mount, Spec
 from plugin.config import CDI_HOOKS, PluginConfig
+from plugin.host import CONTROL_DEVICES, GPU_NODE, IMEX_CHANNEL, mig_cap_nodes
+from plugin.resources import ResourceError
 
-CONTROL_NODES = ("/dev/nvidia-modeset", "/dev/nvidia-uvm-tools", "/dev/nvidia-uvm", "/dev/nvidiactl")
-IMEX_CHANNEL = "/dev/nvidia-caps-imex-channels/channel{}"
+CONTROL_NODES = tuple(reversed(CONTROL_DEVICES))  # in nvcdi's order
 # nvidia-container-toolkit internal/discover/{gdrcopy,gds,mofed}.go
 GDRCOPY_NODES = ("/dev/gdrdrv",)
 GDS_NODES = ("/dev/nvidia-fs*",)
@@ -43,23 +45,23 @@ class Roots:
     @classmethod
     def for_config(cls, config: PluginConfig, host_root: str = "/") -> Roots:
         """`host_root` is / in production (a simulated node's tree in tests)."""
-        mounted = os.path.join(host_root, config.container_driver_root.lstrip("/"))
+        mounted = host_path(host_root, config.container_driver_root)
         driver = mounted if os.path.isdir(mounted) else host_root
-        dev = driver if os.path.isdir(os.path.join(driver, "dev")) else host_root
-        return cls(driver, dev, config.nvidia_driver_root, config.dev_root)
+        return cls(driver, device_root(host_root, config.container_driver_root), config.nvidia_driver_root,
+                   config.dev_root)
 
     def mount(self, path: str) -> Mount:
-        return Mount(_join(self.host_driver, path), path)
+        return Mount(host_path(self.host_driver, path), path)
 
     def node(self, path: str) -> DeviceNode:
-        host = _join(self.host_dev, path)
+        host = host_path(self.host_dev, path)
         return DeviceNode(path, "" if host == path else host)
 
     def nodes(self, patterns: tuple[str, ...]) -> tuple[DeviceNode, ...]:
         """The device nodes that exist, for glob patterns such as /dev/nvidia-fs*."""
         found = []
         for pattern in patterns:
-            for match in sorted(glob.glob(_join(self.dev, pattern))):
+            for match in sorted(glob.glob(host_path(self.dev, pattern))):
                 found.append(self.node("/" + os.path.relpath(match, self.dev)))
         return tuple(found)
 
@@ -98,22 +100,21 @@ def _gpu_spec(model: DeviceModel, config: PluginConfig, mig_cap_minors: dict[str
 def _gpu_node(gpu: Gpu, roots: Roots) -> DeviceNode:
     if gpu.minor_number is None:
         raise CdiError(f"failed to create CDI spec: no minor number for GPU {gpu.uuid}")
-    return _required(f"/dev/nvidia{gpu.minor_number}", roots)
+    return _required(GPU_NODE.format(gpu.minor_number), roots)
 
 
 def _mig_nodes(gpu: Gpu, mig: MigDevice, minors: dict[str, int], roots: Roots) -> tuple[DeviceNode, ...]:
-    base = f"gpu{gpu.minor_number}/gi{mig.gi_id}"
-    nodes = [_gpu_node(gpu, roots)]
-    for key in (f"{base}/access", f"{base}/ci{mig.ci_id}/access"):
-        if key not in minors:
-            raise CdiError(f"failed to create CDI spec: missing MIG GPU instance capability path: {key}")
-        nodes.append(_required(f"/dev/nvidia-caps/nvidia-cap{minors[key]}", roots))
-    return tuple(nodes)
+    gpu_node = _gpu_node(gpu, roots)
+    try:
+        caps = mig_cap_nodes(gpu.minor_number, mig, minors)
+    except ResourceError as e:
+        raise CdiError(f"failed to create CDI spec: {e}") from None
+    return gpu_node, *(_required(path, roots) for path in caps)
 
 
 def _required(path: str, roots: Roots) -> DeviceNode:
-    if not os.path.exists(_join(roots.dev, path)):
-        raise CdiError(f"failed to create CDI spec: device node {_join(roots.dev, path)} does not exist")
+    if not os.path.exists(host_path(roots.dev, path)):
+        raise CdiError(f"failed to create CDI spec: device node {host_path(roots.dev, path)} does not exist")
     return roots.node(path)
 
 
@@ -153,7 +154,3 @@ def _gds_edits(roots: Roots) -> ContainerEdits:
         return ContainerEdits()
     found = [p for p in (resolve(roots.driver, f) for f in GDS_FILES) if p is not None]
     return ContainerEdits(device_nodes=nodes, mounts=tuple(roots.mount(p) for p in found))
-
-
-def _join(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/")) if root not in ("", "/") else path
