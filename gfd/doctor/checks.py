@@ -4,6 +4,7 @@ are given. A check never raises: an unexpected error is its own `failed` verdict
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -60,6 +61,15 @@ class Context:
         return host_path(self.host_root, path)
 
 
+def _needs_nvml(check: Callable[[Context, DeviceModel], Finding]) -> Callable[[Context], Finding]:
+    """A check of what NVML reported: skipped, saying so, when NVML is not loaded."""
+    @functools.wraps(check)
+    def checked(c: Context) -> Finding:
+        return Finding(SKIPPED, "NVML not loaded") if c.model is None else check(c, c.model)
+
+    return checked
+
+
 def nvml_library(c: Context) -> Finding:
     if c.nvml_error:
         return Finding(FAILED, c.nvml_error,
@@ -68,10 +78,9 @@ def nvml_library(c: Context) -> Finding:
     return Finding(OK, f"loaded {c.nvml_library or 'libnvidia-ml.so.1 (ordinary library search)'}")
 
 
-def driver_version(c: Context) -> Finding:
-    if c.model is None:
-        return Finding(SKIPPED, "NVML not loaded")
-    version = c.model.driver_version
+@_needs_nvml
+def driver_version(c: Context, model: DeviceModel) -> Finding:
+    version = model.driver_version
     if not version:
         return Finding(SKIPPED, "no GPU answered, so NVML reported no driver version")
     if _numbers(version) < _numbers(MIN_DRIVER):
@@ -87,23 +96,21 @@ def cuda_version(c: Context) -> Finding:
     return Finding(OK, f"CUDA driver API {v // 1000}.{v % 1000 // 10}")
 
 
-def device_nodes(c: Context) -> Finding:
-    if c.model is None:
-        return Finding(SKIPPED, "NVML not loaded")
-    wanted = ["/dev/nvidiactl", "/dev/nvidia-uvm"] + [f"/dev/nvidia{g.minor_number}" for g in c.model.gpus
+@_needs_nvml
+def device_nodes(c: Context, model: DeviceModel) -> Finding:
+    wanted = ["/dev/nvidiactl", "/dev/nvidia-uvm"] + [f"/dev/nvidia{g.minor_number}" for g in model.gpus
                                                       if g.minor_number is not None]
     dev_root = device_root(c.host_root, c.driver_root)
     missing = [p for p in wanted if not os.path.exists(host_path(dev_root, p))]
     if missing:
-        return Finding(FAILED, f"{len(c.model.gpus)} GPUs; missing {', '.join(missing)}",
+        return Finding(FAILED, f"{len(model.gpus)} GPUs; missing {', '.join(missing)}",
                        "load the nvidia and nvidia-uvm kernel modules (nvidia-modprobe -u -c=0), or mount the "
                        "host's /dev where --dev-root says")
-    return Finding(OK, f"{len(c.model.gpus)} GPUs, {len(wanted)} device nodes present")
+    return Finding(OK, f"{len(model.gpus)} GPUs, {len(wanted)} device nodes present")
 
 
-def mig_pending(c: Context) -> Finding:
-    if c.model is None:
-        return Finding(SKIPPED, "NVML not loaded")
+@_needs_nvml
+def mig_pending(c: Context, model: DeviceModel) -> Finding:
     waiting = [f"GPU {i} (MIG {'on' if p.mig_current else 'off'} -> {'on' if p.mig_pending else 'off'})"
                for i, p in sorted(c.pending.items()) if p.mig_current is not None and p.mig_current != p.mig_pending]
     if waiting:
@@ -112,19 +119,17 @@ def mig_pending(c: Context) -> Finding:
     return Finding(OK, "no MIG mode change pending")
 
 
-def lost_gpus(c: Context) -> Finding:
-    if c.model is None:
-        return Finding(SKIPPED, "NVML not loaded")
-    if c.model.lost_gpus:
-        names = ", ".join(f"GPU {g.index} {g.uuid or g.pci_bus_id}".strip() for g in c.model.lost_gpus)
+@_needs_nvml
+def lost_gpus(c: Context, model: DeviceModel) -> Finding:
+    if model.lost_gpus:
+        names = ", ".join(f"GPU {g.index} {g.uuid or g.pci_bus_id}".strip() for g in model.lost_gpus)
         return Finding(FAILED, f"NVML reports GPU_IS_LOST for {names}",
                        "drain the node and reboot it (a lost GPU needs a reset or power cycle); check dmesg for XID 79")
-    return Finding(OK, f"every one of {len(c.model.gpus)} GPUs answers")
+    return Finding(OK, f"every one of {len(model.gpus)} GPUs answers")
 
 
-def row_remapping(c: Context) -> Finding:
-    if c.model is None:
-        return Finding(SKIPPED, "NVML not loaded")
+@_needs_nvml
+def row_remapping(c: Context, model: DeviceModel) -> Finding:
     failed = [i for i, p in sorted(c.pending.items()) if p.remap_failed]
     pending = [i for i, p in sorted(c.pending.items()) if p.rows_pending]
     if failed:
