@@ -8,7 +8,7 @@ import functools
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -301,28 +301,29 @@ def _numbers(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
-CHECKS: tuple[tuple[str, Callable[[Context], Finding], bool], ...] = (  # (id, check, cheap enough for every start)
-    ("nvml.library", nvml_library, True),
-    ("driver.version", driver_version, True),
-    ("cuda.version", cuda_version, True),
-    ("devices.nodes", device_nodes, True),
-    ("gpus.mig-pending", mig_pending, True),
-    ("gpus.lost", lost_gpus, True),
-    ("gpus.row-remapping", row_remapping, True),
-    ("runtime.nvidia", container_runtime, True),
-    ("toolkit.installed", toolkit, True),
-    ("cdi.specs", cdi_specs, True),
-    ("kubelet.device-plugins", device_plugins, True),
-    ("nfd.features", nfd_features, False),
-    ("k8s.runtimeclass", runtime_class, False),
-    ("k8s.node-labels", node_labels, False),
+CHECKS: tuple[tuple[str, Callable[[Context], Finding]], ...] = (
+    ("nvml.library", nvml_library),
+    ("driver.version", driver_version),
+    ("cuda.version", cuda_version),
+    ("devices.nodes", device_nodes),
+    ("gpus.mig-pending", mig_pending),
+    ("gpus.lost", lost_gpus),
+    ("gpus.row-remapping", row_remapping),
+    ("runtime.nvidia", container_runtime),
+    ("toolkit.installed", toolkit),
+    ("cdi.specs", cdi_specs),
+    ("kubelet.device-plugins", device_plugins),
+    ("nfd.features", nfd_features),
+    ("k8s.runtimeclass", runtime_class),
+    ("k8s.node-labels", node_labels),
 )
 
 
-def run(c: Context, cheap_only: bool = False) -> list[Check]:
+def run(c: Context, ids: Collection[str] | None = None) -> list[Check]:
+    """Every check, in order, or only those named."""
     results = []
-    for check_id, check, cheap in CHECKS:
-        if cheap_only and not cheap:
+    for check_id, check in CHECKS:
+        if ids is not None and check_id not in ids:
             continue
         try:
             finding = check(c)

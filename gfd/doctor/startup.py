@@ -9,7 +9,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
 from gfd.discovery import nvml
-from gfd.doctor.checks import CHECKS, FAILED, WARNING, Check, Context, run
+from gfd.doctor.checks import FAILED, WARNING, Check, Context, run
 from gfd.model import DeviceModel
 
 log = structlog.get_logger("gfd.doctor")
@@ -33,8 +33,7 @@ def check_at_start(model: DeviceModel, gauge: Gauge, ids: tuple[str, ...] = NODE
             c.pending[gpu.index] = nvml.pending_state(gpu.index)
         except nvml.NVMLError:
             continue  # the GPU's own checks say what is wrong with it
-    known = {check_id for check_id, _fn, _cheap in CHECKS}
-    results = [r for r in run(c, cheap_only=True) if r.id in set(ids) & known]
+    results = run(c, ids)
     for r in results:
         gauge.labels(check=r.id, verdict=r.verdict).set(1)
         if r.verdict in (FAILED, WARNING):
