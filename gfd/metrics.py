@@ -11,7 +11,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from gfd.doctor.startup import setup_gauge
+
+def setup_gauge(registry: CollectorRegistry, prefix: str) -> Gauge:
+    """The verdicts of the set-up checks a daemon runs at start (gfd.doctor.startup)."""
+    return Gauge(f"{prefix}_setup_check", "1 for the verdict of each set-up check at start (see `doctor`)",
+                 ["check", "verdict"], registry=registry)
 
 
 class Metrics:

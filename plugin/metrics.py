@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gfd.doctor.startup import setup_gauge
+from gfd.metrics import setup_gauge
 
 
 class PluginMetrics:

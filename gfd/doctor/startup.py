@@ -6,7 +6,7 @@ refuses to start over them."""
 from __future__ import annotations
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Gauge
 
 from gfd.discovery import nvml
 from gfd.doctor.checks import FAILED, WARNING, Check, Context, run
@@ -15,11 +15,6 @@ from gfd.model import DeviceModel
 log = structlog.get_logger("gfd.doctor")
 NODE_CHECKS = ("nvml.library", "driver.version", "cuda.version", "devices.nodes", "gpus.mig-pending",
                "gpus.lost", "gpus.row-remapping")
-
-
-def setup_gauge(registry: CollectorRegistry, prefix: str) -> Gauge:
-    return Gauge(f"{prefix}_setup_check", "1 for the verdict of each set-up check at start (see `doctor`)",
-                 ["check", "verdict"], registry=registry)
 
 
 def check_at_start(model: DeviceModel, gauge: Gauge, ids: tuple[str, ...] = NODE_CHECKS,
