@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
     if argv[:1] == ["doctor"]:
-        from gfd.config.options import GFD_OPTIONS
+        from gfd.config.model import GFD_OPTIONS
         from gfd.doctor.cli import main as doctor
 
         return doctor("gpu-feature-discovery", GFD_OPTIONS, argv[1:], environ)

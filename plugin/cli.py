@@ -194,7 +194,8 @@ class DevicePlugin:
             state.fault((gpu.uuid, -1, -1), "GPU lost")
         uuids = frozenset(g.uuid for g in lost)
         rediscover = Rediscovery(uuids, self.request_reload, source.host_root) if lost else None
-        checker = HealthChecker(model.gpus + lost, state, XidPolicy.from_env(self.environ),
+        policy = XidPolicy.of(config.disable_healthchecks, config.enable_healthchecks)
+        checker = HealthChecker(model.gpus + lost, state, policy,
                                 config.health_probe_ns / 1e9, rediscover=rediscover,
                                 xid_seen=self.telemetry.record_xid if self.telemetry else None)
         self.model = model

@@ -8,10 +8,9 @@ watcher that cannot start reports every device unhealthy instead of silently che
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -36,9 +35,9 @@ class XidPolicy:
     all_forced: bool = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> XidPolicy:
-        disable = [v.strip() for v in environ.get("DP_DISABLE_HEALTHCHECKS", "").lower().split(",") if v.strip()]
-        enable = [v.strip() for v in environ.get("DP_ENABLE_HEALTHCHECKS", "").lower().split(",") if v.strip()]
+    def of(cls, disable_healthchecks: Sequence[str], enable_healthchecks: Sequence[str]) -> XidPolicy:
+        disable = [v.lower() for v in disable_healthchecks]
+        enable = [v.lower() for v in enable_healthchecks]
         all_forced = "all" in enable
         # Upstream quirk kept: `all`/`xids` in DISABLE turns the checker off unless ENABLE says `all`.
         enabled = all_forced or not ({"all", "xids"} & set(disable))

@@ -16,6 +16,16 @@ from gfd.discovery.simulated.profiles import build_node, load_profile
 collect_ignore_glob = [] if os.environ.get("GFD_E2E_INSIDE") else ["e2e/*"]
 
 
+@pytest.fixture(autouse=True)
+def _default_logging() -> Iterator[None]:
+    """Every test starts from the same logging set-up: a program a test ran in-process (doctor logs only
+    errors) must not hide the next test's warnings from structlog.testing.capture_logs."""
+    from gfd import logs
+
+    logs.configure()
+    yield
+
+
 @pytest.fixture
 def simulate() -> Iterator[Any]:
     """simulate(name_or_dict) installs a simulated node under pynvml; removed after the test."""

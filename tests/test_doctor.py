@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from gfd.config.options import GFD_OPTIONS
+from gfd.config.model import GFD_OPTIONS
 from gfd.doctor.cli import main as doctor
 from plugin.config import PLUGIN_OPTIONS
 

@@ -100,6 +100,12 @@ def test_greedy_counts_devices_already_in_use() -> None:
     assert must[0] == "GPU-0001::3"
 
 
+def _policy(env: dict[str, str]) -> XidPolicy:
+    """The policy the plugin builds from its environment."""
+    config = load_plugin_config([], env)
+    return XidPolicy.of(config.disable_healthchecks, config.enable_healthchecks)
+
+
 @pytest.mark.parametrize(("env", "checks"), [
     ({}, {13: False, 31: False, 48: True, 79: True}),
     ({"DP_DISABLE_HEALTHCHECKS": "48, 79"}, {48: False, 79: False, 94: True}),
@@ -108,7 +114,7 @@ def test_greedy_counts_devices_already_in_use() -> None:
     ({"DP_DISABLE_HEALTHCHECKS": "bogus,-3,45"}, {45: False, 48: True}),
 ])
 def test_xid_policy(env: dict[str, str], checks: dict[int, bool]) -> None:
-    policy = XidPolicy.from_env(env)
+    policy = _policy(env)
     assert policy.enabled
     assert {x: policy.critical(x) for x in checks} == checks
 
@@ -119,7 +125,7 @@ def test_xid_policy(env: dict[str, str], checks: dict[int, bool]) -> None:
     ({"DP_DISABLE_HEALTHCHECKS": "all", "DP_ENABLE_HEALTHCHECKS": "all"}, True),
 ])
 def test_checker_switch_quirks_as_upstream(env: dict[str, str], enabled: bool) -> None:
-    assert XidPolicy.from_env(env).enabled is enabled
+    assert _policy(env).enabled is enabled
 
 
 @pytest.mark.parametrize(("argv", "env", "message"), [

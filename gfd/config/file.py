@@ -7,8 +7,8 @@ from typing import Any
 
 from gfd.config.duration import parse_duration
 from gfd.config.errors import ConfigError, short
-from gfd.config.model import Imex, Sharing
-from gfd.config.options import GFD_OPTIONS, Option
+from gfd.config.model import GFD_OPTIONS, Imex, Sharing
+from gfd.config.options import Option
 from gfd.config.reading import load_yaml, read_text
 from gfd.config.sharing import _lookup, parse_sharing, resource_name
 

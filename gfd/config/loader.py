@@ -9,8 +9,8 @@ from typing import Any, NoReturn, TypeVar
 
 from gfd import __version__
 from gfd.config.errors import ConfigError
-from gfd.config.model import Config
-from gfd.config.options import GFD_OPTIONS, Option
+from gfd.config.model import GFD_OPTIONS, Config
+from gfd.config.options import Option
 
 T = TypeVar("T")
 
@@ -31,19 +31,27 @@ def _build_parser(options: Sequence[Option], prog: str) -> _Parser:
     descriptions = {"gpu-feature-discovery": "GPU Feature Discovery: generate labels for NVIDIA devices",
                     "nvidia-device-plugin": "NVIDIA device plugin for Kubernetes",
                     "config-manager": "Select this node's config by its node label and signal the main process"}
-    parser = _Parser(prog=prog, description=descriptions.get(prog), allow_abbrev=False)
+    env_only = [f"{', '.join(o.envs)}: {_described(o)}" for o in options if not o.flags]
+    parser = _Parser(prog=prog, description=descriptions.get(prog), allow_abbrev=False,
+                     epilog="environment only: " + "; ".join(env_only) if env_only else None)
     parser.add_argument("--version", "-v", action="version", version=__version__)
     for opt in options:
+        if not opt.flags:
+            continue  # env-only (upstream has no flag for it)
         names = list(opt.flags)
         # Go's flag syntax also accepts a single dash before long names (`-oneshot`).
         names += ["-" + f[2:] for f in opt.flags if f.startswith("--")]
-        kwargs: dict[str, Any] = {"dest": opt.dest, "default": None, "help": f"{opt.help} (accepted: "
-                                  f"{opt.accepted}; default: {opt.show_default()!r}; env: {', '.join(opt.envs)})"}
+        kwargs: dict[str, Any] = {"dest": opt.dest, "default": None,
+                                  "help": f"{_described(opt)[:-1]}; env: {', '.join(opt.envs)})"}
         if opt.kind == "bool":
             parser.add_argument(*names, nargs="?", const="true", metavar="BOOL", **kwargs)
         else:
             parser.add_argument(*names, metavar=opt.kind.upper(), **kwargs)
     return parser
+
+
+def _described(opt: Option) -> str:
+    return f"{opt.help} (accepted: {opt.accepted}; default: {opt.show_default()!r})"
 
 
 def _split_bool_values(argv: Sequence[str], options: Sequence[Option]) -> list[str]:
@@ -67,7 +75,7 @@ def parse_command_line(
         raise ConfigError("command line", "", f"flag provided but not defined: {unknown[0]}", "see --help")
     given: dict[str, Any] = {}
     for opt in options:
-        flag_value = getattr(namespace, opt.dest)
+        flag_value = getattr(namespace, opt.dest, None)
         if flag_value is not None:
             given[opt.dest] = _convert(opt, flag_value, f"flag {opt.flags[0]}")
             continue

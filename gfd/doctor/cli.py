@@ -13,49 +13,48 @@ from dataclasses import dataclass
 
 from gfd.config import ConfigError
 from gfd.config.loader import load, parse_command_line
-from gfd.config.options import Option
+from gfd.config.options import Option, options_of
 from gfd.doctor.checks import Context, run
 from gfd.doctor.report import as_json, as_table, exit_status
 
-OWN = (
-    Option("host_root", ("--host-root",), ("HOST_ROOT",), "str", "/",
-           help="where the host's / is mounted (/ when run on the host)"),
-    Option("output", ("--output",), ("DOCTOR_OUTPUT",), "str", "table", None, ("table", "json"),
-           help="table (readable) or json (see gfd/doctor/schema.json)"),
-    Option("strict", ("--strict",), ("DOCTOR_STRICT",), "bool", False, help="exit 2 when there are warnings"),
-    Option("runtime_class", ("--runtime-class",), ("RUNTIME_CLASS",), "str", "",
-           help="the RuntimeClass the chart's pods use (runtimeClassName), if any"),
-    Option("features_dir", ("--features-dir",), ("FEATURES_DIR",), "str",
-           "/etc/kubernetes/node-feature-discovery/features.d", help="NFD's features.d directory"),
-)
-# Taken from the program's own option table when it has them, so the same flags and env apply.
+
+@dataclass(frozen=True, kw_only=True)
+class DoctorConfig:
+    """Doctor's own options, then what it shares with the program it runs for: taken from that program's
+    options (`SHARED`), so the same flags, env vars and defaults apply. A program without one of them
+    (the plugin has no NodeFeature option, GFD no CDI strategy) leaves the value below."""
+
+    host_root: str = Option(("--host-root",), ("HOST_ROOT",), "str", "/",
+                            help="where the host's / is mounted (/ when run on the host)").field()
+    output: str = Option(("--output",), ("DOCTOR_OUTPUT",), "str", "table", None, ("table", "json"),
+                         help="table (readable) or json (see gfd/doctor/schema.json)").field()
+    strict: bool = Option(("--strict",), ("DOCTOR_STRICT",), "bool", False,
+                          help="exit 2 when there are warnings").field()
+    runtime_class: str = Option(("--runtime-class",), ("RUNTIME_CLASS",), "str", "",
+                                help="the RuntimeClass the chart's pods use (runtimeClassName), if any").field()
+    features_dir: str = Option(("--features-dir",), ("FEATURES_DIR",), "str",
+                               "/etc/kubernetes/node-feature-discovery/features.d",
+                               help="NFD's features.d directory").field()
+    simulate: str
+    container_driver_root: str
+    log_format: str
+    log_level: str
+    kubeconfig: str = ""
+    node_name: str = ""
+    use_node_feature_api: bool = False
+    device_list_strategy: tuple[str, ...] = ()
+    device_id_strategy: str = "uuid"
+    cdi_spec_dir: str = ""
+    kubelet_socket: str = ""
+    explicit: frozenset[str] = frozenset()
+
+
 SHARED = ("simulate", "container_driver_root", "kubeconfig", "node_name", "use_node_feature_api",
           "device_list_strategy", "device_id_strategy", "cdi_spec_dir", "kubelet_socket", "log_format", "log_level")
 
 
-@dataclass(frozen=True)
-class DoctorConfig:
-    host_root: str = "/"
-    output: str = "table"
-    strict: bool = False
-    runtime_class: str = ""
-    simulate: str = ""
-    container_driver_root: str = "/driver-root"
-    kubeconfig: str = ""
-    node_name: str = ""
-    features_dir: str = "/etc/kubernetes/node-feature-discovery/features.d"
-    use_node_feature_api: bool = False
-    device_list_strategy: tuple[str, ...] = ()
-    device_id_strategy: str = "uuid"
-    cdi_spec_dir: str = "/var/run/cdi"
-    kubelet_socket: str = "/var/lib/kubelet/device-plugins/kubelet.sock"
-    log_format: str = "auto"
-    log_level: str = "info"
-    explicit: frozenset[str] = frozenset()
-
-
 def main(prog: str, program_options: Sequence[Option], argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    options = (*OWN, *(o for o in program_options if o.dest in SHARED))
+    options = (*options_of(DoctorConfig), *(o for o in program_options if o.dest in SHARED))
     try:
         config = load(parse_command_line(argv, environ, options, f"{prog} doctor"), options, DoctorConfig)
     except ConfigError as e:

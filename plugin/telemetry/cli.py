@@ -16,16 +16,17 @@ import structlog
 from gfd import logs, signals
 from gfd.config import ConfigError
 from gfd.config.loader import load, parse_command_line
-from gfd.config.options import Option
 from plugin.config import PLUGIN_OPTIONS, PluginConfig
 
 log = structlog.get_logger("plugin.telemetry")
 PROG = "gpu-metrics-exporter"
+_PLUGIN = {o.dest: o for o in PLUGIN_OPTIONS}
+# The plugin's options, the same flags and env, except that the address is this program's whole job.
 OPTIONS = (
-    Option("gpu_metrics_address", ("--address",), ("GPU_METRICS_ADDRESS",), "str", ":9101",
-           help="serve /metrics and /healthz on HOST:PORT"),
-    *(o for o in PLUGIN_OPTIONS if o.dest in {"pod_resources_socket", "collect_interval_ns", "simulate",
-                                              "container_driver_root", "log_format", "log_level"}),
+    replace(_PLUGIN["gpu_metrics_address"], flags=("--address",), envs=("GPU_METRICS_ADDRESS",), default=":9101",
+            help="serve /metrics and /healthz on HOST:PORT"),
+    *(_PLUGIN[name] for name in ("pod_resources_socket", "collect_interval_ns", "simulate", "container_driver_root",
+                                 "log_format", "log_level")),
 )
 
 

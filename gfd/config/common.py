@@ -1,0 +1,38 @@
+"""Options more than one program has, declared once. Each program's config uses them with its own env
+vars where upstream's names differ by program (GFD reads `GFD_MIG_STRATEGY` before `MIG_STRATEGY`, the
+device plugin only `MIG_STRATEGY`)."""
+
+from __future__ import annotations
+
+from gfd.config.options import Option
+
+MIG_STRATEGIES = ("none", "single", "mixed")
+DISCOVERY_STRATEGIES = ("auto", "nvml", "tegra", "vfio")
+LOG_FORMATS = ("auto", "console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+MIG_STRATEGY = Option(("--mig-strategy",), ("MIG_STRATEGY",), "str", "none", ("flags", "migStrategy"),
+                      MIG_STRATEGIES, "the desired strategy for exposing MIG devices on GPUs that support it")
+FAIL_ON_INIT_ERROR = Option(("--fail-on-init-error",), ("FAIL_ON_INIT_ERROR",), "bool", True,
+                            ("flags", "failOnInitError"),
+                            help="fail the plugin if an error is encountered during initialization")
+DEVICE_DISCOVERY_STRATEGY = Option(("--device-discovery-strategy",), ("DEVICE_DISCOVERY_STRATEGY",), "str", "auto",
+                                   ("flags", "deviceDiscoveryStrategy"), DISCOVERY_STRATEGIES,
+                                   "the strategy to use to discover devices")
+CONTAINER_DRIVER_ROOT = Option(("--driver-root-ctr-path", "--container-driver-root"),
+                               ("DRIVER_ROOT_CTR_PATH", "CONTAINER_DRIVER_ROOT"), "str", "/driver-root",
+                               ("flags", "plugin", "containerDriverRoot"),
+                               help="the path where the NVIDIA driver root is mounted")
+CONFIG_FILE = Option(("--config-file",), ("CONFIG_FILE",), "str", "",
+                     help="the path to a config file as an alternative to command line options or environment "
+                          "variables")
+KUBECONFIG = Option(("--kubeconfig",), ("KUBECONFIG",), "str", "", help="absolute path to the kubeconfig")
+NODE_NAME = Option(("--node-name",), ("NODE_NAME",), "str", "", help="the name of this node")
+# Ours, not upstream's.
+SIMULATE = Option(("--simulate",), (), "str", "",
+                  help="run on a simulated node: a built-in profile name, a profile YAML path, or 'list'")
+LOG_FORMAT = Option(("--log-format",), (), "str", "auto", None, LOG_FORMATS,
+                    "log format: auto (console on a terminal, JSON otherwise), console or json")
+LOG_LEVEL = Option(("--log-level",), (), "str", "info", None, LOG_LEVELS, "the lowest level logged")
+METRICS_ADDRESS = Option(("--metrics-address",), (), "str", "",
+                         help="serve Prometheus /metrics and /healthz on HOST:PORT (off when empty)")
