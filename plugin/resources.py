@@ -1,15 +1,11 @@
-"""Resources the plugin advertises, derived from the device model and the config (upstream internal/rm).
-
-| MIG strategy | MIG-disabled GPUs  | MIG devices                 |
-| none         | nvidia.com/gpu     | not exposed (GPU is a full GPU) |
-| single       | nvidia.com/gpu     | nvidia.com/gpu              |
-| mixed        | nvidia.com/gpu     | nvidia.com/mig-<profile>    |
-Sharing replaces each device of a named resource by `replicas` copies `<UUID>::<n>`.
+"""Resources the plugin advertises: the resource model's groups (gfd/resources.py) as plugin devices,
+with the plugin's own rules (upstream internal/rm): what it refuses at start, GPUs lost at start
+advertised as full GPUs, and sharing, which replaces each device of a named resource by `replicas`
+copies `<UUID>::<n>`.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -17,10 +13,10 @@ import structlog
 
 from gfd.config import ReplicatedResources
 from gfd.model import DeviceModel, Gpu, LostGpu, MigDevice
+from gfd.resources import DOMAIN, Member, check_single, matches_default_patterns, resource_groups
 from plugin.config import PluginConfig
 
 log = structlog.get_logger("plugin")
-PREFIX = "nvidia.com/"
 # One ListAndWatch answer lists every device of a resource (~80 bytes each): 16 384 stay near 1.3 MiB,
 # far below gRPC's 4 MiB default message limit.
 MAX_DEVICES = 16384
@@ -55,7 +51,7 @@ class Resource:
 
     @property
     def socket_name(self) -> str:
-        return f"nvidia-{self.name.removeprefix(PREFIX)}.sock"
+        return f"nvidia-{self.name.removeprefix(DOMAIN)}.sock"
 
     @property
     def full_gpus_only(self) -> bool:
@@ -71,23 +67,27 @@ class Resource:
 
 def build_resources(model: DeviceModel, config: PluginConfig) -> list[Resource]:
     """Every resource with at least one device; ResourceError for configurations upstream refuses."""
-    groups: dict[str, list[PluginDevice]] = defaultdict(list)
-    strategy = config.mig_strategy
-    if strategy == "single":
+    if config.mig_strategy == "single":
         _check_single(model)
-    for gpu in model.gpus:
-        if strategy == "none" or not gpu.mig_enabled:
-            groups[PREFIX + "gpu"].append(PluginDevice(gpu.uuid, gpu.uuid, str(gpu.index), gpu))
-            continue
-        if not gpu.mig_devices:
-            log.warning("MIG-enabled GPU has no MIG devices", gpu=gpu.index)
-        for mig in gpu.mig_devices:
-            name = PREFIX + "gpu" if strategy == "single" else _mixed_name(mig)
-            groups[name].append(PluginDevice(mig.uuid, mig.uuid, f"{gpu.index}:{mig.index}", gpu, mig))
+    if config.mig_strategy != "none":
+        for gpu in model.gpus:
+            if gpu.mig_enabled and not gpu.mig_devices:
+                log.warning("MIG-enabled GPU has no MIG devices", gpu=gpu.index)
+    groups = {group.name: [_device(m) for m in group.members]
+              for group in resource_groups(model, config.mig_strategy)}
     for gpu in lost_placeholders(model):
         # Advertised (Unhealthy, see plugin.cli) as a full GPU: its MIG layout cannot be read while it is lost.
-        groups[PREFIX + "gpu"].append(PluginDevice(gpu.uuid, gpu.uuid, str(gpu.index), gpu))
+        groups.setdefault(DOMAIN + "gpu", []).append(_device(Member(gpu)))
     return [_shared(name, devices, config) for name, devices in groups.items()]
+
+
+def _device(member: Member) -> PluginDevice:
+    gpu, mig = member.gpu, member.mig
+    if mig is None:
+        return PluginDevice(gpu.uuid, gpu.uuid, str(gpu.index), gpu)
+    if not matches_default_patterns(mig):
+        raise ResourceError(f"MIG profile '{mig.profile}' does not match any resource patterns")
+    return PluginDevice(mig.uuid, mig.uuid, f"{gpu.index}:{mig.index}", gpu, mig)
 
 
 def lost_placeholders(model: DeviceModel) -> tuple[Gpu, ...]:
@@ -107,25 +107,15 @@ def _placeholder(lost: LostGpu) -> Gpu:
                minor_number=lost.minor_number, numa_node=None, pci_class=None, mig_capable=False, mig_enabled=False)
 
 
-def _mixed_name(mig: MigDevice) -> str:
-    # Upstream's default resource patterns cover only profiles whose CI slices equal GI slices.
-    if mig.ci_slices != mig.gi_slices:
-        raise ResourceError(f"MIG profile '{mig.profile}' does not match any resource patterns")
-    return f"{PREFIX}mig-{mig.label_profile}"
-
-
 def _check_single(model: DeviceModel) -> None:
-    mig_gpus = [g for g in model.gpus if g.mig_enabled]
-    if not mig_gpus:
+    check = check_single(model)
+    if check is None:
         return
-    if len(mig_gpus) != len(model.gpus):
+    if check.mixed_modes:
         raise ResourceError("all devices on the node must be configured with the same migEnabled value")
-    for gpu in mig_gpus:
-        if not gpu.mig_devices:
-            raise ResourceError(f"device {gpu.index} has no MIG devices configured")
-    kinds = {(m.profile, m.memory_mib, m.multiprocessors, m.gi_slices, m.ci_slices, m.copy_engines, m.decoders,
-              m.encoders, m.jpeg_engines, m.ofa_engines) for m in model.mig_devices}
-    if len(kinds) > 1:
+    if check.empty:
+        raise ResourceError(f"device {check.empty[0].index} has no MIG devices configured")
+    if check.device_types > 1:
         raise ResourceError("more than one MIG device type present on node")
 
 

@@ -17,6 +17,7 @@ from gfd.labels import Labels
 from gfd.labels.errors import LabelError
 from gfd.labels.sanitise import product
 from gfd.model import DeviceModel, Gpu, MigDevice
+from gfd.resources import ResourceGroup, check_single, resource_groups
 
 log = structlog.get_logger("gfd.labels")
 
@@ -147,29 +148,24 @@ def _check_mig_readable(model: DeviceModel) -> None:
 def single(model: DeviceModel, config: Config) -> Labels:
     labels = full_gpus(model, config)
     labels["nvidia.com/mig.strategy"] = "single"
-    mig_gpus = [g for g in model.gpus if g.mig_enabled]
-    if not mig_gpus:
+    check = check_single(model)
+    if check is None:
         return labels
     _check_mig_readable(model)
-    reason = None
-    if any(not g.mig_devices for g in mig_gpus):
-        reason = "at least one MIG device is enabled but empty"
-    elif len(mig_gpus) != len(model.gpus):
-        reason = "devices with MIG enabled and disable detected"
-    elif len({m.label_profile for m in model.mig_devices}) > 1:
-        reason = "more than one MIG device type present on node"
-    if reason is not None:
+    if not check.ok:
+        reason = ("at least one MIG device is enabled but empty" if check.empty else
+                  "devices with MIG enabled and disable detected" if check.mixed_modes else
+                  "more than one MIG device type present on node")
         log.warning(f"Invalid configuration detected for mig-strategy=single: {reason}")
         labels.update({
-            "nvidia.com/gpu.product": product(mig_gpus[0].name, "MIG", "INVALID"),
+            "nvidia.com/gpu.product": product(next(g for g in model.gpus if g.mig_enabled).name, "MIG", "INVALID"),
             "nvidia.com/gpu.count": "0",
             "nvidia.com/gpu.replicas": "0",
             "nvidia.com/gpu.sharing-strategy": "",
             "nvidia.com/gpu.memory": "0",
         })
         return labels
-    parent = mig_gpus[0]
-    labels.update(mig_labels("gpu", parent, parent.mig_devices[0], len(model.mig_devices), config.sharing))
+    labels.update(_mig_group_labels(resource_groups(model, "single"), config.sharing))
     return labels
 
 
@@ -177,13 +173,17 @@ def mixed(model: DeviceModel, config: Config) -> Labels:
     labels = full_gpus(model, config)
     labels["nvidia.com/mig.strategy"] = "mixed"
     _check_mig_readable(model)
-    by_profile: dict[str, list[tuple[Gpu, MigDevice]]] = defaultdict(list)
-    for gpu in model.gpus:
-        for mig in gpu.mig_devices:
-            by_profile[mig.label_profile].append((gpu, mig))
-    for profile, members in by_profile.items():
-        parent, first = members[0]
-        labels.update(mig_labels(f"mig-{profile}", parent, first, len(members), config.sharing))
+    labels.update(_mig_group_labels(resource_groups(model, "mixed"), config.sharing))
+    return labels
+
+
+def _mig_group_labels(groups: tuple[ResourceGroup, ...], sharing: Sharing) -> Labels:
+    """Each MIG resource labelled from its first device, with the resource's device count."""
+    labels: Labels = {}
+    for group in groups:
+        first = group.members[0]
+        if first.mig is not None:
+            labels.update(mig_labels(group.key, first.gpu, first.mig, len(group.members), sharing))
     return labels
 
 
