@@ -21,7 +21,7 @@ def in_process_pass(passes: int) -> tuple[float, float, int]:
     from gfd import logs
     from gfd.config import load_config, parse_command_line
     from gfd.discovery.session import NodeSource
-    from gfd.labelling import labels_for, read_model
+    from gfd.labelling import oneshot_labels
 
     logs.configure("json", level=40)
     config = load_config(parse_command_line(["--simulate", PROFILE, "--mig-strategy=mixed"], {}))
@@ -32,7 +32,7 @@ def in_process_pass(passes: int) -> tuple[float, float, int]:
         for _ in range(passes):
             before = simulation.library.calls.total()
             t0, c0 = time.perf_counter(), time.process_time()
-            labels_for(read_model(source, config), config, 0)
+            oneshot_labels(source, config, 0)
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
             calls = simulation.library.calls.total() - before

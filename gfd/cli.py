@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def oneshot(config: Config) -> int:
     from gfd.discovery.session import NodeSource
-    from gfd.labelling import PassError, labels_for, read_model
+    from gfd.labelling import PassError, oneshot_labels
 
     try:
         source = NodeSource.for_gfd(config)
@@ -58,7 +58,7 @@ def oneshot(config: Config) -> int:
     with source:
         try:
             output = make_output(config)
-            labels = labels_for(read_model(source, config), config, int(time.time()))
+            labels = oneshot_labels(source, config, int(time.time()))
             output.write(labels)
         except (PassError, ConfigError, OutputError) as e:
             log.error(str(e))

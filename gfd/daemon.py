@@ -22,13 +22,12 @@ from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
 from gfd.discovery.session import NodeSource
 from gfd.doctor.checks import Context
 from gfd.doctor.startup import check_at_start
-from gfd.labelling import lost_summary
-from gfd.labels.compose import Labels, compose
-from gfd.labels.errors import LabelError
+from gfd.labelling import label_node, lost_summary
+from gfd.labels.compose import Labels
 from gfd.metrics import AddressError, Metrics, serve
 from gfd.model import DeviceModel
 from gfd.outputs import Output, OutputError
-from gfd.outputs.choose import make_output
+from gfd.outputs.choose import make_output, removed_on_stop
 
 log = structlog.get_logger("gfd")
 
@@ -179,9 +178,7 @@ class Daemon:
     def _finish(self, run: _Run, remove: bool) -> None:
         run.output.close()
         run.source.close()
-        cfg = run.config
-        keep = cfg.keep_output_on_exit or cfg.oneshot or cfg.sleep_interval_ns == INFINITE_NS
-        if remove and not keep:  # a NodeFeature object or stdout has nothing to remove
+        if remove and removed_on_stop(run.config):
             run.output.remove()
 
     # -- one cycle --------------------------------------------------------------------------------
@@ -206,7 +203,7 @@ class Daemon:
         if not run.source.ready and (run.config.fail_on_init_error or self.nvml_ever_up):
             return None  # nothing yet, or keep the last good set: never flap to a GPU-less set
         try:
-            model = run.source.read()
+            result = label_node(run.source, run.config, run.started_at)
         except DiscoveryError as e:
             self.metrics.nvml_errors.labels(call=e.call or "unknown", error=str(e).rsplit(": ", 1)[-1]).inc()
             log.error("labelling pass failed; keeping the published labels and re-initialising NVML",
@@ -215,18 +212,16 @@ class Daemon:
             self.metrics.nvml_up.set(0)
             self.nvml_retry_at = time.monotonic() + self.nvml_backoff.next_delay()
             return None
-        for call, error in model.nvml_errors:
+        for call, error in result.model.nvml_errors:
             self.metrics.nvml_errors.labels(call=call, error=error).inc()
         if not self.setup_checked:  # once per process, with the first node read
             self.setup_checked = True
-            check_at_start(model, self.metrics.setup_check, context=Context(
+            check_at_start(result.model, self.metrics.setup_check, context=Context(
                 host_root=run.source.host_root, driver_root=run.config.container_driver_root))
-        self._note_lost(model)
-        try:
-            return compose(model, run.config, run.started_at)
-        except LabelError as e:
-            log.error("labelling pass failed; keeping the published labels", error=str(e))
-            return None
+        self._note_lost(result.model)
+        if result.labels is None:
+            log.error("labelling pass failed; keeping the published labels", error=result.problem)
+        return result.labels
 
     def _unexpected(self, run: _Run, error: Exception) -> None:
         kind = type(error).__name__

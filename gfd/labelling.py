@@ -1,6 +1,10 @@
-"""One labelling pass with upstream's per-pass semantics: open NVML, read the node, compose labels."""
+"""One labelling pass: read the node and compose its labels. The daemon (gfd/daemon.py) runs it every
+interval with its scheduling, backoff and metrics around it; oneshot and the bench run it once with
+upstream's per-pass semantics (`oneshot_labels`)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import structlog
 
@@ -14,43 +18,49 @@ from gfd.model import DeviceModel
 log = structlog.get_logger("gfd")
 
 
+@dataclass(frozen=True)
+class Pass:
+    model: DeviceModel
+    labels: Labels | None  # None when upstream would fail the pass: `problem` says why
+    problem: str = ""
+
+
+def label_node(source: NodeSource, config: Config, started_at: int) -> Pass:
+    """Read the node from an opened source (or one whose NVML failed to open: no GPUs) and compose its
+    labels. DiscoveryError when NVML fails during the read: what to do then is the caller's."""
+    model = source.read()
+    try:
+        return Pass(model, compose(model, config, started_at))
+    except LabelError as e:
+        return Pass(model, None, str(e))
+
+
 class PassError(Exception):
     """The pass failed; upstream exits 1 with this message."""
 
 
-def read_model(source: NodeSource, config: Config) -> DeviceModel:
-    """Open NVML, read, close. An NVML that cannot be opened is fatal or, with
-    failOnInitError=false, gives a GPU-less model (upstream's null manager)."""
+def oneshot_labels(source: NodeSource, config: Config, started_at: int) -> Labels:
+    """Upstream's pass: open NVML, label, close. An NVML that cannot be opened is fatal or, with
+    failOnInitError=false, gives a GPU-less node (upstream's null manager); a lost GPU fails the pass."""
     try:
         source.open()
     except NvmlUnavailable as e:
         if config.fail_on_init_error:
             raise PassError(source.init_failure(e)) from None
         log.warning("Failed to initialize resource manager; using empty manager", error=str(e))
-        return _read(source)
     try:
-        return _read(source)
-    finally:
-        source.close_nvml()
-
-
-def _read(source: NodeSource) -> DeviceModel:
-    try:
-        model = source.read()
+        result = label_node(source, config, started_at)
     except DiscoveryError as e:
         raise PassError(str(e)) from None
-    if model.lost_gpus:  # upstream's oneshot fails on a lost GPU; its exit status is kept
-        raise PassError(lost_summary(model))
-    return model
+    finally:
+        source.close_nvml()
+    if result.model.lost_gpus:  # upstream's oneshot fails on a lost GPU; its exit status is kept
+        raise PassError(lost_summary(result.model))
+    if result.labels is None:
+        raise PassError(result.problem)
+    return result.labels
 
 
 def lost_summary(model: DeviceModel) -> str:
     return "error getting devices: " + "; ".join(
         f"GPU {g.index}{f' ({g.uuid})' if g.uuid else ''}: ERROR_GPU_IS_LOST in {g.call}" for g in model.lost_gpus)
-
-
-def labels_for(model: DeviceModel, config: Config, started_at: int) -> Labels:
-    try:
-        return compose(model, config, started_at)
-    except LabelError as e:
-        raise PassError(str(e)) from None

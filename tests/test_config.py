@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from gfd.config import ConfigError, load_config, parse_command_line
 from gfd.config.model import DEFAULT_OUTPUT_FILE, Config
-from gfd.outputs.choose import writes_node_feature
 
 
 def load(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Config:
@@ -157,14 +156,6 @@ def test_missing_and_unparsable_files(tmp_path: Any, write_yaml: Any) -> None:
         load(["--config-file", str(tmp_path / "absent.yaml")])
     with pytest.raises(ConfigError, match=r"not valid YAML at line 3, column 3: "):
         load(["--config-file", write_yaml("flags:\n  - a\n  b: [\n")])
-
-
-def test_output_choice_honours_an_explicit_file_and_stdout() -> None:
-    assert writes_node_feature(load()) is True
-    assert writes_node_feature(load(["-o", "-"])) is False
-    assert writes_node_feature(load(["-o", "/x"])) is False
-    assert writes_node_feature(load(["-o", "/x", "--use-node-feature-api"])) is True
-    assert writes_node_feature(load([], {"USE_NODE_FEATURE_API": "false"})) is False
 
 
 _yaml_values = st.recursive(

@@ -10,7 +10,7 @@ import pytest
 from gfd.cli import main
 from gfd.discovery.session import NodeSource
 from gfd.discovery.simulated.profiles import Fault
-from gfd.labelling import PassError, read_model
+from gfd.labelling import PassError, oneshot_labels
 
 # Every NVML function the reader calls with a GPU's (or one of its MIG devices') handle, with a profile
 # on which the reader reaches it. (Profile-info tables are read once per product, on its first GPU:
@@ -81,7 +81,7 @@ def test_oneshot_keeps_upstreams_exit_status_with_one_line(simulate: Any, capsys
     with pytest.raises(PassError, match=r"GPU 1 \(GPU-[0-9a-f-]+\): ERROR_GPU_IS_LOST"):
         from gfd.config import load_config, parse_command_line
 
-        read_model(source, load_config(parse_command_line(["--oneshot"], {})))
+        oneshot_labels(source, load_config(parse_command_line(["--oneshot"], {})), 0)
 
 
 def test_oneshot_cli_exits_1_on_a_lost_gpu(tmp_path: Any) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gfd.config import Config
+from gfd.config.duration import INFINITE_NS
 from gfd.config.model import STDOUT
 from gfd.outputs import Output
 
@@ -24,6 +25,13 @@ def writes_node_feature(config: Config) -> bool:
     if "use_node_feature_api" in config.explicit:
         return config.use_node_feature_api
     return config.use_node_feature_api and "output_file" not in config.explicit
+
+
+def removed_on_stop(config: Config) -> bool:
+    """Whether a clean stop takes the labels back (upstream removes the feature file, so NFD drops every
+    GPU label), unless asked to keep them or the labels were meant to stay (oneshot, an infinite interval).
+    A NodeFeature object or stdout has nothing to remove."""
+    return not (config.keep_output_on_exit or config.oneshot or config.sleep_interval_ns == INFINITE_NS)
 
 
 def make_output(config: Config, metrics: Metrics | None = None,
