@@ -212,7 +212,7 @@ class Daemon:
             self.metrics.nvml_up.set(0)
             self.nvml_retry_at = time.monotonic() + self.nvml_backoff.next_delay()
             return None
-        for call, error in result.model.nvml_errors:
+        for call, error in result.failed_queries:
             self.metrics.nvml_errors.labels(call=call, error=error).inc()
         if not self.setup_checked:  # once per process, with the first node read
             self.setup_checked = True

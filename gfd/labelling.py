@@ -23,6 +23,7 @@ class Pass:
     model: DeviceModel
     labels: Labels | None  # None when upstream would fail the pass: `problem` says why
     problem: str = ""
+    failed_queries: tuple[tuple[str, str], ...] = ()  # (NVML function, error), fatal or not
 
 
 def label_node(source: NodeSource, config: Config, started_at: int) -> Pass:
@@ -30,9 +31,9 @@ def label_node(source: NodeSource, config: Config, started_at: int) -> Pass:
     labels. DiscoveryError when NVML fails during the read: what to do then is the caller's."""
     model = source.read()
     try:
-        return Pass(model, compose(model, config, started_at))
+        return Pass(model, compose(model, config, started_at), failed_queries=source.failed_queries)
     except LabelError as e:
-        return Pass(model, None, str(e))
+        return Pass(model, None, str(e), source.failed_queries)
 
 
 class PassError(Exception):

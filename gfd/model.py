@@ -112,9 +112,6 @@ class DeviceModel:
     machine_type: str | None
     # None when the PCI scan failed (upstream then emits no vgpu labels at all).
     vgpu: Vgpu | None
-    nvml_available: bool = True
-    # (NVML function, error) for every query that failed in this read, fatal or not: for metrics.
-    nvml_errors: tuple[tuple[str, str], ...] = ()
     # GPU pairs (a < b), read only when asked for (the device plugin's preferred allocation).
     links: tuple[Link, ...] = ()
     # GPUs that fell off the bus: not in `gpus`, so labels describe the GPUs that can be used.

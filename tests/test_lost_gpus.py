@@ -49,7 +49,7 @@ def _read(simulate: Any, profile: str, call: str, gpu: int) -> Any:
     source.host_root = sim.host_root
     source.open()
     try:
-        return source.read(topology=True), sim
+        return source.read(topology=True), sim, source.failed_queries
     finally:
         source.close_nvml()
 
@@ -58,18 +58,18 @@ def _read(simulate: Any, profile: str, call: str, gpu: int) -> Any:
 def test_a_gpu_lost_at_any_call_site_is_reported_and_the_rest_are_read(simulate: Any, profile: str,
                                                                        call: str) -> None:
     gpu = 0 if "ProfileInfo" in call else 2
-    model, sim = _read(simulate, profile, call, gpu)
+    model, sim, failed_queries = _read(simulate, profile, call, gpu)
     assert [g.index for g in model.gpus] == [i for i in range(len(sim.node.gpus)) if i != gpu]
     assert len(model.lost_gpus) == 1
     lost = model.lost_gpus[0]
     # Named from the kernel driver's /proc entry, so the device plugin can still advertise it.
     assert (lost.index, lost.uuid, lost.minor_number) == (gpu, sim.node.gpus[gpu].uuid, gpu)
     assert lost.call == call.removesuffix("_v2").removesuffix("_v3")
-    assert any(e == "ERROR_GPU_IS_LOST" for _, e in model.nvml_errors)
+    assert any(e == "ERROR_GPU_IS_LOST" for _, e in failed_queries)
 
 
 def test_topology_of_a_gpu_lost_between_reads_is_skipped_not_fatal(simulate: Any) -> None:
-    model, _ = _read(simulate, "dgx1v", "nvmlDeviceGetTopologyCommonAncestor", 2)
+    model, _, _ = _read(simulate, "dgx1v", "nvmlDeviceGetTopologyCommonAncestor", 2)
     assert len(model.gpus) == 8 and model.links == () and model.lost_gpus == ()
 
 

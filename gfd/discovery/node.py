@@ -37,8 +37,6 @@ def _model(gpus: tuple[Gpu, ...], driver: str, cuda: int, host_root: str, machin
         gpus=gpus,
         machine_type=read_machine_type(host_root, machine_type_file) if gpus else None,
         vgpu=vgpu,
-        nvml_available=reader is not None,
-        nvml_errors=tuple(reader.errors) if reader is not None else (),
         links=reader.read_links(gpus) if reader is not None and topology and len(gpus) > 1 else (),
         lost_gpus=lost,
     )

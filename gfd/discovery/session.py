@@ -67,6 +67,12 @@ class NodeSource:
             return read_vfio_node(self.host_root, self.machine_type_file)
         return read_node(self.reader, self.host_root, self.machine_type_file, topology)
 
+    @property
+    def failed_queries(self) -> tuple[tuple[str, str], ...]:
+        """(NVML function, error) for every query of the last read that failed, fatal or not (for metrics:
+        a diagnostic of the read, not a fact of the node, so not in the model)."""
+        return tuple(self.reader.errors) if self.reader is not None else ()
+
     def close_nvml(self) -> None:
         """Shut NVML down (to open it again later in the same run); the source stays usable."""
         if self.reader is not None:
