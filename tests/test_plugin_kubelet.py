@@ -1,0 +1,104 @@
+"""plugin/kubelet.py: registration with the kubelet (the stand-in), retries and re-registration."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugin.config import PluginConfig
+from plugin.health import HealthState
+from plugin.host import NodeDevices
+from plugin.kubelet import KubeletRegistrar
+from plugin.metrics import PluginMetrics
+from plugin.resources import build_resources
+from plugin.server import DevicePluginService, ResourceServer
+from tests.builders import gpu, mig, model
+from tests.helpers import eventually
+from tests.kubelet import KubeletStandIn
+
+
+@pytest.fixture
+def plugin_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="dp-", dir="/tmp") as directory:  # unix socket paths are short
+        yield Path(directory) / "device-plugins"
+
+
+def registrar(plugin_dir: Path, metrics: PluginMetrics, kubelet_socket: str | None = None) -> KubeletRegistrar:
+    config = PluginConfig(mig_strategy="mixed")
+    resources = build_resources(model(gpu(0, mig(0, "1g.5gb", 1)), gpu(1)), config)
+    servers = [ResourceServer(DevicePluginService(r, config, NodeDevices(), HealthState(300), (), metrics),
+                              str(plugin_dir)) for r in resources]
+    socket = str(plugin_dir / "kubelet.sock") if kubelet_socket is None else kubelet_socket
+    return KubeletRegistrar(servers, socket, metrics, poll_s=0.02)
+
+
+def registrations(metrics: PluginMetrics, resource: str, *reasons: str) -> float:
+    """Registrations counted for `resource` with any of `reasons`."""
+    return sum(metrics.registry.get_sample_value("nvidia_device_plugin_registrations_total",
+                                                 {"resource": resource, "reason": reason}) or 0.0
+               for reason in reasons)
+
+
+def test_every_resource_registers_and_registers_again_after_a_kubelet_restart(plugin_dir: Path) -> None:
+    plugin_dir.mkdir()
+    kubelet = KubeletStandIn(str(plugin_dir))
+    metrics = PluginMetrics()
+    r = registrar(plugin_dir, metrics)
+    stop = threading.Event()
+    watch = threading.Thread(target=r.run, args=(stop,))
+    try:
+        r.start()
+        for name in ("nvidia.com/mig-1g.5gb", "nvidia.com/gpu"):
+            assert kubelet.registered(name).request.endpoint == name.replace("nvidia.com/", "nvidia-") + ".sock"
+            assert registrations(metrics, name, "start") == 1
+        watch.start()
+        kubelet.restart()  # every plugin socket deleted, a new kubelet.sock
+        kubelet.registered("nvidia.com/gpu")
+        kubelet.registered("nvidia.com/mig-1g.5gb")
+        # The poll may see our sockets deleted before the new kubelet.sock appears: either reason.
+        assert registrations(metrics, "nvidia.com/gpu", "kubelet restart", "retry") == 1
+        assert all(os.path.exists(s.path) for s in r.servers)  # served again
+    finally:
+        stop.set()
+        if watch.is_alive():
+            watch.join(5)
+        r.stop()
+        kubelet.stop()
+
+
+def test_a_kubelet_that_comes_later_is_registered_with_on_retry(plugin_dir: Path) -> None:
+    metrics = PluginMetrics()
+    r = registrar(plugin_dir, metrics)
+    r.start()  # no kubelet.sock yet: the attempt fails and is retried with backoff
+    try:
+        assert r.pending == {0, 1}
+        kubelet = KubeletStandIn(str(plugin_dir))
+        try:
+            def registered() -> bool:
+                r.check()  # one poll of the watch loop
+                return not r.pending
+
+            eventually(registered, timeout=10)
+            # A kubelet.sock appearing is a kubelet (re)start: registration follows at once, not at the retry.
+            assert registrations(metrics, "nvidia.com/gpu", "kubelet restart") == 1
+        finally:
+            kubelet.stop()
+    finally:
+        r.stop()
+
+
+def test_no_kubelet_socket_serves_without_registering(plugin_dir: Path) -> None:
+    metrics = PluginMetrics()
+    r = registrar(plugin_dir, metrics, kubelet_socket="")
+    r.start()
+    try:
+        assert not r.pending
+        assert all(os.path.exists(s.path) for s in r.servers)
+        assert registrations(metrics, "nvidia.com/gpu", "start") == 0
+    finally:
+        r.stop()
