@@ -28,7 +28,7 @@ def test_a_simulated_source_reads_its_profile_and_removes_it_on_close() -> None:
 def test_failed_queries_are_those_of_the_last_read() -> None:
     with NodeSource("auto", "t4") as source:
         source.open()
-        assert source.failed_queries == ()
+        assert not source.failed_queries
         assert source.simulation is not None
         source.simulation.node.faults.append(Fault("nvmlDeviceGetMemoryInfo", pynvml.NVML_ERROR_UNKNOWN, gpu=1))
         model = source.read()
