@@ -36,7 +36,7 @@ def test_failed_queries_are_those_of_the_last_read() -> None:
         assert source.failed_queries == (("nvmlDeviceGetMemoryInfo", "ERROR_UNKNOWN"),)
         source.simulation.node.faults.clear()
         source.read()
-        assert source.failed_queries == ()
+        assert not source.failed_queries
 
 
 def test_without_nvml_the_failure_is_worded_as_upstream_by_strategy() -> None:
