@@ -80,3 +80,15 @@ def test_ci_runs_the_readmes_test_command_verbatim() -> None:
     assert command is not None
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert command.group(1) in ci_lines
+
+
+def test_the_architecture_names_modules_that_exist() -> None:
+    """Each module or folder the architecture section names is where it says (a rename must update it)."""
+    section = README.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"\b((?:gfd|plugin)/[\w/]*(?:\.py)?)", section))
+    bare = {m for m in re.findall(r"\b(\w+\.py)\b", section)}
+    assert len(named) >= 6 and len(bare) >= 15
+    for path in named:
+        assert (ROOT / path).exists(), path
+    sources = {p.name for p in (ROOT / "gfd").rglob("*.py")} | {p.name for p in (ROOT / "plugin").rglob("*.py")}
+    assert bare <= sources, bare - sources
