@@ -19,7 +19,6 @@ DEVICE_ID_STRATEGIES = ("uuid", "index")
 ALLOCATION_POLICIES = ("distributed", "packed")
 # nvidia-container-toolkit internal/discover/hooks.go: the hooks a generated spec can hold, and `all`.
 CDI_HOOKS = ("all", "create-symlinks", "enable-cuda-compat", "update-ldcache", "disable-device-node-modification")
-KUBELET_SOCKET = "/var/lib/kubelet/device-plugins/kubelet.sock"
 
 _MOUNTED = "flags", "plugin"
 
@@ -74,8 +73,7 @@ class PluginConfig:
                                                help="a list of IMEX channels to inject").field()
     imex_required: bool = Option(("--imex-required",), ("IMEX_REQUIRED",), "bool", False,
                                  help="the specified IMEX channels are required").field()
-    kubelet_socket: str = Option(("--kubelet-socket",), ("KUBELET_SOCKET",), "str", KUBELET_SOCKET,
-                                 help="the kubelet's registration socket; empty skips registration").field()
+    kubelet_socket: str = common.KUBELET_SOCKET.field()
     config_file: str = common.CONFIG_FILE.field()
     cdi_feature_flags: tuple[str, ...] = Option(("--cdi-feature-flags",), ("CDI_FEATURE_FLAGS",), "list", (),
                                                 help="feature flags for the CDI spec generator").field()
@@ -127,7 +125,7 @@ class PluginConfig:
 
     @property
     def plugin_dir(self) -> str:
-        return os.path.dirname(self.kubelet_socket) if self.kubelet_socket else os.path.dirname(KUBELET_SOCKET)
+        return os.path.dirname(self.kubelet_socket or common.KUBELET_SOCKET.default)
 
     @property
     def channel_ids(self) -> tuple[int, ...]:

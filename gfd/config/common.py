@@ -23,6 +23,10 @@ CONTAINER_DRIVER_ROOT = Option(("--driver-root-ctr-path", "--container-driver-ro
                                ("DRIVER_ROOT_CTR_PATH", "CONTAINER_DRIVER_ROOT"), "str", "/driver-root",
                                ("flags", "plugin", "containerDriverRoot"),
                                help="the path where the NVIDIA driver root is mounted")
+# The kubelet's registration socket, in its device-plugin directory (the kubelet's default --root-dir).
+KUBELET_SOCKET = Option(("--kubelet-socket",), ("KUBELET_SOCKET",), "str",
+                        "/var/lib/kubelet/device-plugins/kubelet.sock",
+                        help="the kubelet's registration socket; empty skips registration")
 CONFIG_FILE = Option(("--config-file",), ("CONFIG_FILE",), "str", "",
                      help="the path to a config file as an alternative to command line options or environment "
                           "variables")

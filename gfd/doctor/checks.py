@@ -45,17 +45,19 @@ class Context:
     nvml_library: str = ""
     nvml_error: str = ""
     pending: dict[int, Any] = field(default_factory=dict)  # GPU index -> nvml.PendingState
+    # What the host checks look at: doctor's and the program's options (gfd/doctor/cli.py) fill them; the
+    # daemons' start-up subset reads none of them.
     cdi: bool = False
-    cdi_spec_dir: str = "/var/run/cdi"
-    device_id_strategy: str = "uuid"
-    device_plugins_dir: str = "/var/lib/kubelet/device-plugins"
-    features_dir: str = "/etc/kubernetes/node-feature-discovery/features.d"
+    cdi_spec_dir: str = ""
+    device_id_strategy: str = ""
+    device_plugins_dir: str = ""
+    features_dir: str = ""
     node_feature_api: bool = False
     runtime_class: str = ""  # the chart's runtimeClassName, when it sets one
     api: Any = None  # a kubernetes ApiClient, when credentials were given
     node_name: str = ""
 
-    driver_root: str = "/driver-root"  # where a driver container's root is mounted, if it is
+    driver_root: str = ""  # where a driver container's root is mounted, if it is
 
     def host(self, path: str) -> str:
         return host_path(self.host_root, path)

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gfd.config import ConfigError
+from gfd.config import ConfigError, common
 from gfd.config.loader import load, parse_command_line
+from gfd.config.model import DEFAULT_OUTPUT_FILE
 from gfd.config.options import Option, options_of
 from gfd.doctor.checks import Context, run
 from gfd.doctor.report import as_json, as_table, exit_status
@@ -32,8 +33,7 @@ class DoctorConfig:
                           help="exit 2 when there are warnings").field()
     runtime_class: str = Option(("--runtime-class",), ("RUNTIME_CLASS",), "str", "",
                                 help="the RuntimeClass the chart's pods use (runtimeClassName), if any").field()
-    features_dir: str = Option(("--features-dir",), ("FEATURES_DIR",), "str",
-                               "/etc/kubernetes/node-feature-discovery/features.d",
+    features_dir: str = Option(("--features-dir",), ("FEATURES_DIR",), "str", os.path.dirname(DEFAULT_OUTPUT_FILE),
                                help="NFD's features.d directory").field()
     simulate: str
     container_driver_root: str
@@ -45,7 +45,7 @@ class DoctorConfig:
     device_list_strategy: tuple[str, ...] = ()
     device_id_strategy: str = "uuid"
     cdi_spec_dir: str = ""
-    kubelet_socket: str = ""
+    kubelet_socket: str = common.KUBELET_SOCKET.default
     explicit: frozenset[str] = frozenset()
 
 
@@ -79,7 +79,7 @@ def context(config: DoctorConfig, environ: Mapping[str, str]) -> Context:
 
     c = Context(host_root=config.host_root, cdi=any(s.startswith("cdi-") for s in config.device_list_strategy),
                 cdi_spec_dir=config.cdi_spec_dir, device_id_strategy=config.device_id_strategy,
-                device_plugins_dir=os.path.dirname(config.kubelet_socket) or "/var/lib/kubelet/device-plugins",
+                device_plugins_dir=os.path.dirname(config.kubelet_socket or common.KUBELET_SOCKET.default),
                 node_feature_api=bool(config.use_node_feature_api),
                 runtime_class=config.runtime_class, node_name=config.node_name, features_dir=config.features_dir,
                 driver_root=config.container_driver_root)
