@@ -91,11 +91,23 @@ COMPUTE_MODES = {"DEFAULT": pynvml.NVML_COMPUTEMODE_DEFAULT,
                  "EXCLUSIVE_PROCESS": pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS}
 
 
+def gpu_handle(index: int) -> Any:
+    """The NVML handle of the GPU at `index`, for the callers outside a read (telemetry, MPS, doctor):
+    GpuLost when it fell off the bus, as the reader reports it; any other NVMLError as NVML raised it."""
+    try:
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    except pynvml.NVMLError_GpuIsLost:
+        raise GpuLost("nvmlDeviceGetHandleByIndex") from None
+
+
 def set_compute_mode(index: int, mode: str) -> None:
     """nvmlDeviceSetComputeMode on the GPU at `index` (what `nvidia-smi -i <gpu> -c <mode>` does);
     DiscoveryError naming NVML's answer (NO_PERMISSION without root, NOT_SUPPORTED, ...)."""
     try:
-        pynvml.nvmlDeviceSetComputeMode(pynvml.nvmlDeviceGetHandleByIndex(index), COMPUTE_MODES[mode])
+        pynvml.nvmlDeviceSetComputeMode(gpu_handle(index), COMPUTE_MODES[mode])
+    except GpuLost:
+        raise DiscoveryError(f"error setting compute mode {mode} on GPU {index}: ERROR_GPU_IS_LOST",
+                             "nvmlDeviceGetHandleByIndex") from None
     except NVMLError as e:
         raise DiscoveryError(f"error setting compute mode {mode} on GPU {index}: {error_name(e)}",
                              "nvmlDeviceSetComputeMode") from None
@@ -111,9 +123,19 @@ class PendingState:
     remap_failed: bool | None
 
 
-def pending_state(index: int) -> PendingState:
-    """For `doctor`: a MIG mode change waiting for a GPU reset, row remapping pending or failed."""
-    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+def pending_states(gpus: Iterable[Gpu]) -> dict[int, PendingState]:
+    """For `doctor`, by GPU index: a MIG mode change waiting for a GPU reset, row remapping pending or
+    failed. A GPU that does not answer is left out (the lost-GPU check says what is wrong with it)."""
+    states = {}
+    for gpu in gpus:
+        try:
+            states[gpu.index] = _pending_state(gpu_handle(gpu.index))
+        except (NVMLError, GpuLost):
+            continue
+    return states
+
+
+def _pending_state(handle: Any) -> PendingState:
     try:
         current, pending = pynvml.nvmlDeviceGetMigMode(handle)
     except NVMLError:

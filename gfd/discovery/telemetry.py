@@ -102,15 +102,6 @@ class Sample:
     errors: dict[str, str]  # field name -> NVML error name, for other failures
 
 
-def gpu_handle(index: int) -> Any:
-    try:
-        return pynvml.nvmlDeviceGetHandleByIndex(index)
-    except NVMLError as e:
-        if isinstance(e, pynvml.NVMLError_GpuIsLost):
-            raise GpuLost("nvmlDeviceGetHandleByIndex") from None
-        raise
-
-
 def mig_handle(gpu: Any, index: int) -> Any:
     return pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, index)
 

@@ -22,12 +22,7 @@ def check_at_start(model: DeviceModel, gauge: Gauge, ids: tuple[str, ...] = NODE
     """NVML is open (the daemon just read `model` through it)."""
     c = context or Context()
     c.model = model
-    c.pending = {}
-    for gpu in model.gpus:
-        try:
-            c.pending[gpu.index] = nvml.pending_state(gpu.index)
-        except nvml.NVMLError:
-            continue  # the GPU's own checks say what is wrong with it
+    c.pending = nvml.pending_states(model.gpus)
     results = run(c, ids)
     for r in results:
         gauge.labels(check=r.id, verdict=r.verdict).set(1)

@@ -11,7 +11,7 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
-from gfd.discovery import telemetry
+from gfd.discovery import nvml, telemetry
 from gfd.discovery.errors import GpuLost
 from gfd.discovery.nvml import NVMLError, error_name
 from gfd.model import DeviceModel, Gpu, LostGpu
@@ -67,7 +67,7 @@ class TelemetryCollector(threading.Thread):
         lost = []
         for gpu in model.gpus:
             try:
-                handle = telemetry.gpu_handle(gpu.index)
+                handle = nvml.gpu_handle(gpu.index)
                 found = [DeviceSample(gpu, None, telemetry.sample(handle))]
                 for mig in gpu.mig_devices:
                     found.append(DeviceSample(gpu, mig, telemetry.sample(telemetry.mig_handle(handle, mig.index),
