@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import structlog
 
 from gfd import logs
 from gfd.config import Config, ConfigError, load_config, parse_command_line
+from gfd.config.model import GFD_OPTIONS
+from gfd.doctor.subcommand import with_doctor
 from gfd.outputs import OutputError
 from gfd.outputs.choose import make_output, writes_node_feature
 
 log = structlog.get_logger("gfd")
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    environ = os.environ if environ is None else environ
-    if argv[:1] == ["doctor"]:
-        from gfd.config.model import GFD_OPTIONS
-        from gfd.doctor.cli import main as doctor
-
-        return doctor("gpu-feature-discovery", GFD_OPTIONS, argv[1:], environ)
+@with_doctor("gpu-feature-discovery", lambda: GFD_OPTIONS)
+def main(argv: list[str], environ: Mapping[str, str]) -> int:
     try:
         cmdline = parse_command_line(argv, environ)
     except ConfigError as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -11,9 +10,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from gfd import logs, signals
+from gfd import signals
 from gfd.config import ConfigError
-from plugin.config import PluginConfig, load_plugin_config, reload_or_keep
+from gfd.doctor.subcommand import with_doctor
+from gfd.program import configured
+from plugin.config import PLUGIN_OPTIONS, PluginConfig, load_plugin_config, reload_or_keep
 
 if TYPE_CHECKING:
     from gfd.discovery.session import NodeSource
@@ -228,20 +229,11 @@ class DevicePlugin:
         plugins.source.close()
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    environ = os.environ if environ is None else environ
-    if argv[:1] == ["doctor"]:
-        from gfd.doctor.cli import main as doctor
-        from plugin.config import PLUGIN_OPTIONS
-
-        return doctor("nvidia-device-plugin", PLUGIN_OPTIONS, argv[1:], environ)
-    try:
-        config = load_plugin_config(argv, environ)
-    except ConfigError as e:
-        print(f"nvidia-device-plugin: error starting plugins: {e}", file=sys.stderr)
+@with_doctor("nvidia-device-plugin", lambda: PLUGIN_OPTIONS)
+def main(argv: list[str], environ: Mapping[str, str]) -> int:
+    config = configured("nvidia-device-plugin: error starting plugins", lambda: load_plugin_config(argv, environ))
+    if config is None:
         return 1
-    logs.configure(config.log_format, config.log_level)
     plugin = DevicePlugin(argv, environ, config)
     signals.install(plugin.stop, plugin.request_reload)
     return plugin.run()

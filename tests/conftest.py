@@ -43,6 +43,26 @@ def simulate() -> Iterator[Any]:
 
 
 @pytest.fixture
+def opened(simulate: Any) -> Iterator[Any]:
+    """opened(profile): a simulated node with NVML open, as a daemon holds it: (simulation, GPUs as read)."""
+    from gfd.discovery.session import NodeSource
+
+    sources: list[NodeSource] = []
+
+    def _open(profile: str) -> tuple[Simulation, tuple[Any, ...]]:
+        sim = simulate(profile)
+        source = NodeSource("auto")
+        sources.append(source)
+        source.host_root = sim.host_root
+        source.open()
+        return sim, source.read().gpus
+
+    yield _open
+    for source in sources:
+        source.close()
+
+
+@pytest.fixture
 def write_yaml(tmp_path: Any) -> Any:
     def _write(doc: Any, name: str = "config.yaml") -> str:
         path = tmp_path / name

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pynvml
 import pytest
 
 from gfd.discovery.events import EventWatcher, XidEvent, probe, probe_fully
-from gfd.discovery.session import NodeSource
 from gfd.discovery.simulated.profiles import Fault
 from gfd.model import Gpu
 
 
 @pytest.fixture
-def t4(simulate: Any) -> Iterator[tuple[Any, tuple[Gpu, ...]]]:
-    """A simulated T4 node with NVML open: (the simulation, its GPUs as read)."""
-    sim = simulate("t4")
-    with NodeSource("auto") as source:
-        source.host_root = sim.host_root
-        source.open()
-        yield sim, source.read().gpus
+def t4(opened: Callable[[str], tuple[Any, tuple[Gpu, ...]]]) -> tuple[Any, tuple[Gpu, ...]]:
+    return opened("t4")
 
 
 def test_an_xid_arrives_with_its_gpu_and_instance(t4: tuple[Any, tuple[Gpu, ...]]) -> None:

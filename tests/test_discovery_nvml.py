@@ -3,24 +3,19 @@ states, telemetry handles) report a lost GPU the one way the reader does."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from gfd.discovery import nvml
 from gfd.discovery.errors import DiscoveryError, GpuLost
-from gfd.discovery.session import NodeSource
 from gfd.model import Gpu
 
 
 @pytest.fixture
-def a100(simulate: Any) -> Iterator[tuple[Any, tuple[Gpu, ...]]]:
-    sim = simulate("a100-mig-single")
-    with NodeSource("auto") as source:
-        source.host_root = sim.host_root
-        source.open()
-        yield sim, source.read().gpus
+def a100(opened: Callable[[str], tuple[Any, tuple[Gpu, ...]]]) -> tuple[Any, tuple[Gpu, ...]]:
+    return opened("a100-mig-single")
 
 
 def test_a_lost_gpu_is_gpulost_wherever_its_handle_is_asked_for(a100: tuple[Any, tuple[Gpu, ...]]) -> None:

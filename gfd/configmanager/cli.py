@@ -8,7 +8,6 @@ only the init container, which has nothing to keep, fails on it.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -16,13 +15,12 @@ from typing import Any
 
 import structlog
 
-from gfd import logs
 from gfd.backoff import Backoff
-from gfd.config import ConfigError
 from gfd.config.loader import load, parse_command_line
 from gfd.configmanager.apply import link_target, point, send
 from gfd.configmanager.options import CONFIG_MANAGER_OPTIONS, Settings
 from gfd.configmanager.selection import SelectError, available_configs, select
+from gfd.program import configured, process_arguments
 
 log = structlog.get_logger("config-manager")
 WATCH_TIMEOUT_S = 300
@@ -142,14 +140,10 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    env = os.environ if environ is None else environ
-    try:
-        settings = load_settings(argv, env)
-    except (ConfigError, ValueError) as e:
-        print(f"config-manager: {e}", file=sys.stderr)
+    args, env = process_arguments(argv, environ)
+    settings = configured("config-manager", lambda: load_settings(args, env))
+    if settings is None:
         return 1
-    logs.configure(settings.log_format, settings.log_level)
     try:
         core = core_api(settings.kubeconfig)
     except Exception as e:  # no in-cluster credentials, an unreadable kubeconfig

@@ -11,12 +11,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gfd.config import ConfigError, common
+from gfd.config import common
 from gfd.config.loader import load, parse_command_line
 from gfd.config.model import DEFAULT_OUTPUT_FILE
 from gfd.config.options import Option, options_of
 from gfd.doctor.checks import Context, run
 from gfd.doctor.report import as_json, as_table, exit_status
+from gfd.program import configured
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,14 +56,11 @@ SHARED = ("simulate", "container_driver_root", "kubeconfig", "node_name", "use_n
 
 def main(prog: str, program_options: Sequence[Option], argv: Sequence[str], environ: Mapping[str, str]) -> int:
     options = (*options_of(DoctorConfig), *(o for o in program_options if o.dest in SHARED))
-    try:
-        config = load(parse_command_line(argv, environ, options, f"{prog} doctor"), options, DoctorConfig)
-    except ConfigError as e:
-        print(f"{prog} doctor: {e}", file=sys.stderr)
+    # The report is the output; logs only for errors.
+    config = configured(f"{prog} doctor", lambda: load(parse_command_line(argv, environ, options, f"{prog} doctor"),
+                                                       options, DoctorConfig), log_level="error")
+    if config is None:
         return 1
-    from gfd import logs
-
-    logs.configure(config.log_format, "error")  # the report is the output; logs only for errors
     checks = run(context(config, environ))
     if config.output == "json":
         print(as_json(checks))

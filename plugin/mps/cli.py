@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from gfd import logs, signals
+from gfd import signals
 from gfd.config import ConfigError
 from gfd.config.loader import load, parse_command_line
+from gfd.program import configured, process_arguments
 from plugin.config import PLUGIN_OPTIONS, PluginConfig, reload_or_keep, validate
 from plugin.mps import MpsError
 from plugin.mps.control import answers
@@ -134,18 +135,14 @@ class MpsControlDaemon:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    environ = os.environ if environ is None else environ
-    subcommand = argv.pop(0) if argv and not argv[0].startswith("-") else ""
+    args, env = process_arguments(argv, environ)
+    subcommand = args.pop(0) if args and not args[0].startswith("-") else ""
     if subcommand not in ("", "mount-shm"):
         print(f"{PROG}: unknown command {subcommand!r} (accepted: mount-shm)", file=sys.stderr)
         return 1
-    try:
-        config = load_daemon_config(argv, environ)
-    except ConfigError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+    config = configured(PROG, lambda: load_daemon_config(args, env))
+    if config is None:
         return 1
-    logs.configure(config.log_format, config.log_level)
     if subcommand == "mount-shm":
         from plugin.mps.shm import mount_shm
 
@@ -156,6 +153,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return 1
         log.info("mounted the MPS shm tmpfs", path=MpsRoot(config.mps_container_root).shm, size=size)
         return 0
-    daemon = MpsControlDaemon(argv, environ, config)
+    daemon = MpsControlDaemon(args, env, config)
     signals.install(daemon.stop, daemon.request_reload)
     return daemon.run()

@@ -4,18 +4,16 @@ plugin's health stream)."""
 
 from __future__ import annotations
 
-import os
 import socket
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import structlog
 
-from gfd import logs, signals
-from gfd.config import ConfigError
+from gfd import signals
 from gfd.config.loader import load, parse_command_line
+from gfd.program import configured, process_arguments
 from plugin.config import PLUGIN_OPTIONS, PluginConfig
 
 log = structlog.get_logger("plugin.telemetry")
@@ -36,15 +34,11 @@ def hostname(environ: Mapping[str, str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    environ = os.environ if environ is None else environ
-    try:
-        config = load(parse_command_line(argv, environ, OPTIONS, PROG), OPTIONS, PluginConfig)
-    except ConfigError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+    args, env = process_arguments(argv, environ)
+    config = configured(PROG, lambda: load(parse_command_line(args, env, OPTIONS, PROG), OPTIONS, PluginConfig))
+    if config is None:
         return 1
-    logs.configure(config.log_format, config.log_level)
-    return run(replace(config, device_discovery_strategy="nvml"), hostname(environ))
+    return run(replace(config, device_discovery_strategy="nvml"), hostname(env))
 
 
 def run(config: PluginConfig, host: str) -> int:
