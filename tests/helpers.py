@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,3 +51,22 @@ def kill_all(procs: Iterable[subprocess.Popen[Any]]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class InThreads:
+    """Programs a test runs on daemon threads; after the test each is stopped and must end."""
+
+    def __init__(self) -> None:
+        self._running: list[tuple[Callable[[], None], threading.Thread]] = []
+
+    def start(self, run: Callable[[], object], stop: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self._running.append((stop, thread))
+        return thread
+
+    def stop_all(self, timeout: float = 5.0) -> None:
+        for stop, thread in self._running:
+            stop()
+            thread.join(timeout)
+            assert not thread.is_alive()

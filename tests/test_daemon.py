@@ -18,7 +18,7 @@ from gfd.daemon import Daemon
 from gfd.discovery.simulated.install import Simulation
 from gfd.discovery.simulated.profiles import Fault, build_node
 from tests.apiserver import FakeApiServer
-from tests.helpers import eventually, free_port, http_get, read_labels
+from tests.helpers import InThreads, eventually, free_port, http_get, read_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ class Running:
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    started: list[Running] = []
+    threads = InThreads()
 
     def _start(*argv: str, env: dict[str, str] | None = None, output: bool = True) -> Running:
         out = tmp_path / "features.d" / "gfd"
@@ -59,18 +59,12 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         daemon = Daemon(cmdline, load_config(cmdline))
         daemon.nvml_backoff = Backoff(0.01, 0.05, jitter=False)
         daemon.output_backoff = Backoff(0.01, 0.05, jitter=False)
-        thread = threading.Thread(target=daemon.run, daemon=True)
-        thread.start()
-        running = Running(daemon, thread, out)
-        started.append(running)
+        running = Running(daemon, threads.start(daemon.run, daemon.stop), out)
         eventually(lambda: daemon.current is not None)
         return running
 
     yield _start
-    for r in started:
-        r.daemon.stop()
-        r.thread.join(5)
-        assert not r.thread.is_alive()
+    threads.stop_all()
 
 
 def test_labels_appear_once_nvml_arrives_without_restart(start: Callable[..., Running], tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from gfd.discovery.simulated.profiles import Fault
 from plugin.cli import DevicePlugin
 from plugin.config import load_plugin_config
 from plugin.preferred import pair_scores, set_score
+from tests.helpers import InThreads
 from tests.kubelet import KubeletStandIn
 
 
@@ -47,27 +48,22 @@ def kubelet(tmp_path: Path) -> Iterator[KubeletStandIn]:
 
 @pytest.fixture
 def start(kubelet: KubeletStandIn, tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    started: list[Running] = []
+    threads = InThreads()
 
     def _start(*argv: str, env: dict[str, str] | None = None, serving: bool = True) -> Running:
         args = [f"--kubelet-socket={kubelet.socket}", f"--cdi-spec-dir={tmp_path / 'cdi'}",
                 "--health-probe-interval=50ms", "--health-recovery-period=400ms", "--log-format=json", *argv]
         environ = env or {}
         plugin = DevicePlugin(args, environ, load_plugin_config(args, environ))
-        thread = threading.Thread(target=plugin.run, daemon=True)
-        thread.start()
+        thread = threads.start(plugin.run, plugin.stop)
         running = Running(plugin, thread, kubelet)
-        started.append(running)
         deadline = time.monotonic() + (10 if serving else 0)
         while plugin.current is None and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.005)  # started, or failed to start
         return running
 
     yield _start
-    for r in started:
-        r.plugin.stop()
-        r.thread.join(5)
-        assert not r.thread.is_alive()
+    threads.stop_all()
 
 
 def test_registration_handshake_and_initial_list(start: Callable[..., Running], kubelet: KubeletStandIn) -> None:
