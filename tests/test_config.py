@@ -176,3 +176,33 @@ def test_fuzzed_files_load_or_fail_with_a_config_error(write_yaml: Any, doc: Any
     except ConfigError as e:
         assert str(e).startswith(f"config file {path}")
         assert "\n" not in str(e)
+
+
+def _declared() -> list[tuple[str, Any]]:
+    from gfd.config.model import GFD_OPTIONS
+    from gfd.config.options import options_of
+    from gfd.configmanager.options import CONFIG_MANAGER_OPTIONS
+    from gfd.doctor.cli import DoctorConfig
+    from plugin.config import PLUGIN_OPTIONS
+
+    return [("gpu-feature-discovery", GFD_OPTIONS), ("nvidia-device-plugin", PLUGIN_OPTIONS),
+            ("config-manager", CONFIG_MANAGER_OPTIONS), ("doctor", options_of(DoctorConfig))]
+
+
+@pytest.mark.parametrize(("program", "options"), _declared())
+def test_every_declared_option_is_consistent(program: str, options: Any) -> None:
+    """`Option.field()` hides a default's type from mypy: each default must be what its kind parses to and
+    one of its accepted values, and no flag or env var may name two options of one program."""
+    kinds: dict[str, type | tuple[type, ...]] = {"str": str, "bool": bool, "int": int, "duration": int,
+                                                  "float": (int, float), "list": str, "intlist": int}
+    for opt in options:
+        items = opt.default if opt.kind in ("list", "intlist") else (opt.default,)
+        assert isinstance(items, tuple), opt.dest
+        for item in items:
+            assert isinstance(item, kinds[opt.kind]), opt.dest
+        opt.check_value(opt.default)  # within the choices and the duration bounds
+        assert opt.flags or opt.envs, opt.dest
+    flags = [f for o in options for f in o.flags]
+    envs = [e for o in options for e in o.envs]
+    assert len(flags) == len(set(flags)) and len(envs) == len(set(envs)), program
+    assert len({o.dest for o in options}) == len(options)
