@@ -9,7 +9,8 @@ devices differently. Upstream: GFD's internal/lm/mig-strategy.go and the plugin'
 
 Where the two programs' upstream behaviour differs, the model states the fact and each program applies
 its own rule: a `single` node that breaks the strategy's conditions is labelled INVALID by GFD and refused
-by the plugin (in each one's order of checks); a `mixed` MIG profile whose compute slices differ from its
+by the plugin (in each one's order of checks; GFD compares MIG profile names, the plugin also their
+attributes); a `mixed` MIG profile whose compute slices differ from its
 GPU slices (`1c.3g.20gb`) is labelled by GFD and refused by the plugin, whose default resource patterns
 only cover profiles with equal counts (reference device-plugin.md §3).
 """
@@ -60,7 +61,8 @@ def resource_groups(model: DeviceModel, strategy: str) -> tuple[ResourceGroup, .
 
 
 def matches_default_patterns(mig: MigDevice) -> bool:
-    """Whether the plugin's default `mixed` resource patterns name this MIG device's profile."""
+    """Whether the plugin's default `mixed` resource patterns name this MIG device's profile (its `single`
+    pattern is `*`: every profile)."""
     return mig.ci_slices == mig.gi_slices
 
 
@@ -70,11 +72,9 @@ class SingleStrategyCheck:
 
     mixed_modes: bool  # some GPUs have MIG enabled, others not
     empty: tuple[Gpu, ...]  # MIG-enabled GPUs without MIG devices
-    device_types: int  # distinct MIG device types (profile and attributes) on the node
-
-    @property
-    def ok(self) -> bool:
-        return not self.mixed_modes and not self.empty and self.device_types <= 1
+    profiles: int  # distinct MIG profile names on the node: GFD's "device type"
+    device_types: int  # distinct (profile, attributes): the plugin's; more than `profiles` when one profile
+    # name has different attributes on different GPU models (1g.10gb: 16 SMs on H100 SXM, 14 on H100 PCIe)
 
 
 def check_single(model: DeviceModel) -> SingleStrategyCheck | None:
@@ -85,4 +85,4 @@ def check_single(model: DeviceModel) -> SingleStrategyCheck | None:
     types = {(m.profile, m.memory_mib, m.multiprocessors, m.gi_slices, m.ci_slices, m.copy_engines, m.decoders,
               m.encoders, m.jpeg_engines, m.ofa_engines) for m in model.mig_devices}
     return SingleStrategyCheck(len(mig_gpus) != len(model.gpus), tuple(g for g in mig_gpus if not g.mig_devices),
-                               len(types))
+                               len({m.profile for m in model.mig_devices}), len(types))

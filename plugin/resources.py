@@ -73,20 +73,26 @@ def build_resources(model: DeviceModel, config: PluginConfig) -> list[Resource]:
         for gpu in model.gpus:
             if gpu.mig_enabled and not gpu.mig_devices:
                 log.warning("MIG-enabled GPU has no MIG devices", gpu=gpu.index)
-    groups = {group.name: [_device(m) for m in group.members]
-              for group in resource_groups(model, config.mig_strategy)}
+    groups: dict[str, list[PluginDevice]] = {}
+    for group in resource_groups(model, config.mig_strategy):
+        if config.mig_strategy == "mixed" and group.is_mig:  # single's default pattern is "*": every profile
+            _check_default_patterns(group.members[0])
+        groups[group.name] = [_device(m) for m in group.members]
     for gpu in lost_placeholders(model):
         # Advertised (Unhealthy, see plugin.cli) as a full GPU: its MIG layout cannot be read while it is lost.
         groups.setdefault(DOMAIN + "gpu", []).append(_device(Member(gpu)))
     return [_shared(name, devices, config) for name, devices in groups.items()]
 
 
+def _check_default_patterns(member: Member) -> None:
+    if member.mig is not None and not matches_default_patterns(member.mig):
+        raise ResourceError(f"MIG profile '{member.mig.profile}' does not match any resource patterns")
+
+
 def _device(member: Member) -> PluginDevice:
     gpu, mig = member.gpu, member.mig
     if mig is None:
         return PluginDevice(gpu.uuid, gpu.uuid, str(gpu.index), gpu)
-    if not matches_default_patterns(mig):
-        raise ResourceError(f"MIG profile '{mig.profile}' does not match any resource patterns")
     return PluginDevice(mig.uuid, mig.uuid, f"{gpu.index}:{mig.index}", gpu, mig)
 
 

@@ -55,6 +55,15 @@ def test_a_compute_instance_profile_is_labelled_by_gfd_and_refused_by_the_plugin
         build_resources(node, PluginConfig(mig_strategy="mixed"))
 
 
+def test_single_advertises_compute_instance_profiles_too() -> None:
+    """The plugin's `single` pattern is `*` (reference config.md §5): a node of 1c.3g.20gb devices is served."""
+    node = model(gpu(0, mig(0, "1c.3g.20gb", 1, 0, gi_slices=3, ci_slices=1),
+                     mig(1, "1c.3g.20gb", 1, 1, gi_slices=3, ci_slices=1)))
+    (resource,) = build_resources(node, PluginConfig(mig_strategy="single"))
+    assert (resource.name, [d.index for d in resource.devices]) == ("nvidia.com/gpu", ["0:0", "0:1"])
+    assert resource_labels(node, Config(mig_strategy="single"))["nvidia.com/gpu.count"] == "2"
+
+
 @pytest.mark.parametrize(("node", "gfd_reason", "plugin_error"), [
     (model(gpu(0, mig(0, "1g.5gb", 1)), gpu(1)), "devices with MIG enabled and disable detected",
      "all devices on the node must be configured with the same migEnabled value"),
@@ -68,8 +77,7 @@ def test_a_compute_instance_profile_is_labelled_by_gfd_and_refused_by_the_plugin
 ])
 def test_a_broken_single_node_is_invalid_for_gfd_and_refused_by_the_plugin(node: DeviceModel, gfd_reason: str,
                                                                            plugin_error: str) -> None:
-    check = check_single(node)
-    assert check is not None and not check.ok
+    assert check_single(node) is not None
     with structlog.testing.capture_logs() as logged:
         labels = resource_labels(node, Config(mig_strategy="single"))
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB-MIG-INVALID"
@@ -83,9 +91,24 @@ def test_a_broken_single_node_is_invalid_for_gfd_and_refused_by_the_plugin(node:
 def test_a_valid_single_node() -> None:
     node = model(gpu(0, mig(0, "1g.5gb", 1), mig(1, "1g.5gb", 2)), gpu(1, mig(0, "1g.5gb", 1)))
     check = check_single(node)
-    assert check is not None and check.ok
+    assert check is not None
+    assert (check.mixed_modes, check.empty, check.profiles, check.device_types) == (False, (), 1, 1)
     assert check_single(model(gpu(0), gpu(1))) is None  # no MIG: single means full GPUs
     labels = resource_labels(node, Config(mig_strategy="single"))
     assert labels["nvidia.com/gpu.count"] == "3"
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"
     assert [len(r.devices) for r in build_resources(node, PluginConfig(mig_strategy="single"))] == [3]
+
+
+def test_one_profile_name_with_two_attribute_sets_is_valid_for_gfd_and_refused_by_the_plugin() -> None:
+    """GFD's single strategy compares MIG profile names (reference gfd-labels.md §5 rule 4), the plugin the
+    devices' attributes as well: a 1g.10gb with 16 SMs (H100 SXM) beside one with 14 (H100 PCIe)."""
+    sxm = dataclasses.replace(mig(0, "1g.10gb", 1), multiprocessors=16)
+    node = model(gpu(0, sxm), gpu(1, mig(0, "1g.10gb", 1)))
+    check = check_single(node)
+    assert check is not None and (check.profiles, check.device_types) == (1, 2)
+    labels = resource_labels(node, Config(mig_strategy="single"))
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB-MIG-1g.10gb"
+    assert labels["nvidia.com/gpu.count"] == "2"
+    with pytest.raises(ResourceError, match=r"^more than one MIG device type present on node$"):
+        build_resources(node, PluginConfig(mig_strategy="single"))

@@ -152,10 +152,10 @@ def single(model: DeviceModel, config: Config) -> Labels:
     if check is None:
         return labels
     _check_mig_readable(model)
-    if not check.ok:
-        reason = ("at least one MIG device is enabled but empty" if check.empty else
-                  "devices with MIG enabled and disable detected" if check.mixed_modes else
-                  "more than one MIG device type present on node")
+    reason = ("at least one MIG device is enabled but empty" if check.empty else
+              "devices with MIG enabled and disable detected" if check.mixed_modes else
+              "more than one MIG device type present on node" if check.profiles > 1 else None)
+    if reason is not None:
         log.warning(f"Invalid configuration detected for mig-strategy=single: {reason}")
         labels.update({
             "nvidia.com/gpu.product": product(next(g for g in model.gpus if g.mig_enabled).name, "MIG", "INVALID"),
