@@ -10,7 +10,6 @@ import grpc
 from plugin.api.podresources_pb2 import ListPodResourcesRequest
 from plugin.api.podresources_pb2_grpc import PodResourcesListerStub
 
-SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 TIMEOUT_S = 2.0
 
 
