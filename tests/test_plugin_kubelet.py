@@ -71,7 +71,7 @@ def test_every_resource_registers_and_registers_again_after_a_kubelet_restart(pl
         kubelet.stop()
 
 
-def test_a_kubelet_that_comes_later_is_registered_with_on_retry(plugin_dir: Path) -> None:
+def test_a_kubelet_that_comes_later_is_registered_with_once_its_socket_appears(plugin_dir: Path) -> None:
     metrics = PluginMetrics()
     r = registrar(plugin_dir, metrics)
     r.start()  # no kubelet.sock yet: the attempt fails and is retried with backoff
