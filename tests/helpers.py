@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from gfd.discovery.simulated.install import Simulation
+
 
 def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
     """Wait until `predicate` holds; the seconds it took."""
@@ -51,6 +53,13 @@ def kill_all(procs: Iterable[subprocess.Popen[Any]]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def simulation_of(program: Any) -> Simulation:
+    """The simulated node a running daemon or plugin (started with --simulate) reads now."""
+    current = program.current
+    assert current is not None and current.source.simulation is not None
+    return current.source.simulation  # type: ignore[no-any-return]
 
 
 class InThreads:

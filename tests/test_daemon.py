@@ -18,7 +18,7 @@ from gfd.daemon import Daemon
 from gfd.discovery.simulated.install import Simulation
 from gfd.discovery.simulated.profiles import Fault, build_node
 from tests.apiserver import FakeApiServer
-from tests.helpers import InThreads, eventually, free_port, http_get, read_labels
+from tests.helpers import InThreads, eventually, free_port, http_get, read_labels, simulation_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,8 +34,7 @@ class Running:
 
     @property
     def sim(self) -> Simulation:
-        assert self.daemon.current is not None and self.daemon.current.source.simulation is not None
-        return self.daemon.current.source.simulation
+        return simulation_of(self.daemon)
 
     def cycles(self, result: str = "success") -> float:
         return sample(self.daemon, "gfd_cycles_total", result=result)

@@ -20,7 +20,7 @@ from gfd.discovery.simulated.profiles import Fault
 from plugin.cli import DevicePlugin
 from plugin.config import load_plugin_config
 from plugin.preferred import pair_scores, set_score
-from tests.helpers import InThreads
+from tests.helpers import InThreads, simulation_of
 from tests.kubelet import KubeletStandIn
 
 
@@ -30,8 +30,7 @@ class Running:
 
     @property
     def sim(self) -> Simulation:
-        assert self.plugin.current is not None and self.plugin.current.source.simulation is not None
-        return self.plugin.current.source.simulation
+        return simulation_of(self.plugin)
 
     def uuids(self, resource: str = "nvidia.com/gpu") -> list[str]:
         return [d.ID for d in self.kubelet.registered(resource).devices]
