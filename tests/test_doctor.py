@@ -236,6 +236,11 @@ def test_cdi_specs_written_by_the_plugin_pass_and_stale_ones_fail(host: Host,
     assert checks["cdi.specs"]["verdict"] == "failed" and "restart the device plugin" in checks["cdi.specs"]["remedy"]
     (spec_dir / "k8s.device-plugin.nvidia.com-gpu.json").write_text("{not json")
     assert "is not a CDI spec" in run(host, "--device-list-strategy=cdi-cri", capsys=capsys)[1]["cdi.specs"]["evidence"]
+    # A FIFO where the spec should be: read as any operator-handed file (never blocks doctor).
+    (spec_dir / "k8s.device-plugin.nvidia.com-gpu.json").unlink()
+    os.mkfifo(spec_dir / "k8s.device-plugin.nvidia.com-gpu.json")
+    evidence = run(host, "--device-list-strategy=cdi-cri", capsys=capsys)[1]["cdi.specs"]["evidence"]
+    assert "is not a CDI spec" in evidence and "not a regular file" in evidence
 
 
 def test_api_checks_on_a_loopback_api_server(host: Host, capsys: pytest.CaptureFixture[str], apiserver: Any,

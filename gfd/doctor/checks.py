@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gfd.discovery.sysfs import device_root, host_path
-from gfd.doctor.runtime import read_runtime_configs
+from gfd.doctor.runtime import read_host_file, read_runtime_configs
 from gfd.model import DeviceModel
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
@@ -21,6 +21,7 @@ OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
 MIN_DRIVER = "384.81"
 TOOLKIT = ("usr/bin/nvidia-container-runtime", "usr/bin/nvidia-ctk", "usr/local/nvidia/toolkit/nvidia-ctk")
 CDI_VENDOR = "k8s.device-plugin.nvidia.com"
+CDI_SPEC_LIMIT = 16 << 20  # a spec for 256 GPUs with 7 MIG devices each is under 1 MiB
 NODE_FEATURE_CRD = "nodefeatures.nfd.k8s-sigs.io"
 
 
@@ -182,16 +183,15 @@ def cdi_specs(c: Context) -> Finding:
     if not c.cdi:
         return Finding(SKIPPED, "no CDI device list strategy chosen")
     path = os.path.join(c.host(c.cdi_spec_dir), f"{CDI_VENDOR}-gpu.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
-        names = {d["name"] for d in spec["devices"]}
-        kind = spec["kind"]
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return Finding(FAILED, f"{path} does not exist",
                        "start the device plugin with a CDI strategy (it writes the spec), and mount the host's "
                        "/var/run/cdi into its container")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    try:
+        spec = json.loads(read_host_file(path, CDI_SPEC_LIMIT))
+        names = {d["name"] for d in spec["devices"]}
+        kind = spec["kind"]
+    except (ValueError, KeyError, TypeError) as e:
         return Finding(FAILED, f"{path} is not a CDI spec: {type(e).__name__}: {e}",
                        "delete it; the device plugin writes it again at its next start")
     wanted = set() if c.model is None else {

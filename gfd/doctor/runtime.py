@@ -11,6 +11,9 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+from gfd.config.errors import ConfigError
+from gfd.config.reading import MAX_FILE_BYTES, read_text
+
 CONTAINERD = "etc/containerd/config.toml"
 CRIO = ("etc/crio/crio.conf", "etc/crio/crio.conf.d/*.conf")
 DOCKER = "etc/docker/daemon.json"
@@ -71,11 +74,23 @@ def _crio(paths: list[str]) -> RuntimeConfig:
     return RuntimeConfig("cri-o", ", ".join(paths), handler, default or "crun")
 
 
+def read_host_file(path: str, limit: int = MAX_FILE_BYTES) -> str:
+    """A host file's text, read as every file an operator hands us is (gfd.config.reading: a regular file,
+    bounded, UTF-8), so that a FIFO or a huge file never stalls doctor; ValueError says what is wrong."""
+    try:
+        return read_text(path, path, limit)
+    except ConfigError as e:
+        raise ValueError(e.problem) from None
+
+
 def _docker(path: str) -> RuntimeConfig:
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as e:
+        text = read_host_file(path)
+    except ValueError as e:
+        return RuntimeConfig("docker", path, False, "", str(e))
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
         return RuntimeConfig("docker", path, False, "", f"not JSON: {e}")
     if not isinstance(doc, dict):
         return RuntimeConfig("docker", path, False, "", "not a JSON object")
@@ -84,8 +99,8 @@ def _docker(path: str) -> RuntimeConfig:
 
 
 def _toml(path: str) -> dict[str, Any]:
+    text = read_host_file(path)
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ValueError(f"not TOML: {e}") from None
