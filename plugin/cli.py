@@ -14,7 +14,7 @@ from gfd import signals
 from gfd.config import ConfigError
 from gfd.doctor.subcommand import with_doctor
 from gfd.program import configured
-from plugin.config import PLUGIN_OPTIONS, PluginConfig, load_plugin_config, reload_or_keep
+from plugin.config import PLUGIN_OPTIONS, PluginConfig, load_plugin_config, node_source, reload_or_keep
 
 if TYPE_CHECKING:
     from gfd.discovery.session import NodeSource
@@ -137,7 +137,6 @@ class DevicePlugin:
     def start(self) -> _Plugins | None:
         """Discover, build resources, serve and register. None: no devices, wait for signals."""
         from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
-        from gfd.discovery.session import NodeSource
         from gfd.doctor.checks import Context
         from gfd.doctor.startup import check_at_start
         from plugin.cdi import CdiError
@@ -151,9 +150,8 @@ class DevicePlugin:
         from plugin.server import DevicePluginService, ResourceServer, ServeError
 
         config = self.config
-        strategy = "nvml" if config.device_discovery_strategy == "auto" else config.device_discovery_strategy
         try:
-            source = NodeSource(strategy, config.simulate, driver_root=config.container_driver_root)
+            source = node_source(config)
         except ConfigError as e:
             raise StartError(str(e)) from None
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -12,6 +13,9 @@ from gfd.config import ConfigError, Sharing, common
 from gfd.config.loader import load, parse_command_line
 from gfd.config.model import Imex
 from gfd.config.options import Option, options_of
+
+if TYPE_CHECKING:
+    from gfd.discovery.session import NodeSource
 
 log = structlog.get_logger("plugin")
 DEVICE_LIST_STRATEGIES = ("envvar", "volume-mounts", "cdi-annotations", "cdi-cri")
@@ -142,6 +146,15 @@ class PluginConfig:
 
 
 PLUGIN_OPTIONS = options_of(PluginConfig)
+
+
+def node_source(config: PluginConfig) -> NodeSource:
+    """The node as the plugin's programs read it: through NVML whenever the strategy is `auto`, as
+    upstream's plugin (GFD's `auto` also knows vfio)."""
+    from gfd.discovery.session import NodeSource
+
+    strategy = "nvml" if config.device_discovery_strategy == "auto" else config.device_discovery_strategy
+    return NodeSource(strategy, config.simulate, driver_root=config.container_driver_root)
 
 
 def reload_or_keep(load: Callable[[Sequence[str], Mapping[str, str]], PluginConfig], argv: Sequence[str],

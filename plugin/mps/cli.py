@@ -21,7 +21,7 @@ from gfd import signals
 from gfd.config import ConfigError
 from gfd.config.loader import load, parse_command_line
 from gfd.program import configured, process_arguments
-from plugin.config import PLUGIN_OPTIONS, PluginConfig, reload_or_keep, validate
+from plugin.config import PLUGIN_OPTIONS, PluginConfig, node_source, reload_or_keep, validate
 from plugin.mps import MpsError
 from plugin.mps.control import answers
 from plugin.mps.daemon import ResourceDaemon, check_replicas
@@ -84,14 +84,12 @@ class MpsControlDaemon:
         """Every MPS resource's daemon, then `.ready`; MpsError on the first that cannot start (those that
         did are stopped again by `shutdown`)."""
         from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
-        from gfd.discovery.session import NodeSource
         from plugin.resources import ResourceError, build_resources
 
         if self.config.sharing.strategy != "mps":
             log.info("No devices are configured for MPS sharing; Waiting indefinitely.")
             return
-        strategy = "nvml" if self.config.device_discovery_strategy == "auto" else self.config.device_discovery_strategy
-        self.source = NodeSource(strategy, self.config.simulate, driver_root=self.config.container_driver_root)
+        self.source = node_source(self.config)
         try:
             self.source.open()
             resources = [r for r in build_resources(self.source.read(), self.config) if r.mps]

@@ -14,7 +14,7 @@ import structlog
 from gfd import signals
 from gfd.config.loader import load, parse_command_line
 from gfd.program import configured, process_arguments
-from plugin.config import PLUGIN_OPTIONS, PluginConfig
+from plugin.config import PLUGIN_OPTIONS, PluginConfig, node_source
 
 log = structlog.get_logger("plugin.telemetry")
 PROG = "gpu-metrics-exporter"
@@ -38,17 +38,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     config = configured(PROG, lambda: load(parse_command_line(args, env, OPTIONS, PROG), OPTIONS, PluginConfig))
     if config is None:
         return 1
-    return run(replace(config, device_discovery_strategy="nvml"), hostname(env))
+    return run(config, hostname(env))
 
 
 def run(config: PluginConfig, host: str) -> int:
     from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
-    from gfd.discovery.session import NodeSource
     from gfd.metrics import AddressError, serve
     from gfd.model import DeviceModel
     from plugin.telemetry.collector import TelemetryCollector
 
-    source = NodeSource("nvml", config.simulate, driver_root=config.container_driver_root)
+    source = node_source(config)
     try:
         source.open()
     except NvmlUnavailable as e:
