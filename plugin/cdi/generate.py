@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gfd.discovery.sysfs import device_root, host_path
@@ -73,11 +74,13 @@ def build_specs(model: DeviceModel, config: PluginConfig, imex_channels: tuple[i
         specs.append(Spec("imex-channel", tuple(
             Device(str(c), ContainerEdits(device_nodes=(roots.node(IMEX_CHANNEL.format(c)),)))
             for c in imex_channels)))
-    optional = {"gdrcopy": (config.gdrcopy_enabled, ContainerEdits(device_nodes=roots.nodes(GDRCOPY_NODES))),
-                "gds": (config.gds_enabled, _gds_edits(roots)),
-                "mofed": (config.mofed_enabled, ContainerEdits(device_nodes=roots.nodes(MOFED_NODES)))}
-    for cdi_class, (enabled, edits) in optional.items():
-        if enabled and edits:  # an empty class is left out, and so is its name in Allocate
+    optional: dict[str, tuple[bool, Callable[[], ContainerEdits]]] = {
+        "gdrcopy": (config.gdrcopy_enabled, lambda: ContainerEdits(device_nodes=roots.nodes(GDRCOPY_NODES))),
+        "gds": (config.gds_enabled, lambda: _gds_edits(roots)),
+        "mofed": (config.mofed_enabled, lambda: ContainerEdits(device_nodes=roots.nodes(MOFED_NODES)))}
+    for cdi_class, (enabled, find) in optional.items():
+        edits = find() if enabled else ContainerEdits()  # the node is searched only for an enabled class
+        if edits:  # an empty class is left out, and so is its name in Allocate
             specs.append(Spec(cdi_class, (Device("all", edits),)))
     return specs
 
