@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from gfd.discovery.sysfs import host_path
+from gfd.discovery.sysfs import GPU_NODE, host_path
 from plugin.cdi.spec import VENDOR
 from plugin.config import PluginConfig
-from plugin.host import GPU_NODE, IMEX_CHANNEL, NodeDevices, mig_cap_nodes
+from plugin.host import IMEX_CHANNEL, NodeDevices, mig_cap_nodes
 from plugin.mps.root import CONTAINER_ROOT, MpsRoot
 from plugin.resources import PluginDevice, Resource
 

@@ -8,15 +8,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from gfd.discovery.sysfs import device_root, host_path
+from gfd.discovery.sysfs import CONTROL_DEVICES, device_root, host_path
 from gfd.model import MigDevice
 from plugin.config import PluginConfig
 from plugin.resources import Resource, ResourceError
 
 log = structlog.get_logger("plugin")
 MIG_MINORS = "proc/driver/nvidia-caps/mig-minors"
-CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
-GPU_NODE = "/dev/nvidia{}"
 CAP_NODE = "/dev/nvidia-caps/nvidia-cap{}"
 IMEX_CHANNEL = "/dev/nvidia-caps-imex-channels/channel{}"
 

@@ -32,6 +32,13 @@ class VgpuParseError(Exception):
     """A vGPU capability whose host-driver record cannot be parsed (fatal upstream)."""
 
 
+# The NVIDIA driver's device nodes (nvidia-modprobe creates them): one per GPU, named by its minor number,
+# and the control nodes, of which nvidiactl and nvidia-uvm are there on every working node.
+GPU_NODE = "/dev/nvidia{}"
+REQUIRED_CONTROL_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm")
+CONTROL_DEVICES = (*REQUIRED_CONTROL_DEVICES, "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+
+
 def host_path(host_root: str, path: str) -> str:
     """`path` under `host_root` ("" or "/" for this machine's own)."""
     return os.path.join(host_root, path.lstrip("/")) if host_root not in ("", "/") else path

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from gfd.discovery.sysfs import device_root, host_path
+from gfd.discovery.sysfs import GPU_NODE, REQUIRED_CONTROL_DEVICES, device_root, host_path
 from gfd.doctor.runtime import read_host_file, read_runtime_configs
 from gfd.model import DeviceModel
 
@@ -101,8 +101,8 @@ def cuda_version(c: Context) -> Finding:
 
 @_needs_nvml
 def device_nodes(c: Context, model: DeviceModel) -> Finding:
-    wanted = ["/dev/nvidiactl", "/dev/nvidia-uvm"] + [f"/dev/nvidia{g.minor_number}" for g in model.gpus
-                                                      if g.minor_number is not None]
+    wanted = [*REQUIRED_CONTROL_DEVICES, *(GPU_NODE.format(g.minor_number) for g in model.gpus
+                                           if g.minor_number is not None)]
     dev_root = device_root(c.host_root, c.driver_root)
     missing = [p for p in wanted if not os.path.exists(host_path(dev_root, p))]
     if missing:

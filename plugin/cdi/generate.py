@@ -17,13 +17,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gfd.discovery.sysfs import device_root, host_path
+from gfd.discovery.sysfs import CONTROL_DEVICES, GPU_NODE, device_root, host_path
 from gfd.model import DeviceModel, Gpu, MigDevice
 from plugin.cdi import CdiError
 from plugin.cdi.driver import DriverFiles, find_driver_files, resolve
 from plugin.cdi.spec import ContainerEdits, Device, DeviceNode, Hook, Mount, Spec
 from plugin.config import CDI_HOOKS, PluginConfig
-from plugin.host import CONTROL_DEVICES, GPU_NODE, IMEX_CHANNEL, mig_cap_nodes
+from plugin.host import IMEX_CHANNEL, mig_cap_nodes
 from plugin.resources import ResourceError
 
 CONTROL_NODES = tuple(reversed(CONTROL_DEVICES))  # in nvcdi's order

@@ -5,10 +5,12 @@ A device held by several containers (replicas) gets one series per holder. Pure:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from prometheus_client.core import Metric
 
+from gfd.discovery.sysfs import GPU_NODE
 from gfd.discovery.telemetry import FIELDS, Sample
 from gfd.model import Gpu, LostGpu, MigDevice
 from plugin.telemetry.podresources import Holder
@@ -67,4 +69,4 @@ def families(c: Collection) -> list[Metric]:
 
 def _device(minor: int | None, index: int) -> str:
     """dcgm-exporter's `device`: the GPU's device node name."""
-    return f"nvidia{minor if minor is not None else index}"
+    return os.path.basename(GPU_NODE.format(minor if minor is not None else index))
