@@ -22,7 +22,8 @@ DEVICE_LIST_STRATEGIES = ("envvar", "volume-mounts", "cdi-annotations", "cdi-cri
 DEVICE_ID_STRATEGIES = ("uuid", "index")
 ALLOCATION_POLICIES = ("distributed", "packed")
 # nvidia-container-toolkit internal/discover/hooks.go: the hooks a generated spec can hold, and `all`.
-CDI_HOOKS = ("all", "create-symlinks", "enable-cuda-compat", "update-ldcache", "disable-device-node-modification")
+CDI_HOOKS = ("all", "create-symlinks", "enable-cuda-compat", "update-ldcache", "disable-device-node-modification",
+             "update-application-profile")
 
 _MOUNTED = "flags", "plugin"
 

@@ -1,7 +1,9 @@
-"""Small helpers the test modules share: waiting, reading a feature file, a free port, an HTTP GET."""
+"""Small helpers the test modules share: waiting, reading a feature file, a free port, an HTTP GET, shared objects
+and linker caches built by the real toolchain."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
@@ -79,3 +81,25 @@ class InThreads:
             stop()
             thread.join(timeout)
             assert not thread.is_alive()
+
+
+def shared_object(path: Path, soname: str | bytes) -> None:
+    """An empty ELF shared object with `soname` (bytes for a name that is not UTF-8), built by gcc."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flag = b"-Wl,-soname," + (soname if isinstance(soname, bytes) else soname.encode())
+    subprocess.run([b"gcc", b"-shared", b"-nostdlib", flag, b"-o", bytes(path), b"-x", b"c", b"/dev/null"],
+                   check=True)
+
+
+def ldconfig(root: Path, *args: str) -> None:
+    """glibc's own ldconfig run on `root` (its etc/ld.so.conf): the soname links and etc/ld.so.cache."""
+    command = ["ldconfig", "-r", str(root), *args]
+    subprocess.run(command if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", *command],
+                   check=True)
+
+
+def ldconfig_print(cache: Path) -> set[tuple[str, str]]:
+    """(soname, path) as glibc's reader prints a cache (`ldconfig -p -C`)."""
+    printed = subprocess.run(["ldconfig", "-p", "-C", str(cache)], capture_output=True, check=True).stdout.decode(
+        errors="surrogateescape")
+    return {(line.split(" (")[0].strip(), line.split(" => ")[1]) for line in printed.splitlines() if " => " in line}

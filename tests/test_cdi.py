@@ -24,16 +24,16 @@ from gfd.discovery.simulated.driver_root import LIBRARIES
 from gfd.model import DeviceModel
 from plugin.allocate import allocate
 from plugin.cdi import CdiError
-from plugin.cdi.ldcache import CacheError, parse_cache, read_cache
+from plugin.cdi.ldcache import read_cache
 from plugin.cdi.spec import DEVICE_NAME, VENDOR
 from plugin.cdi.store import publish
 from plugin.config import load_plugin_config
 from plugin.host import read_node_devices
 from plugin.resources import build_resources
+from tests.helpers import ldconfig_print
 
 ROOT = Path(__file__).resolve().parent.parent
 CDI_SCHEMA = ROOT.parent / "shared" / "cdi"
-VERSION = "550.54.15"  # a driver version for the libraries built here
 
 
 @pytest.fixture(scope="module")
@@ -164,15 +164,21 @@ def test_driver_files_hooks_and_the_root_transform(node: Any, validator: jsonsch
     assert [d["path"] for d in edits["deviceNodes"]] == ["/dev/nvidia-modeset", "/dev/nvidia-uvm-tools",
                                                           "/dev/nvidia-uvm", "/dev/nvidiactl"]
     assert all(d["hostPath"] == "/run/nvidia/driver" + d["path"] for d in edits["deviceNodes"])
-    assert edits["env"] == [f"NVIDIA_CTK_LIBCUDA_DIR={libdir}"]
+    assert edits["env"] == [f"NVIDIA_CTK_LIBCUDA_DIR={libdir}", "NVIDIA_VISIBLE_DEVICES=void"]
     hooks = [h["args"] for h in edits["hooks"]]
     assert all(h["path"] == "/usr/local/bin/nvidia-cdi-hook" and h["hookName"] == "createContainer"
                for h in edits["hooks"])
     assert [a[1] for a in hooks] == ["create-symlinks", "enable-cuda-compat", "update-ldcache",
-                                     "disable-device-node-modification"]
-    assert {f"libcuda.so.1::{libdir}/libcuda.so", f"libnvidia-ml.so.1::{libdir}/libnvidia-ml.so"} <= set(hooks[0])
+                                     "disable-device-node-modification", "update-application-profile"]
+    # Versioned file -> soname, and soname -> `.so` where the driver root has that link (libcuda, libnvidia-ml).
+    links = set(hooks[0][3::2])
+    assert {f"libcuda.so.{version}::{libdir}/libcuda.so.1", f"libcuda.so.1::{libdir}/libcuda.so",
+            f"libnvidia-nvvm.so.{version}::{libdir}/libnvidia-nvvm.so.4",
+            f"libnvidia-ml.so.1::{libdir}/libnvidia-ml.so"} <= links
+    assert f"libnvidia-cfg.so.1::{libdir}/libnvidia-cfg.so" not in links  # no such link on the node
     assert hooks[1] == ["nvidia-cdi-hook", "enable-cuda-compat", f"--host-driver-version={version}"]
     assert hooks[2] == ["nvidia-cdi-hook", "update-ldcache", "--folder", libdir]
+    assert hooks[4] == ["nvidia-cdi-hook", "update-application-profile"]
 
 
 def test_nvidia_ctk_hooks_disabled_hooks_and_the_lowest_version(node: Any) -> None:
@@ -180,7 +186,8 @@ def test_nvidia_ctk_hooks_disabled_hooks_and_the_lowest_version(node: Any) -> No
     n.publish()
     spec = n.specs()[f"{VENDOR}/gpu"]
     assert [h["args"][:3] for h in spec["containerEdits"]["hooks"]] == [
-        ["nvidia-ctk", "hook", "enable-cuda-compat"], ["nvidia-ctk", "hook", "disable-device-node-modification"]]
+        ["nvidia-ctk", "hook", "enable-cuda-compat"], ["nvidia-ctk", "hook", "disable-device-node-modification"],
+        ["nvidia-ctk", "hook", "update-application-profile"]]
     # No other host root and UUID names: nothing that needs more than the first CDI version.
     assert spec["cdiVersion"] == "0.3.0"
     n2 = node("--simulate=t4", "--device-list-strategy=cdi-cri", "--cdi-disable-hooks=all")
@@ -269,59 +276,13 @@ def test_the_plugin_exits_at_start_when_it_cannot_build_a_spec(tmp_path: Path) -
     assert not (tmp_path / "kubelet.sock").exists() and not list(tmp_path.glob("nvidia-*.sock"))
 
 
-# -- the linker cache: our reader against glibc's own writer and reader ----------------------------------------
-@pytest.fixture(scope="module")
-def glibc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Shared objects with real sonames, and the cache the real `ldconfig -r` builds for them."""
-    root = tmp_path_factory.mktemp("root")
-    libdir = root / "usr/lib/x86_64-linux-gnu"
-    libdir.mkdir(parents=True)
-    (root / "etc").mkdir()
-    (root / "etc/ld.so.conf").write_text("/usr/lib/x86_64-linux-gnu\n")
-    for name, soname in (("libcuda", "libcuda.so.1"), ("libnvidia-ml", "libnvidia-ml.so.1"),
-                         ("libnvidia-gpucomp", f"libnvidia-gpucomp.so.{VERSION}")):
-        subprocess.run(["gcc", "-shared", "-nostdlib", f"-Wl,-soname,{soname}", "-o",
-                        str(libdir / f"{name}.so.{VERSION}"), "-x", "c", "/dev/null"], check=True)
-    ldconfig = ["ldconfig", "-r", str(root)]
-    subprocess.run(ldconfig if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", *ldconfig],
-                   check=True)
-    return root
-
-
-def test_the_cache_reader_agrees_with_glibc(glibc_root: Path) -> None:
-    cache = glibc_root / "etc/ld.so.cache"
-    ours = {(e.soname, e.path) for e in read_cache(str(cache))}
-    printed = subprocess.run(["ldconfig", "-p", "-C", str(cache)], capture_output=True, text=True, check=True).stdout
-    # The real cache also carries glibc's extension section ("Cache generated by: ..."), which we skip.
-    theirs = {(line.split(" (")[0].strip(), line.split(" => ")[1]) for line in printed.splitlines() if " => " in line}
-    assert ours == theirs
-    assert ("libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libcuda.so.1") in ours
-
-
-def test_libraries_found_through_a_cache_ldconfig_wrote(glibc_root: Path) -> None:
-    from plugin.cdi.driver import find_driver_files
-
-    files = find_driver_files(str(glibc_root), VERSION)
-    libdir = "/usr/lib/x86_64-linux-gnu"
-    assert set(files.libraries) == {f"{libdir}/{n}.so.{VERSION}" for n in ("libcuda", "libnvidia-ml",
-                                                                             "libnvidia-gpucomp")}
-    assert set(files.sonames) == {("libcuda.so.1", f"{libdir}/libcuda.so.{VERSION}"),
-                                  ("libnvidia-ml.so.1", f"{libdir}/libnvidia-ml.so.{VERSION}")}
-
-
+# -- the simulator's linker cache, as glibc reads it --------------------------------------------------------
 def test_the_simulators_cache_reads_the_same_in_glibc(node: Any) -> None:
     n = node("--simulate=t4")
     cache = n.driver_root / "etc/ld.so.cache"
-    printed = subprocess.run(["ldconfig", "-p", "-C", str(cache)], capture_output=True, text=True, check=True).stdout
-    theirs = {line.split(" (")[0].strip() for line in printed.splitlines() if " => " in line}
-    assert theirs == {e.soname for e in read_cache(str(cache))} and "libcuda.so.1" in theirs
-
-
-@pytest.mark.parametrize("data", [b"", b"glibc-ld.so.cache1.1", b"ld.so-1.7.0\0\xff\xff\xff\x7f", b"\x7fELF" * 20,
-                                  b"glibc-ld.so.cache1.1" + b"\xff" * 60])
-def test_a_corrupt_cache_is_an_error_not_a_crash(data: bytes) -> None:
-    with pytest.raises(CacheError):
-        parse_cache(data)
+    theirs = ldconfig_print(cache)
+    assert theirs == {(e.soname, e.path) for e in read_cache(str(cache)).entries}
+    assert "libcuda.so.1" in {soname for soname, _ in theirs}
 
 
 def test_mps_shared_devices_are_named_and_resolve_too(node: Any, write_yaml: Any) -> None:

@@ -24,6 +24,17 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 def read_text(path: str, source: str, limit: int = MAX_FILE_BYTES, what: str = "file") -> str:
     """The file's text; ConfigError for a missing, special, oversized or non-UTF-8 file."""
+    data = read_bytes(path, source, limit, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(source, "", f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}",
+                          "UTF-8 text") from None
+
+
+def read_bytes(path: str, source: str, limit: int = MAX_FILE_BYTES, what: str = "file") -> bytes:
+    """The file's bytes; ConfigError for a missing, special (opened without blocking, then refused) or oversized
+    file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
@@ -43,11 +54,7 @@ def read_text(path: str, source: str, limit: int = MAX_FILE_BYTES, what: str = "
         os.close(fd)
     if len(data) > limit:
         raise ConfigError(source, "", f"larger than {limit} bytes", f"a file of at most {limit} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(source, "", f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}",
-                          "UTF-8 text") from None
+    return data
 
 
 def load_yaml(text: str, source: str) -> Any:

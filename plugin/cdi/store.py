@@ -10,7 +10,8 @@ from gfd.model import DeviceModel
 from gfd.outputs import OutputError
 from gfd.outputs.featurefile import write_atomically
 from plugin.cdi import CdiError
-from plugin.cdi.generate import Roots, build_specs
+from plugin.cdi.generate import build_specs
+from plugin.cdi.roots import Roots
 from plugin.cdi.spec import VENDOR, Spec
 from plugin.config import PluginConfig
 

@@ -21,6 +21,9 @@ LIBRARIES = (("libcuda", "libcuda.so.1"), ("libcudadebugger", "libcudadebugger.s
              ("libnvidia-nvvm", "libnvidia-nvvm.so.4"), ("libnvidia-cfg", "libnvidia-cfg.so.1"),
              ("libnvidia-opencl", "libnvidia-opencl.so.1"), ("libnvidia-allocator", "libnvidia-allocator.so.1"),
              ("libnvidia-gpucomp", None), ("libnvidia-pkcs11-openssl3", None))
+# Development links (`-lcuda`, `-lnvidia-ml`) a driver install has beside the sonames: Ubuntu's driver packages
+# and NVIDIA's mock driver root (k8s-test-infra) list libcuda.so -> libcuda.so.1, libnvidia-ml.so -> .so.1.
+DEV_LINKS = ("libcuda", "libnvidia-ml")
 BINARIES = ("nvidia-smi", "nvidia-debugdump", "nvidia-persistenced", "nvidia-cuda-mps-control",
             "nvidia-cuda-mps-server")
 FIRMWARE = ("gsp_ga10x.bin", "gsp_tu10x.bin")
@@ -38,6 +41,8 @@ def materialise_driver_root(node: SimNode, root: str, cap_minors: dict[str, int]
         _touch(os.path.join(root, libdir, filename))
         if soname is not None:
             _symlink(filename, os.path.join(root, libdir, soname))
+        if name in DEV_LINKS:
+            _symlink(soname or filename, os.path.join(root, libdir, f"{name}.so"))
         entries.append((soname or filename, f"/{libdir}/{soname or filename}"))
     entries.append(("libc.so.6", f"/lib/{_ARCH[0]}/libc.so.6"))  # not the driver's: must be left out
     os.makedirs(os.path.join(root, "etc"), exist_ok=True)
