@@ -132,12 +132,14 @@ def test_a_library_name_that_is_not_utf8_never_reaches_a_spec(tmp_path: Path) ->
     odd = os.fsencode(root / LIBDIR.lstrip("/")) + f"/libnvidia-odd\xff.so.{VERSION}".encode("latin-1")
     with open(odd, "wb"):
         pass
+    os.symlink(f"libcuda.so.{VERSION}", os.fsencode(root / LIBDIR.lstrip("/")) + b"/libcuda\xff.so.1")  # a link too
     with structlog.testing.capture_logs() as logs:
         files = find_driver_files(str(root), VERSION)
     assert all(p.encode("utf-8") for p in files.libraries) and len(files.libraries) == len(LIBRARIES)
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert [e["event"] for e in warnings] == ["driver files skipped: their names are not UTF-8"]
     assert "\\xff" in warnings[0]["paths"][0]
+    assert all(link.encode("utf-8") and target.encode("utf-8") for target, link in files.links)
 
 
 def test_a_spec_never_holds_a_lone_surrogate() -> None:

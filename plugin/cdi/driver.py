@@ -116,7 +116,7 @@ def _links(root: str, library: str, sonames: tuple[str, ...]) -> list[tuple[str,
     directory, name = os.path.split(library)
     links = [(target.format(name), f"{directory}/{link}") for pattern, target, link in SPECIAL_LINKS
              if fnmatch.fnmatchcase(name, pattern)]
-    for soname in sonames or (name,):
+    for soname in [n for n in sonames if representable(n)] or [name]:
         if soname != name and _is_symlink(root, f"{directory}/{soname}"):
             links.append((name, f"{directory}/{soname}"))
         dev_name = _dev_name(soname)
