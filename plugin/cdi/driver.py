@@ -63,16 +63,19 @@ class DriverFiles:
 
 def find_driver_files(root: str, version: str) -> DriverFiles:
     """CdiError naming what was searched when the driver's libraries are not there."""
-    sonames = _libraries(root, version)
-    libraries = _representable(tuple(sonames))
+    found = _libraries(root, version)
+    groups = (tuple(found), _binaries(root), _firmware(root, version), _ipc(root))
+    odd = [p for group in groups for p in group if not representable(p)]
+    if odd:
+        log.warning("driver files skipped: their names are not UTF-8", paths=[repr(os.fsencode(p)) for p in odd])
+    libraries, binaries, firmware, ipc = (tuple(p for p in group if representable(p)) for group in groups)
     if not any(os.path.basename(p).startswith("libcuda.so.") for p in libraries):
         raise CdiError(f"failed to create CDI spec: libcuda.so.{version} not found under the driver root {root} "
                        f"(searched the linker cache {host_path(root, LD_CACHE)} and "
                        f"{', '.join('/' + d for d in LIBRARY_DIRS)}); "
                        "set --driver-root-ctr-path to where the host's driver root is mounted")
-    links = tuple(dict.fromkeys(link for lib in libraries for link in _links(root, lib, sonames[lib])))
-    return DriverFiles(version, libraries, links, _representable(_binaries(root)),
-                       _representable(_firmware(root, version)), _representable(_ipc(root)))
+    links = tuple(dict.fromkeys(link for lib in libraries for link in _links(root, lib, found[lib])))
+    return DriverFiles(version, libraries, links, binaries, firmware, ipc)
 
 
 def _libraries(root: str, version: str) -> dict[str, tuple[str, ...]]:
@@ -174,14 +177,6 @@ def _ipc(root: str) -> tuple[str, ...]:
                 break
     pipes = resolve(root, MPS_PIPE_DIR)
     return (*found, *([pipes] if pipes is not None else []))
-
-
-def _representable(paths: tuple[str, ...]) -> tuple[str, ...]:
-    kept = tuple(p for p in paths if representable(p))
-    if len(kept) < len(paths):
-        log.warning("driver files skipped: their names are not UTF-8",
-                    paths=[repr(os.fsencode(p)) for p in paths if not representable(p)])
-    return kept
 
 
 def _listdir(path: str) -> list[str]:
