@@ -296,11 +296,17 @@ def test_on_nvidias_mock_the_readings_are_the_profiles(tmp_path: Path, config: s
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         eventually(lambda: (http_get(f"http://127.0.0.1:{port}/healthz") or (0, ""))[0] == 200, timeout=20)
+        eventually(lambda: bool(scrape(port).series("DCGM_FI_PROF_PCIE_TX_BYTES")), timeout=10)  # GPM: 2 collections
         s = scrape(port)
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
     check_names_types_and_labels(s)
+    # NVIDIA's mock implements GPM on Hopper and later, as NVML does: the profiling ratios exactly there.
+    hopper = device["compute_capability"]["major"] >= 9
+    assert ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE" in s.types) == hopper
+    if "reserved_bytes" in device.get("memory", {}):
+        assert {x.value for x in s.series("DCGM_FI_DEV_FB_RESERVED")} == {device["memory"]["reserved_bytes"] / 2**20}
     temps = s.series("DCGM_FI_DEV_GPU_TEMP")
     assert temps and len(temps) == len(s.series("gpu_metrics_gpu_up"))
     thermal, power, clocks = device.get("thermal", {}), device.get("power", {}), device.get("clocks", {})
