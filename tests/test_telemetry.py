@@ -26,6 +26,7 @@ import yaml
 
 from gfd.config import ConfigError
 from gfd.discovery.session import NodeSource
+from gfd.discovery.simulated.profiles import build_node
 from gfd.discovery.simulated.telemetry import Pattern, parse_telemetry
 from gfd.discovery.telemetry import FIELDS
 from plugin.cli import DevicePlugin
@@ -280,6 +281,19 @@ def test_bad_telemetry_in_a_profile_is_one_line(raw: dict[str, Any], says: str) 
     assert says in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(("topology", "says"), [
+    ({"nvswitch": {"switches": ["00000000:01:00.0"]}}, "1 switches, 0 links per GPU"),
+    ({"nvswitch": {"switches": ["00000000:01:00.0"], "links_per_gpu": 19}}, "19 links per GPU"),
+    ({"nvswitch": {"switches": ["../../x"], "links_per_gpu": 2}}, "not a PCI address"),
+    ({"nvlink": [[0, 1, 10]], "nvswitch": {"switches": ["00000000:01:00.0"], "links_per_gpu": 12}},
+     "22 NVLinks on GPU 0"),
+])
+def test_a_bad_simulated_nvlink_topology_is_one_line(topology: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        build_node({"gpus": [{"model": "A100-SXM4-40GB", "count": 2}], "topology": topology}, "x.yaml")
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
 # -- NVIDIA's mock NVML -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("config", sorted(p.name for p in (MOCK / "configs").glob("mock-nvml-config-*.yaml")))
 def test_on_nvidias_mock_the_readings_are_the_profiles(tmp_path: Path, config: str) -> None:
@@ -385,6 +399,25 @@ def test_profiling_from_gpm_on_hopper_and_pcie_counters_before(tmp_path: Path, p
                     "DCGM_FI_PROF_DRAM_ACTIVE"} & set(s.types)
     # Both DGX boards are NVLink machines (through NVSwitches): 50 MiB/s each way.
     assert [x.value for x in s.series("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL")] == pytest.approx([100] * 8, rel=0.03)
+
+
+def test_profiling_carries_on_across_a_plugin_restart(plugin: Any, tmp_path: Path) -> None:
+    """A restart opens a new NVML session while the collector keeps its GPM buffers: the new session refuses
+    them, they are dropped, and the next window is measured on new ones (no crash, no stale value kept)."""
+    node = tmp_path / "node.yaml"
+    node.write_text(yaml.safe_dump({"gpus": [{"model": "H100-80GB-HBM3", "count": 2}],
+                                    "telemetry": {"tensor_active": 50}}))
+    p, _kubelet, port = plugin(f"--simulate={node}")
+    eventually(lambda: len(scrape(port).series("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE")) == 2)
+    before = p.current
+    with structlog.testing.capture_logs() as logged:
+        p.request_reload()
+        eventually(lambda: p.current is not None and p.current is not before, timeout=15)
+        assert p.telemetry is not None
+        restarted = p.telemetry.collections
+        eventually(lambda: p.telemetry is not None and p.telemetry.collections >= restarted + 4)
+        assert {x.value for x in scrape(port).series("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE")} == {0.5}
+    assert not [e for e in logged if e["event"] == "telemetry collection failed"]
 
 
 @pytest.mark.parametrize("licensed", [True, False])

@@ -262,7 +262,7 @@ class Sampler:
                 if isinstance(e, pynvml.NVMLError_GpuIsLost):
                     raise GpuLost(call) from None
                 if call == GPM:  # new buffers, a new window (a sample of another NVML session is refused)
-                    state.gpm, state.gpm_taken = None, False
+                    _free(state)
                 if getattr(e, "value", None) in UNSUPPORTED:
                     unsupported.update(fields)
                 else:
@@ -273,8 +273,14 @@ class Sampler:
         return Sample(values, frozenset(unsupported), errors)
 
     def keep(self, keys: set[str]) -> None:
-        """Forget the devices that are gone (their GPM buffers back to NVML)."""
+        """Forget the devices that are gone."""
         for key in set(self.states) - keys:
-            for buffer in self.states.pop(key).gpm or ():
-                with contextlib.suppress(NVMLError):  # the session that made it may be gone
-                    pynvml.nvmlGpmSampleFree(buffer)
+            _free(self.states.pop(key))
+
+
+def _free(state: DeviceState) -> None:
+    """GPM buffers back to NVML; the next sample starts a new window."""
+    for buffer in state.gpm or ():
+        with contextlib.suppress(NVMLError):  # the session that made it may be gone
+            pynvml.nvmlGpmSampleFree(buffer)
+    state.gpm, state.gpm_taken = None, False
