@@ -188,6 +188,20 @@ def test_an_unsupported_query_is_left_out_for_that_gpu_and_logged_once_per_devic
             "DCGM_FI_PROF_GR_ENGINE_ACTIVE"} <= set(unsupported[first])
 
 
+def test_a_failing_query_leaves_its_metrics_out_and_says_so_once(tmp_path: Path) -> None:
+    node = tmp_path / "node.yaml"
+    node.write_text(yaml.safe_dump({"gpus": [{"model": "T4", "count": 2}], "faults": [
+        {"call": "nvmlDeviceGetMemoryInfo_v2", "error": "UNKNOWN", "gpu": 1}]}))
+    with collector_on(node) as (collector, source), structlog.testing.capture_logs() as logged:
+        s = collected(collector, 3)
+        first, second = (g.uuid for g in source.read().gpus)
+    assert s.series("DCGM_FI_DEV_FB_USED", UUID=first) and not s.series("DCGM_FI_DEV_FB_USED", UUID=second)
+    assert s.series("DCGM_FI_DEV_GPU_TEMP", UUID=second)
+    assert [(e["device"], e["metrics"], e["error"]) for e in logged if e["event"] == "metric query failed; left out"] \
+        == [(second, "DCGM_FI_DEV_FB_FREE,DCGM_FI_DEV_FB_RESERVED,DCGM_FI_DEV_FB_TOTAL,DCGM_FI_DEV_FB_USED",
+             "ERROR_UNKNOWN")]
+
+
 def test_mig_devices_report_their_memory_with_instance_labels(plugin: Any) -> None:
     p, _kubelet, port = plugin("--simulate=a100-80gb-mig-mixed", "--mig-strategy=mixed")
     s = scrape(port)

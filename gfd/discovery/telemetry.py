@@ -156,8 +156,8 @@ def _field_values(h: Any, state: DeviceState) -> Reading:
 
 
 def _ecc(kind: int) -> Callable[[Any, DeviceState], Reading]:
-    name = {pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED: "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL"}.get(
-        kind, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL")
+    corrected = kind == pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
+    name = "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL" if corrected else "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"
     return lambda h, _s: {name: pynvml.nvmlDeviceGetTotalEccErrors(h, kind, pynvml.NVML_VOLATILE_ECC)}
 
 

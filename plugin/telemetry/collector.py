@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 from prometheus_client.core import Metric
@@ -83,12 +83,11 @@ class TelemetryCollector(threading.Thread):
             devices += found
             for d in found:
                 uuid = d.mig.uuid if d.mig else gpu.uuid
-                new = sorted(n for n in d.sample.unsupported if (uuid, n, "unsupported") not in self._reported)
-                if new:  # one line per device, whatever the number of metrics it lacks
-                    self._reported.update((uuid, n, "unsupported") for n in new)
-                    log.warning("metrics not supported by this device; left out", device=uuid, metrics=",".join(new))
-                for name, error in d.sample.errors.items():
-                    self._once(uuid, name, error, "metric query failed; left out", error=error)
+                self._once_each(uuid, d.sample.unsupported, "unsupported",
+                                "metrics not supported by this device; left out")
+                for error in sorted(set(d.sample.errors.values())):
+                    self._once_each(uuid, [n for n, e in d.sample.errors.items() if e == error], error,
+                                    "metric query failed; left out", error=error)
         self.sampler.keep({d.mig.uuid if d.mig else d.gpu.uuid for d in devices})
         self.snapshot = families(Collection(devices, lost + list(model.lost_gpus), self.hostname,
                                             model.driver_version, self._holders(), dict(self.xids)))
@@ -135,6 +134,13 @@ class TelemetryCollector(threading.Thread):
             if self._events is not None:
                 self._events[1].close()
             self._events = None
+
+    def _once_each(self, uuid: str, metrics: Iterable[str], what: str, message: str, **fields: str) -> None:
+        """One line for the metrics of a device not reported yet for `what`, whatever their number."""
+        new = sorted(m for m in metrics if (uuid, m, what) not in self._reported)
+        if new:
+            self._reported.update((uuid, m, what) for m in new)
+            log.warning(message, device=uuid, metrics=",".join(new), **fields)
 
     def _once(self, uuid: str, metric: str, what: str, message: str, **fields: str) -> None:
         if (uuid, metric, what) not in self._reported:
