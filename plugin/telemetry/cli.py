@@ -1,6 +1,6 @@
 """`gpu-metrics-exporter`: GPU telemetry alone, for nodes that run another device plugin. The same
-collector the device plugin runs with `--gpu-metrics-address`; no XID metric (that comes from the
-plugin's health stream)."""
+collector the device plugin runs with `--gpu-metrics-address`; it takes XIDs from NVML's events itself
+(in the plugin they come from the health stream)."""
 
 from __future__ import annotations
 

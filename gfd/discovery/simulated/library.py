@@ -16,6 +16,7 @@ from collections.abc import Callable
 from ctypes import CFUNCTYPE, c_int, c_uint, c_uint64, c_void_p
 from typing import Any
 
+import pynvml
 import structlog
 
 from gfd.discovery.simulated.profiles import SimGpu, SimMig, SimNode
@@ -32,10 +33,19 @@ TIMEOUT = 10
 GPU_IS_LOST = 15
 UNKNOWN = 999
 XID_CRITICAL = 0x8
+ARGUMENT_VERSION_MISMATCH = 25
 FI_DEV_MEMORY_TEMP = 82  # nvml.h NVML_FI_DEV_MEMORY_TEMP
 VALUE_TYPE_UNSIGNED_INT = 1  # nvml.h NVML_VALUE_TYPE_UNSIGNED_INT
 VALUE_TYPE_UNSIGNED_LONG_LONG = 3  # nvml.h NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
-FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL = 66  # nvml.h NVML_FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL
+# nvml.h: NVLink data KiB sent / received since boot; scopeId is a link, or UINT_MAX for all links summed.
+FI_DEV_NVLINK_THROUGHPUT_DATA = {138: "tx", 139: "rx"}
+NVLINK_DEVICE_TYPE_GPU, NVLINK_DEVICE_TYPE_SWITCH = 0, 2  # nvml.h nvmlIntNvLinkDeviceType_t
+VIRTUALIZATION_MODE_VGPU = 2  # nvml.h NVML_GPU_VIRTUALIZATION_MODE_VGPU: a vGPU inside a virtual machine
+GRID_LICENSE_FEATURE_CODE_VGPU = 1  # nvml.h NVML_GRID_LICENSE_FEATURE_CODE_VGPU
+HOPPER = 9  # nvml.h NVML_DEVICE_ARCH_HOPPER: GPM needs Hopper or newer (nvmlGpmQueryDeviceSupport)
+# nvml.h nvmlGpmMetricId_t -> the simulated reading (a % over the window, or KiB/s turned into MiB/s).
+GPM_METRICS = {1: ("gr_engine_active", 1), 5: ("tensor_active", 1), 10: ("dram_active", 1),
+               20: ("pcie_tx_kib_per_s", 1 / 1024), 21: ("pcie_rx_kib_per_s", 1 / 1024)}
 ALL_INSTANCES = 0xFFFFFFFF
 GPU_INSTANCE_PROFILE_COUNT = 0x12  # nvml.h NVML_GPU_INSTANCE_PROFILE_COUNT
 COMPUTE_INSTANCE_PROFILE_COUNT = 0x9
@@ -49,7 +59,8 @@ class _Value(ctypes.Union):  # nvmlValue_t
 
 
 class _Struct:
-    """C layouts of the structs we fill (nvml.h), independent of pynvml's own definitions."""
+    """C layouts of the structs we fill (nvml.h), independent of pynvml's own definitions. The versioned
+    structs added later (memory v2, GPM, licensable features) use pynvml's, which carry the version field."""
 
     class Memory(ctypes.Structure):
         _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
@@ -136,7 +147,8 @@ class SimulatedLibrary:
         self._events: deque[tuple[SimGpu, int, int, int]] = deque()
         self._event_ready = threading.Condition()
         self._registered: set[int] = set()  # id() of GPUs whose XID events are registered
-        self._energy_mj: dict[int, tuple[float, float]] = {}  # id() of a GPU -> (last query, mJ so far)
+        # Counters that add up a rate: (id() of a GPU, reading) -> (last query, total so far)
+        self._totals: dict[tuple[int, str], tuple[float, float]] = {}
         for name, argtypes, impl in self._entry_points():
             self._functions[name] = CFUNCTYPE(c_int, *argtypes)(self._wrap(name, impl))
 
@@ -214,6 +226,7 @@ class SimulatedLibrary:
             ("nvmlDeviceGetUUID", (_P, _P, c_uint), self._any_device(
                 lambda d, buf, size: _write_str(buf, size, d.uuid))),
             ("nvmlDeviceGetMemoryInfo", (_P, _P), self._any_device(self._memory)),
+            ("nvmlDeviceGetMemoryInfo_v2", (_P, _P), self._any_device(self._memory_v2)),
             ("nvmlDeviceGetCudaComputeCapability", (_P, _P, _P), self._device(self._compute)),
             ("nvmlDeviceGetMigMode", (_P, _P, _P), self._device(self._mig_mode)),
             ("nvmlDeviceGetPciInfo_v3", (_P, _P), self._device(self._pci)),
@@ -238,6 +251,7 @@ class SimulatedLibrary:
             ("nvmlDeviceGetTopologyCommonAncestor", (_P, _P, _P), self._device(self._common_ancestor)),
             ("nvmlDeviceGetNvLinkState", (_P, c_uint, _P), self._device(self._nvlink_state)),
             ("nvmlDeviceGetNvLinkRemotePciInfo_v2", (_P, c_uint, _P), self._device(self._nvlink_remote)),
+            ("nvmlDeviceGetNvLinkRemoteDeviceType", (_P, c_uint, _P), self._device(self._nvlink_remote_type)),
             ("nvmlDeviceGetComputeMode", (_P, _P), self._device(lambda g, p: _write_uint(p, g.compute_mode))),
             # Telemetry (gfd.discovery.simulated.telemetry): readings that change with time.
             ("nvmlDeviceGetUtilizationRates", (_P, _P), self._device(self._utilization)),
@@ -256,6 +270,13 @@ class SimulatedLibrary:
                 lambda g, p: _write_uint(p, self._read(g, "pcie_replay")))),
             ("nvmlDeviceGetTotalEccErrors", (_P, c_uint, c_uint, _P), self._device(self._ecc)),
             ("nvmlDeviceGetRemappedRows", (_P, _P, _P, _P, _P), self._device(self._remapped_rows)),
+            ("nvmlDeviceGetPcieThroughput", (_P, c_uint, _P), self._device(self._pcie_throughput)),
+            ("nvmlDeviceGetGridLicensableFeatures_v4", (_P, _P), self._device(self._licensable_features)),
+            ("nvmlGpmQueryDeviceSupport", (_P, _P), self._device(self._gpm_support)),
+            ("nvmlGpmSampleAlloc", (_P,), self._gpm_alloc),
+            ("nvmlGpmSampleFree", (_P,), self._gpm_free),
+            ("nvmlGpmSampleGet", (_P, _P), self._device(self._gpm_sample)),
+            ("nvmlGpmMetricsGet", (_P,), self._gpm_metrics),
             ("nvmlDeviceSetComputeMode", (_P, c_uint), self._device(self._set_compute_mode)),
             ("nvmlEventSetCreate", (_P,), lambda out: _write_ptr(out, self._handle(self._registered))),
             ("nvmlEventSetFree", (_P,), lambda _set: SUCCESS),
@@ -309,18 +330,36 @@ class SimulatedLibrary:
         return GPU_IS_LOST if gpu.lost else _write_ptr(out, self._handle(gpu))
 
     def _memory(self, device: SimGpu | SimMig, ptr: int) -> int:
+        """nvml.h nvmlMemory_t: `used` is the sum of reserved and allocated memory."""
+        total, reserved, allocated = self._framebuffer(device)
         mem = _Struct.Memory.from_address(ptr)
-        mem.total = device.memory_mib * 1024 * 1024
-        used = self._read(device, "fb_used_mib") if isinstance(device, SimGpu) else 0
-        mem.used = min(mem.total, used * 1024 * 1024)
-        mem.free = mem.total - mem.used
+        mem.total, mem.used = total, reserved + allocated
+        mem.free = total - mem.used
         return SUCCESS
 
+    def _memory_v2(self, device: SimGpu | SimMig, ptr: int) -> int:
+        """nvml.h nvmlMemory_v2_t: reserved apart, `used` is what is allocated."""
+        mem = pynvml.c_nvmlMemory_v2_t.from_address(ptr)
+        if mem.version != pynvml.nvmlMemory_v2:
+            return ARGUMENT_VERSION_MISMATCH
+        mem.total, mem.reserved, mem.used = self._framebuffer(device)
+        mem.free = mem.total - mem.reserved - mem.used
+        return SUCCESS
+
+    def _framebuffer(self, device: SimGpu | SimMig) -> tuple[int, int, int]:
+        """(total, reserved, allocated) bytes; a MIG device's memory is its own slice, none of it reserved."""
+        total = device.memory_mib << 20
+        if not isinstance(device, SimGpu):
+            return total, 0, 0
+        reserved = min(total, device.reserved_mib << 20)
+        return total, reserved, min(total - reserved, self._read(device, "fb_used_mib") << 20)
+
     # -- telemetry ----------------------------------------------------------------------------------
-    def _read(self, gpu: SimGpu, key: str) -> int:
+    def _read(self, gpu: SimGpu, key: str, at: float | None = None) -> int:
         gpus = self.node.gpus
         phase = gpus.index(gpu) / len(gpus) if gpu in gpus else 0.0
-        return max(0, round(self.node.telemetry[key].at(time.monotonic() - self.node.started, phase)))
+        now = time.monotonic() if at is None else at
+        return max(0, round(self.node.telemetry[key].at(now - self.node.started, phase)))
 
     def _utilization(self, gpu: SimGpu, ptr: int) -> int:
         util = _Struct.Utilization.from_address(ptr)
@@ -330,26 +369,93 @@ class SimulatedLibrary:
     def _field_values(self, gpu: SimGpu, count: int, ptr: int) -> int:
         values = (_Struct.FieldValue * count).from_address(ptr)
         for value in values:
+            direction = FI_DEV_NVLINK_THROUGHPUT_DATA.get(value.fieldId)
             if value.fieldId == FI_DEV_MEMORY_TEMP:
                 value.valueType, value.value.uiVal = VALUE_TYPE_UNSIGNED_INT, self._read(gpu, "memory_temp")
                 value.nvmlReturn = SUCCESS
-            elif value.fieldId == FI_DEV_NVLINK_BANDWIDTH_C0_TOTAL and gpu.nvlinks:
-                # What crossed the GPU's links since the simulation began, at the profile's rate.
-                elapsed = time.monotonic() - self.node.started
-                value.valueType = VALUE_TYPE_UNSIGNED_LONG_LONG
-                value.value.ullVal = int(self._read(gpu, "nvlink_kib_per_s") * elapsed)
+            elif direction is not None and gpu.nvlinks and (value.scopeId == ALL_INSTANCES or
+                                                             value.scopeId < len(gpu.nvlinks)):
+                # KiB each way at the profile's rate since the simulation began, spread evenly over the links.
+                kib = self._total(gpu, f"nvlink_{direction}", "nvlink_kib_per_s")
+                links = len(gpu.nvlinks) if value.scopeId != ALL_INSTANCES else 1
+                value.valueType, value.value.ullVal = VALUE_TYPE_UNSIGNED_LONG_LONG, int(kib / links)
                 value.nvmlReturn = SUCCESS
-            else:  # no such sensor, or no NVLink on this GPU
+            else:  # no such sensor, no such link, or no NVLink on this GPU
                 value.nvmlReturn = NOT_SUPPORTED
         return SUCCESS
 
     def _energy(self, gpu: SimGpu, ptr: int) -> int:
-        """The power drawn since the last query, added up: a counter that never goes back."""
+        c_uint64.from_address(ptr).value = int(self._total(gpu, "energy", "power_w") * 1000)  # W·s -> mJ
+        return SUCCESS
+
+    def _total(self, gpu: SimGpu, counter: str, rate: str) -> float:
+        """A reading's rate added up since the last query: a counter that never goes back."""
         now = time.monotonic()
-        last, total = self._energy_mj.get(id(gpu), (self.node.started, 0.0))
-        total += self._read(gpu, "power_w") * (now - last) * 1000
-        self._energy_mj[id(gpu)] = (now, total)
-        c_uint64.from_address(ptr).value = int(total)
+        last, total = self._totals.get((id(gpu), counter), (self.node.started, 0.0))
+        total += self._read(gpu, rate) * (now - last)
+        self._totals[(id(gpu), counter)] = (now, total)
+        return total
+
+    def _pcie_throughput(self, gpu: SimGpu, counter: int, ptr: int) -> int:
+        """nvml.h nvmlPcieUtilCounter_t: 0 TX, 1 RX, in KB/s."""
+        key = {0: "pcie_tx_kib_per_s", 1: "pcie_rx_kib_per_s"}.get(counter)
+        return INVALID_ARGUMENT if key is None else _write_uint(ptr, self._read(gpu, key))
+
+    @staticmethod
+    def _licensable_features(gpu: SimGpu, ptr: int) -> int:
+        """A vGPU guest reports its vGPU license; bare metal and passthrough GPUs have none to report."""
+        if gpu.virtualization_mode != VIRTUALIZATION_MODE_VGPU:
+            return NOT_SUPPORTED
+        features = pynvml.c_nvmlGridLicensableFeatures_v4_t.from_address(ptr)
+        features.isGridLicenseSupported, features.licensableFeaturesCount = 1, 1
+        vgpu = features.gridLicensableFeatures[0]
+        vgpu.featureCode, vgpu.featureEnabled = GRID_LICENSE_FEATURE_CODE_VGPU, 1
+        vgpu.featureState = int(gpu.vgpu_licensed)
+        return SUCCESS
+
+    # -- GPM: samples are opaque handles; a metric is the reading over the window between two samples --------
+    @staticmethod
+    def _gpm_support(gpu: SimGpu, ptr: int) -> int:
+        support = pynvml.c_nvmlGpmSupport_t.from_address(ptr)
+        if support.version != pynvml.NVML_GPM_SUPPORT_VERSION:
+            return ARGUMENT_VERSION_MISMATCH
+        support.isSupportedDevice = int(gpu.architecture >= HOPPER)
+        return SUCCESS
+
+    def _gpm_alloc(self, out: int) -> int:
+        return _write_ptr(out, self._handle(_GpmSample()))
+
+    def _gpm_free(self, sample: int) -> int:
+        obj = self._handles.pop(sample, None)
+        if not isinstance(obj, _GpmSample):
+            return INVALID_ARGUMENT
+        del self._ids[(id(obj),)]
+        return SUCCESS
+
+    def _gpm_sample(self, gpu: SimGpu, sample: int) -> int:
+        obj = self._handles.get(sample)
+        if not isinstance(obj, _GpmSample):
+            return INVALID_ARGUMENT
+        if gpu.architecture < HOPPER:
+            return NOT_SUPPORTED
+        obj.gpu, obj.at = gpu, time.monotonic()
+        return SUCCESS
+
+    def _gpm_metrics(self, ptr: int) -> int:
+        request = pynvml.c_nvmlGpmMetricsGet_t.from_address(ptr)
+        if request.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
+            return ARGUMENT_VERSION_MISMATCH
+        first = self._handles.get(ctypes.cast(request.sample1, c_void_p).value or 0)
+        second = self._handles.get(ctypes.cast(request.sample2, c_void_p).value or 0)
+        if not isinstance(first, _GpmSample) or not isinstance(second, _GpmSample) or first.gpu is None or \
+                first.gpu is not second.gpu or not first.at < second.at or request.numMetrics > len(request.metrics):
+            return INVALID_ARGUMENT
+        gpu, middle = first.gpu, (first.at + second.at) / 2
+        for metric in request.metrics[:request.numMetrics]:
+            known = GPM_METRICS.get(metric.metricId)
+            metric.nvmlReturn = NOT_SUPPORTED if known is None else SUCCESS
+            if known is not None:
+                metric.value = self._read(gpu, known[0], middle) * known[1]
         return SUCCESS
 
     def _clock(self, gpu: SimGpu, clock: int, ptr: int) -> int:
@@ -502,6 +608,12 @@ class SimulatedLibrary:
         info.busId = info.busIdLegacy = gpu.nvlinks[link].encode()
         return SUCCESS
 
+    def _nvlink_remote_type(self, gpu: SimGpu, link: int, ptr: int) -> int:
+        if link >= len(gpu.nvlinks):
+            return INVALID_ARGUMENT
+        gpu_end = any(g.bus_id == gpu.nvlinks[link] for g in self.node.gpus)
+        return _write_uint(ptr, NVLINK_DEVICE_TYPE_GPU if gpu_end else NVLINK_DEVICE_TYPE_SWITCH)
+
     @staticmethod
     def _supported_events(gpu: SimGpu, ptr: int) -> int:
         if not gpu.events_supported:
@@ -558,3 +670,11 @@ class _MigRef(_Ref):
 
 class _InstanceRef(_Ref):
     pass
+
+
+class _GpmSample:
+    """What nvmlGpmSampleGet recorded: which GPU, and when."""
+
+    def __init__(self) -> None:
+        self.gpu: SimGpu | None = None
+        self.at = 0.0

@@ -69,10 +69,12 @@ class SimGpu:
     lost: bool = False
     compute_mode: int = 0  # nvmlComputeMode_t; the MPS control daemon sets EXCLUSIVE_PROCESS
     mig_pending: bool | None = None  # a MIG mode change that waits for a GPU reset (None: none pending)
-    nvlinks: list[str] = field(default_factory=list)  # remote PCI bus id per active NVLink
+    nvlinks: list[str] = field(default_factory=list)  # remote PCI bus id per active NVLink (a GPU or an NVSwitch)
     events_supported: bool = True
     pci_name: str = ""  # the PCI-ID database name (what the vfio back-end reports)
     bars: list[int] = field(default_factory=list)  # 64-bit memory BAR sizes in bytes
+    reserved_mib: int = 0  # framebuffer the driver reserves (nvmlDeviceGetMemoryInfo_v2 `reserved`)
+    vgpu_licensed: bool = True  # a vGPU guest's license state (nvmlDeviceGetGridLicensableFeatures)
 
 
 @dataclass(eq=False)
@@ -97,6 +99,7 @@ class SimNode:
     extra_pci_functions: list[dict[str, Any]] = field(default_factory=list)
     pcie: dict[tuple[int, int], int] = field(default_factory=dict)  # (a, b) with a < b -> NVML level
     pcie_default: int = 40
+    nvswitches: list[str] = field(default_factory=list)  # PCI bus ids of the NVSwitches the GPUs' links reach
     # GPUs bound to vfio-pci for passthrough: in sysfs, invisible to NVML.
     vfio_gpus: list[SimGpu] = field(default_factory=list)
 
@@ -105,7 +108,8 @@ _ARCH = {"kepler": 2, "maxwell": 3, "pascal": 4, "volta": 5, "turing": 6, "amper
          "blackwell": 10, "rubin": 13}
 _BRAND = {"unknown": 0, "quadro": 1, "tesla": 2, "nvs": 3, "grid": 4, "geforce": 5, "titan": 6, "nvidia": 14}
 _GPU_FIELDS = {"name", "memory_mib", "compute_capability", "architecture", "brand", "pci_device_id", "pci_class",
-               "mig_capable", "numa_node", "fabric", "virtualization_mode", "vgpu", "bus_id", "events_supported"}
+               "mig_capable", "numa_node", "fabric", "virtualization_mode", "vgpu", "bus_id", "events_supported",
+               "reserved_mib", "vgpu_licensed"}
 
 
 def stable_uuid(seed: str) -> str:
@@ -158,7 +162,7 @@ def build_node(doc: Any, source: str) -> SimNode:
 
 
 MAX_GPUS = 256  # per simulated node: far above any real one (16), low enough to build in milliseconds
-MAX_NVLINKS = 18  # NVLink links per GPU on the largest parts (H100, GH200)
+MAX_NVLINKS = 18  # NVLink links per GPU on the largest parts (H100, GH200, B200)
 _BUS_ID = re.compile(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]")
 
 
@@ -206,8 +210,9 @@ _PCIE_LEVELS = {"internal": 0, "single": 10, "multiple": 20, "hostbridge": 30, "
 
 
 def _topology(node: SimNode, raw: dict[str, Any], src: str) -> None:
-    """`nvlink: [[a, b, count], ...]`; `pcie: {default: LEVEL, LEVEL: [[gpu, ...], ...]}` where each
-    group lists GPUs whose every pair has that level (more specific levels win over broader ones)."""
+    """`nvlink: [[a, b, count], ...]`; `nvswitch: {switches: [BUS_ID, ...], links_per_gpu: N}` (every GPU's
+    N links spread round-robin over the switches, as on HGX boards); `pcie: {default: LEVEL, LEVEL: [[gpu, ...],
+    ...]}` where each group lists GPUs whose every pair has that level (more specific levels win)."""
     for a, b, count in raw.get("nvlink") or []:
         if not 0 <= int(count) <= MAX_NVLINKS:
             raise ConfigError(src, "topology.nvlink", f"{short(count)} links between GPUs {a} and {b}",
@@ -215,6 +220,21 @@ def _topology(node: SimNode, raw: dict[str, Any], src: str) -> None:
         for _ in range(count):
             node.gpus[a].nvlinks.append(node.gpus[b].bus_id)
             node.gpus[b].nvlinks.append(node.gpus[a].bus_id)
+    switch = raw.get("nvswitch") or {}
+    node.nvswitches = [_bus_id(b, src, f"topology.nvswitch.switches[{i}]")
+                       for i, b in enumerate(switch.get("switches") or [])]
+    per_gpu = int(switch.get("links_per_gpu", 0))
+    if node.nvswitches or per_gpu:
+        if not node.nvswitches or not 0 < per_gpu <= MAX_NVLINKS:
+            raise ConfigError(src, "topology.nvswitch",
+                              f"{len(node.nvswitches)} switches, {short(per_gpu)} links per GPU",
+                              f"at least one switch and 1 to {MAX_NVLINKS} links per GPU")
+        for gpu in node.gpus:
+            gpu.nvlinks += [node.nvswitches[link % len(node.nvswitches)] for link in range(per_gpu)]
+    for gpu in node.gpus:
+        if len(gpu.nvlinks) > MAX_NVLINKS:
+            raise ConfigError(src, "topology", f"{len(gpu.nvlinks)} NVLinks on GPU {gpu.minor}",
+                              f"at most {MAX_NVLINKS} NVLinks per GPU")
     pcie = dict(raw.get("pcie") or {})
     default = pcie.pop("default", "node")
     if default not in _PCIE_LEVELS or not set(pcie) <= set(_PCIE_LEVELS):
@@ -264,6 +284,8 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
             events_supported=bool(spec.get("events_supported", True)),
             pci_name=str(spec.get("pci_name", "")),
             bars=[int(b) for b in spec.get("bars", [])],
+            reserved_mib=int(spec.get("reserved_mib", 0)),
+            vgpu_licensed=bool(spec.get("vgpu_licensed", True)),
         )
         gpu.mig_profiles = {name: SimMig(profile=name, **fields) for name, fields in profiles.items()}
         if layout is not None:

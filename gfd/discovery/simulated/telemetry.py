@@ -5,6 +5,10 @@ period_s}}` (sawtooth), `{sine: {min, max, period_s}}` or `{steps: {values: [...
 pattern shifted by i/count of a period, so the GPUs of a node differ. The defaults are an idle GPU; they are
 arbitrary readings, not facts about a model (those live in models/ with their sources). A query a GPU does not
 support is a fault in the profile (`faults: [{call: nvmlDeviceGetFieldValues, error: NOT_SUPPORTED}]`).
+
+Units are NVML's: `*_util` and the GPM activities (`gr_engine_active`, `tensor_active`, `dram_active`) in %,
+PCIe and NVLink traffic in KiB/s per direction (NVML's PCIe counters are KB/s, its NVLink counters KiB; GPM
+reports the same PCIe traffic in MiB/s), power in W.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ DEFAULTS: dict[str, float] = {
     "gpu_util": 0, "mem_util": 0, "enc_util": 0, "dec_util": 0, "fb_used_mib": 0, "gpu_temp": 34,
     "memory_temp": 32, "power_w": 60, "sm_clock": 210, "mem_clock": 1215, "pcie_replay": 0,
     "ecc_sbe": 0, "ecc_dbe": 0, "remapped_correctable": 0, "remapped_uncorrectable": 0, "remap_pending": 0,
-    "remap_failure": 0, "nvlink_kib_per_s": 0,
+    "remap_failure": 0, "nvlink_kib_per_s": 0, "pcie_tx_kib_per_s": 0, "pcie_rx_kib_per_s": 0,
+    "gr_engine_active": 0, "tensor_active": 0, "dram_active": 0,
 }
 PATTERNS = ("constant", "ramp", "sine", "steps")
 
