@@ -15,6 +15,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,6 +36,7 @@ class Request:
     method: str
     path: str
     body: Any
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -45,7 +47,9 @@ class State:
     events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)  # (rv, type, object)
     oldest_watchable_rv: int = 0
     watch_generation: int = 0  # bumped to end every open watch stream
+    empty_watches: bool = False  # answer every watch with an empty 200 (a broken server or proxy)
     lock: threading.Condition = field(default_factory=threading.Condition)
+    hooks: list[tuple[str, str, Callable[[], None]]] = field(default_factory=list)  # (method, path, action)
     rv: itertools.count = field(default_factory=lambda: itertools.count(100))  # type: ignore[type-arg]
 
 
@@ -93,8 +97,24 @@ class FakeApiServer:
 
     def fail(self, method: str, path_contains: str, status: int = 500, times: int = 1,
              retry_after: float | None = None, delay: float = 0.0) -> None:
+        """The next `times` requests whose path (with its query: `watch=true` picks watches) contains
+        `path_contains` get `status` after `delay` seconds (status 0: answered normally after the delay)."""
         with self.state.lock:
             self.state.faults.append(Fault(method, path_contains, status, times, retry_after, delay))
+
+    def before_answering(self, method: str, path_contains: str, action: Callable[[], None]) -> None:
+        """Run `action` once, after the next matching request (its method starts with `method`) has taken
+        effect and before its answer is sent: a test's way to act inside a client's request."""
+        with self.state.lock:
+            self.state.hooks.append((method, path_contains, action))
+
+    def end_watches_at_once(self, on: bool = True) -> None:
+        """Answer every watch with an empty 200 that ends at once, as a broken server or proxy does."""
+        with self.state.lock:
+            self.state.empty_watches = on
+
+    def watches(self) -> list[Request]:
+        return [r for r in self.requests("GET") if "watch=true" in r.path.lower()]
 
     def requests(self, method: str | None = None) -> list[Request]:
         with self.state.lock:
@@ -181,7 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.state
         with state.lock:
             state.requests.append(Request(self.command, self.path, copy.deepcopy(body)))
-            fault = next((f for f in state.faults if f.method == self.command and f.path_contains in path), None)
+            fault = next((f for f in state.faults if f.method == self.command and f.path_contains in self.path),
+                         None)
             if fault is not None:
                 fault.times -= 1
                 if fault.times <= 0:
@@ -194,10 +215,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(fault.status, _status(fault.status, "Injected", "injected fault"), headers)
                 return
         if self.command == "GET" and "watch=true" in query.lower():
+            if state.empty_watches:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self._watch(path, query)
             return
         with state.lock:
             code, reply = self._dispatch(path, body)
+            hook = next((h for h in state.hooks if self.command.startswith(h[0]) and h[1] in self.path), None)
+            if hook is not None:
+                state.hooks.remove(hook)
+        if hook is not None:
+            hook[2]()
         self._send(code, reply)
 
     def _dispatch(self, path: str, body: Any) -> tuple[int, dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -16,9 +17,10 @@ import yaml
 
 from gfd.config import ConfigError
 from gfd.configmanager.apply import find_pid, point, send
-from gfd.configmanager.cli import ConfigManager, core_api, load_settings, main
+from gfd.configmanager.cli import ConfigManager, load_settings, main
 from gfd.configmanager.options import Settings
 from gfd.configmanager.selection import EMPTY, SelectError, select
+from gfd.kube.client import connect
 from tests.apiserver import FakeApiServer
 
 LABEL = "nvidia.com/device-plugin.config"
@@ -136,7 +138,7 @@ def test_oneshot_picks_the_labelled_config_or_fails(tmp_path: Path, apiserver: F
     kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
     put_node(apiserver, "mig-mixed")
     s = settings(tmp_path, kubeconfig, ONESHOT="true")
-    assert ConfigManager(s, core_api(kubeconfig)).run_once() == 0
+    assert ConfigManager(s, connect(kubeconfig, "config-manager")).run_once() == 0
     assert os.readlink(s.dst) == os.path.join(s.srcdir, "mig-mixed")
     put_node(apiserver, "does-not-exist")
     env = {"NODE_NAME": "gpu-node-1", "NODE_LABEL": LABEL, "CONFIG_FILE_SRCDIR": s.srcdir,
@@ -175,7 +177,7 @@ def test_api_errors_are_one_line_not_a_traceback(tmp_path: Path, apiserver: Fake
     kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
     apiserver.fail("GET", "nodes", status=status, times=10)
     s = settings(tmp_path, kubeconfig, ONESHOT="true")
-    assert ConfigManager(s, core_api(kubeconfig)).run_once() == 1
+    assert ConfigManager(s, connect(kubeconfig, "config-manager")).run_once() == 1
     err = capsys.readouterr()
     assert f"HTTP {status}" in err.out + err.err and "Traceback" not in err.out + err.err
 
@@ -202,7 +204,7 @@ def test_sidecar_follows_label_changes_and_survives_410(tmp_path: Path, apiserve
     put_node(apiserver, None)
     proc = hup_child(tmp_path, "nvidia-device-plugin")
     s = settings(tmp_path, kubeconfig, SEND_SIGNAL="true", SIGNAL="1", PROCESS_TO_SIGNAL="nvidia-device-plugin")
-    manager = ConfigManager(s, core_api(kubeconfig))
+    manager = ConfigManager(s, connect(kubeconfig, "config-manager"))
     thread = threading.Thread(target=manager.watch, kwargs={"stop_after": 8.0}, daemon=True)
     thread.start()
     marker = tmp_path / "got-hup"
@@ -234,3 +236,29 @@ def test_sidecar_follows_label_changes_and_survives_410(tmp_path: Path, apiserve
         proc.kill()
         proc.wait()
         thread.join(10)
+
+
+def test_a_server_that_ends_every_watch_at_once_gets_one_watch_a_second_then_fewer(tmp_path: Path,
+                                                                                   apiserver: FakeApiServer) -> None:
+    """Issue 20.1: before, ~775 node watches a second; now the one watch loop backs off a watch that ends
+    too soon, and a stop ends the loop at once."""
+    kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
+    put_node(apiserver, "mig-mixed")
+    apiserver.end_watches_at_once()
+    kube = connect(kubeconfig, "config-manager")
+    manager = ConfigManager(settings(tmp_path, kubeconfig), kube)
+    stopping = threading.Event()
+    thread = threading.Thread(target=manager.watch, args=(stopping,), daemon=True)
+    thread.start()
+    time.sleep(4.0)
+    stopped = time.monotonic()
+    stopping.set()
+    kube.cancel()
+    thread.join(2)
+    assert not thread.is_alive() and time.monotonic() - stopped < 1.0
+    watches = apiserver.watches()
+    gaps = [b.at - a.at for a, b in itertools.pairwise(watches)]
+    assert 2 <= len(watches) <= 4, gaps  # at 0, ~1, ~2.5 and maybe ~5 s
+    assert gaps[0] >= 0.45 and gaps == sorted(gaps)
+    assert len(apiserver.requests()) == len(watches) + 1  # and the one read of the node at start
+    assert os.readlink(manager.s.dst).endswith("mig-mixed")

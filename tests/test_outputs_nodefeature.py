@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from gfd.metrics import Metrics
 from gfd.outputs import OutputError
 from gfd.outputs.nodefeature import NodeFeatureOutput
 from tests.apiserver import FakeApiServer
+from tests.helpers import eventually
 
 NS = "gpu-ops"
 COLLECTION = f"/apis/nfd.k8s-sigs.io/v1alpha1/namespaces/{NS}/nodefeatures"
@@ -22,12 +26,13 @@ POD = f"/api/v1/namespaces/{NS}/pods/gfd-abc"
 LABELS = {"nvidia.com/gpu.count": "8", "nvidia.com/vgpu.present": "false"}
 
 
-def output(apiserver: FakeApiServer, tmp_path: Path, *extra: str, **env: str) -> NodeFeatureOutput:
+def output(apiserver: FakeApiServer, tmp_path: Path, *extra: str, metrics: Metrics | None = None,
+           on_deleted: Callable[[], None] | None = None) -> NodeFeatureOutput:
     kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
     config = load_config(parse_command_line(
-        ["--kubeconfig", kubeconfig, "--namespace", NS, "--node-name", "node1", *extra], env))
-    out = NodeFeatureOutput.from_config(config, Metrics())
-    out.request_timeout = (1.0, 0.5)
+        ["--kubeconfig", kubeconfig, "--namespace", NS, "--node-name", "node1", *extra], {}))
+    out = NodeFeatureOutput.from_config(config, metrics or Metrics(), on_deleted)
+    out.kube.timeout = (1.0, 0.5)
     return out
 
 
@@ -104,7 +109,8 @@ def test_create_race_already_exists(apiserver: FakeApiServer, tmp_path: Path) ->
 @pytest.mark.parametrize(("status", "retry_after"), [(429, 7.0), (500, None), (503, 2.0)])
 def test_server_errors_raise_retryable_output_errors(apiserver: FakeApiServer, tmp_path: Path, status: int,
                                                      retry_after: float | None) -> None:
-    out = output(apiserver, tmp_path)
+    metrics = Metrics()
+    out = output(apiserver, tmp_path, metrics=metrics)
     apiserver.fail("GET", OBJECT, status=status, retry_after=retry_after)
     with pytest.raises(OutputError) as e:
         out.write(LABELS)
@@ -112,7 +118,7 @@ def test_server_errors_raise_retryable_output_errors(apiserver: FakeApiServer, t
     assert str(status) in str(e.value)
     out.write(LABELS)  # the next attempt works
     assert apiserver.get_object(OBJECT) is not None
-    codes = {(s.labels["verb"], s.labels["code"]) for m in out.metrics.api_requests.collect()  # type: ignore[union-attr]
+    codes = {(s.labels["verb"], s.labels["code"]) for m in metrics.api_requests.collect()
              for s in m.samples if s.name.endswith("_total")}
     assert ("get", str(status)) in codes and ("create", "201") in codes
 
@@ -156,3 +162,109 @@ def test_no_cluster_config_is_a_clear_error() -> None:
     config = load_config(parse_command_line(["--node-name", "n"], {}))
     with pytest.raises(OutputError, match="failed to create clientsets"):
         NodeFeatureOutput.from_config(config)
+
+
+def api_count(metrics: Metrics, verb: str, code: str) -> float:
+    return metrics.registry.get_sample_value("gfd_api_requests_total", {"verb": verb, "code": code}) or 0.0
+
+
+def gaps(requests: list[Any]) -> list[float]:
+    return [b.at - a.at for a, b in itertools.pairwise(requests)]
+
+
+def test_a_server_that_ends_every_watch_at_once_gets_one_watch_a_second_then_fewer(apiserver: FakeApiServer,
+                                                                                   tmp_path: Path) -> None:
+    """Issue 20.1: before, ~1 000 watch requests a second; client-go backs off a watch that ends too soon."""
+    metrics = Metrics()
+    out = output(apiserver, tmp_path, metrics=metrics, on_deleted=lambda: None)
+    apiserver.end_watches_at_once()
+    out.write(LABELS)  # starts the deletion watch
+    time.sleep(4.0)
+    out.close()
+    out.watcher.join(2)  # type: ignore[union-attr]
+    watches = apiserver.watches()
+    # Backoff from 1 s, doubled each time, jittered into [d/2, d]: opened at 0, ~1, ~2.5 and maybe ~5 s.
+    assert 2 <= len(watches) <= 4, gaps(watches)
+    assert gaps(watches)[0] >= 0.45 and gaps(watches) == sorted(gaps(watches))
+    assert api_count(metrics, "watch", "200") == len(watches)  # what the server answered, each once
+
+
+def test_a_watch_answered_429_waits_its_retry_after(apiserver: FakeApiServer, tmp_path: Path) -> None:
+    metrics = Metrics()
+    out = output(apiserver, tmp_path, metrics=metrics, on_deleted=lambda: None)
+    apiserver.fail("GET", "watch=true", status=429, retry_after=2)
+    apiserver.end_watches_at_once()
+    out.write(LABELS)
+    eventually(lambda: len(apiserver.watches()) == 2, timeout=5)
+    out.close()
+    assert gaps(apiserver.watches())[0] >= 1.95  # the backoff alone would have been at most 1 s
+    assert api_count(metrics, "watch", "429") == 1 and api_count(metrics, "watch", "200") == 1
+
+
+def test_a_watch_is_counted_when_the_server_answers_not_before(apiserver: FakeApiServer, tmp_path: Path) -> None:
+    metrics = Metrics()
+    out = output(apiserver, tmp_path, metrics=metrics, on_deleted=lambda: None)
+    apiserver.fail("GET", "watch=true", status=0, delay=1.0)  # answered after a second
+    out.write(LABELS)
+    eventually(lambda: len(apiserver.watches()) == 1)
+    assert api_count(metrics, "watch", "200") == 0
+    eventually(lambda: api_count(metrics, "watch", "200") == 1, timeout=3)
+    out.close()
+
+
+def test_close_ends_a_watch_in_progress_at_once(apiserver: FakeApiServer, tmp_path: Path) -> None:
+    out = output(apiserver, tmp_path, on_deleted=lambda: None)
+    out.write(LABELS)
+    eventually(lambda: len(apiserver.watches()) == 1)
+    time.sleep(0.2)  # the watch is open and waiting for events
+    started = time.monotonic()
+    out.close()
+    out.watcher.join(2)  # type: ignore[union-attr]
+    assert not out.watcher.is_alive() and time.monotonic() - started < 1.0  # type: ignore[union-attr]
+
+
+def test_a_deletion_seen_while_a_write_is_answered_is_not_overwritten_by_that_answer(apiserver: FakeApiServer,
+                                                                                       tmp_path: Path) -> None:
+    """The watch thread and the write thread share what was last written: a deletion the watch sees while
+    a write is in flight must leave the object to be written again, not be lost under the write's answer."""
+    deletions = []
+    out = output(apiserver, tmp_path, on_deleted=lambda: deletions.append(1))
+    out.kube.timeout = (1.0, 5.0)
+    out.write(LABELS)
+    eventually(lambda: len(apiserver.watches()) == 1)
+    time.sleep(0.2)
+    changed = LABELS | {"nvidia.com/gpu.count": "7"}
+
+    def delete_and_let_the_watch_see_it() -> None:  # after the PUT took effect, before its answer
+        apiserver.delete_object(OBJECT)
+        with contextlib.suppress(AssertionError):  # with the lock, the watch waits for the write to finish
+            eventually(lambda: bool(deletions), timeout=0.5)
+
+    apiserver.before_answering("PUT", OBJECT, delete_and_let_the_watch_see_it)
+    out.write(changed)
+    eventually(lambda: bool(deletions))
+    out.write(changed)  # the same labels: written again because the object is gone
+    assert apiserver.get_object(OBJECT)["spec"]["labels"] == changed  # type: ignore[index]
+    out.close()
+
+
+def test_writes_racing_deletions_stress(apiserver: FakeApiServer, tmp_path: Path) -> None:
+    """Many writes, each answered while its object is being deleted (the watch thread and the write thread
+    race for what was last written): after each, once the watch has seen the deletion, writing the same
+    labels again puts them back on the server (never a stale 'already written')."""
+    seen: list[int] = []
+    out = output(apiserver, tmp_path, "--kube-api-qps=1000", "--kube-api-burst=1000",
+                 on_deleted=lambda: seen.append(1))
+    out.kube.timeout = (1.0, 5.0)
+    out.write(LABELS)
+    eventually(lambda: len(apiserver.watches()) == 1)
+    for n in range(20):
+        labels = LABELS | {"nvidia.com/gpu.count": str(n)}
+        before = len(seen)
+        apiserver.before_answering("P", COLLECTION, lambda: apiserver.delete_object(OBJECT))  # PUT or POST
+        with contextlib.suppress(OutputError):
+            out.write(labels)
+        eventually(lambda: len(seen) > before)  # noqa: B023 - waited for inside the iteration
+        out.write(labels)
+        assert apiserver.get_object(OBJECT)["spec"]["labels"] == labels, n  # type: ignore[index]
+    out.close()

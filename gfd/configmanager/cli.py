@@ -9,28 +9,33 @@ only the init container, which has nothing to keep, fails on it.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
+from kubernetes import client
 
-from gfd.backoff import Backoff
 from gfd.config.loader import load, parse_command_line
 from gfd.configmanager.apply import link_target, point, send
 from gfd.configmanager.options import CONFIG_MANAGER_OPTIONS, Settings
 from gfd.configmanager.selection import SelectError, available_configs, select
+from gfd.kube.client import Kube, connect
+from gfd.kube.errors import CredentialsError, KubeError
+from gfd.kube.watch import Watch
 from gfd.program import configured, process_arguments
 
 log = structlog.get_logger("config-manager")
-WATCH_TIMEOUT_S = 300
 
 
 class ConfigManager:
-    def __init__(self, settings: Settings, core: Any) -> None:
+    def __init__(self, settings: Settings, kube: Kube) -> None:
         self.s = settings
-        self.core = core
+        self.kube = kube
+        self.core = client.CoreV1Api(kube.api_client)
         self.signal_owed = False
+        self.label: str | None = None
 
     def apply(self, label: str | None) -> None:
         """Select and point; SelectError propagates (the caller decides whether it is fatal). A signal
@@ -43,7 +48,7 @@ class ConfigManager:
             self.signal_owed = False
 
     def read_node(self) -> tuple[str | None, str]:
-        node = self.core.read_node(self.s.node_name, _request_timeout=(5, 10))
+        node = self.kube.request("get", self.core.read_node_with_http_info, self.s.node_name)
         return (node.metadata.labels or {}).get(self.s.node_label), node.metadata.resource_version
 
     def run_once(self) -> int:
@@ -54,52 +59,29 @@ class ConfigManager:
         except (SelectError, LookupError) as e:
             log.error(str(e))
             return 1
-        except Exception as e:  # the API: 401/403, connection refused, timeouts
+        except KubeError as e:  # the API: 401/403, connection refused, timeouts
             log.error(f"error reading node {self.s.node_name}: {api_error(e)}")
             return 1
         return 0
 
-    def watch(self, stop_after: float | None = None) -> None:
-        """Follow the node's label until the process ends (or `stop_after` seconds, for tests)."""
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
+    def watch(self, stopping: threading.Event | None = None, stop_after: float | None = None) -> None:
+        """Follow the node's label until `stopping` is set (or `stop_after` seconds, for tests), through the
+        one watch loop (gfd.kube.watch): the node is read at start and after 410 Gone."""
+        watch = Watch(self.kube, f"node {self.s.node_name}", self.core.list_node,
+                      field_selector=f"metadata.name={self.s.node_name}", on_event=self._on_event,
+                      relist=self._relist)
+        watch.run(stopping or threading.Event(), None if stop_after is None else time.monotonic() + stop_after)
 
-        deadline = None if stop_after is None else time.monotonic() + stop_after
-        backoff = Backoff(initial=1.0, cap=30.0)
-        version: str | None = None
-        label: str | None = None
-        while deadline is None or time.monotonic() < deadline:
-            try:
-                if version is None:  # (re-)read the node: at start, after 410 Gone and after errors
-                    label, version = self.read_node()
-                    self._apply_logged(label)
-                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-                    self.core.list_node, field_selector=f"metadata.name={self.s.node_name}",
-                    resource_version=version, timeout_seconds=WATCH_TIMEOUT_S if deadline is None else
-                    max(1, int(deadline - time.monotonic())), _request_timeout=(5, WATCH_TIMEOUT_S + 30))
-                for event in stream:  # an ERROR event (410 Gone) is raised as ApiException by the client
-                    obj = event["object"]
-                    version = obj.metadata.resource_version
-                    new = (obj.metadata.labels or {}).get(self.s.node_label)
-                    if new != label:
-                        label = new
-                        self._apply_logged(label)
-                    if deadline is not None and time.monotonic() >= deadline:
-                        return
-                backoff.reset()
-            except ApiException as e:
-                if e.status == 410:
-                    log.info("watch expired (410 Gone); re-reading the node")
-                else:
-                    delay = backoff.next_delay()
-                    log.warning("node watch failed; retrying", error=api_error(e), retry_in_s=round(delay, 1))
-                    time.sleep(delay)
-                version = None
-            except Exception as e:  # connection errors from urllib3: retry, never die
-                delay = backoff.next_delay()
-                log.warning("node watch failed; retrying", error=api_error(e), retry_in_s=round(delay, 1))
-                time.sleep(delay)
-                version = None
+    def _relist(self) -> str | None:
+        self.label, version = self.read_node()
+        self._apply_logged(self.label)
+        return version
+
+    def _on_event(self, _kind: str, node: dict[str, Any]) -> None:
+        new = ((node.get("metadata") or {}).get("labels") or {}).get(self.s.node_label)
+        if new != self.label:
+            self.label = new
+            self._apply_logged(new)
 
     def _apply_logged(self, label: str | None) -> None:
         try:
@@ -110,26 +92,9 @@ class ConfigManager:
             log.error(str(e))
 
 
-def core_api(kubeconfig: str) -> Any:
-    from kubernetes import client
-    from kubernetes import config as kubeconfig_loader
-
-    configuration = client.Configuration()
-    if kubeconfig:
-        kubeconfig_loader.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
-                                           client_configuration=configuration)
-    else:
-        kubeconfig_loader.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    configuration.retries = 0
-    return client.CoreV1Api(client.ApiClient(configuration))
-
-
-def api_error(e: Exception) -> str:
+def api_error(e: KubeError) -> str:
     """One line for an API failure: the HTTP status and reason, or the connection error."""
-    status = getattr(e, "status", None)
-    if status is not None:
-        return f"HTTP {status} {getattr(e, 'reason', '') or ''}".strip()
-    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    return f"HTTP {e}" if e.status is not None else str(e)
 
 
 def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
@@ -145,11 +110,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if settings is None:
         return 1
     try:
-        core = core_api(settings.kubeconfig)
-    except Exception as e:  # no in-cluster credentials, an unreadable kubeconfig
-        log.error(f"error building kubernetes clientset from config: {api_error(e)}")
+        kube = connect(settings.kubeconfig, "config-manager")
+    except CredentialsError as e:  # no in-cluster credentials, an unreadable kubeconfig
+        log.error(f"error building kubernetes clientset from config: {e}")
         return 1
-    manager = ConfigManager(settings, core)
+    manager = ConfigManager(settings, kube)
     if settings.oneshot:
         return manager.run_once()
     manager.watch()

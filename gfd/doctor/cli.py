@@ -17,6 +17,8 @@ from gfd.config.model import DEFAULT_OUTPUT_FILE
 from gfd.config.options import Option, options_of
 from gfd.doctor.checks import Context, run
 from gfd.doctor.report import as_json, as_table, exit_status
+from gfd.kube.client import connect
+from gfd.kube.errors import CredentialsError
 from gfd.program import configured
 
 
@@ -98,16 +100,8 @@ def context(config: DoctorConfig, environ: Mapping[str, str]) -> Context:
 def _api_client(config: DoctorConfig, environ: Mapping[str, str]) -> object | None:
     if not config.kubeconfig and "KUBERNETES_SERVICE_HOST" not in environ:
         return None
-    from kubernetes import client
-    from kubernetes import config as kube_config
-
-    configuration = client.Configuration()
     try:
-        if config.kubeconfig:
-            kube_config.load_kube_config(config_file=config.kubeconfig,  # type: ignore[no-untyped-call]
-                                         client_configuration=configuration)
-        else:
-            kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except Exception:  # unreadable credentials: the API checks say skipped
+        api_client: object = connect(config.kubeconfig, "gfd-doctor").api_client
+    except CredentialsError:  # unreadable credentials: the API checks say skipped
         return None
-    return client.ApiClient(configuration)
+    return api_client

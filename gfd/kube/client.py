@@ -1,0 +1,222 @@
+"""The one way our programs build a Kubernetes client and send it requests.
+
+`connect()` builds the official client from a kubeconfig or the pod's service account, with our user
+agent, request timeouts and urllib3's retries off (the callers own retries and backoff). Every request,
+watches included, goes through `Kube`: it takes a token from the --kube-api-qps/--kube-api-burst bucket,
+counts the request by what the server answered (a watch when its answer's headers arrive, never before it
+is sent), and turns every failure into a typed `gfd.kube.errors.KubeError` chained to its cause. A stop
+cancels the client as Go's context does: requests in flight get a short grace, then their connections
+are shut, so no thread stays blocked on a hung API server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import structlog
+import urllib3
+from kubernetes import client
+from kubernetes import config as kubeconfig_loader
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from gfd import __version__
+from gfd.kube.errors import CredentialsError, KubeError, Unreachable, from_api_exception, from_transport_error
+
+log = structlog.get_logger("gfd.kube")
+
+REQUEST_TIMEOUT = (5.0, 10.0)  # connect, read (seconds): a hung API server must not hold a loop
+DEFAULT_QPS, DEFAULT_BURST = 5.0, 10  # client-go's defaults, and upstream GFD's --kube-api-qps/--kube-api-burst
+CANCEL_GRACE_S = 0.5  # what a request in flight at a stop gets to finish before its connection is shut
+MAX_EVENT_BYTES = 16 << 20  # one watch event (etcd stores objects of at most 1.5 MiB): a bound, not a limit
+Count = Callable[[str, str], None]  # (verb, HTTP status or "error"): e.g. a Prometheus counter's inc
+
+
+class TokenBucket:
+    """Client-side rate limit (upstream's --kube-api-qps / --kube-api-burst, client-go's token bucket)."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self.qps, self.capacity = qps, max(1, burst)
+        self.tokens = float(self.capacity)
+        self.updated = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self, cancelled: threading.Event) -> None:
+        """Wait for a token; Unreachable when `cancelled` is set first."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.qps)
+            self.updated = now
+            wait = 0.0 if self.tokens >= 1 or self.qps <= 0 else (1 - self.tokens) / self.qps
+            self.tokens -= 1
+        if (wait and cancelled.wait(wait)) or cancelled.is_set():
+            raise Unreachable("cancelled: the program is stopping")
+
+
+class Kube:
+    """One API connection: the official `ApiClient` (for building typed APIs on it), and `request` /
+    `watch_events`, the only ways our code sends it a request."""
+
+    def __init__(self, api_client: Any, qps: float = DEFAULT_QPS, burst: int = DEFAULT_BURST,
+                 timeout: tuple[float, float] = REQUEST_TIMEOUT, count: Count | None = None) -> None:
+        self.api_client = api_client
+        self.bucket = TokenBucket(qps, burst)
+        self.timeout = timeout
+        self.count = count
+        self.cancelled = threading.Event()
+        self._inflight = 0
+        self._idle = threading.Condition()
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
+        _track_connections(api_client.rest_client.pool_manager, self._connections)
+
+    def request(self, verb: str, call: Callable[..., tuple[Any, int, Any]], *args: Any,
+                timeout: tuple[float, float] | float | None = None, **kwargs: Any) -> Any:
+        """Send one request and return its decoded answer. `call` is an API method's `*_with_http_info`
+        form (it returns the status that is counted); `verb` names it in the count."""
+        self.bucket.take(self.cancelled)
+        with self._idle:
+            self._inflight += 1
+        try:
+            data, status, _headers = call(*args, _request_timeout=timeout or self.timeout, **kwargs)
+        except ApiException as e:
+            raise self._failed(verb, from_api_exception(e)) from e
+        except (HTTPError, OSError) as e:
+            raise self._failed(verb, from_transport_error(e)) from e
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+        self._count(verb, str(status))
+        return data
+
+    def watch_events(self, verb: str, list_call: Callable[..., Any], *args: Any, resource_version: str | None,
+                     timeout_s: int, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """One watch request of an API's list method: its events as decoded dicts ({"type", "object"}) until
+        the server ends it. An ERROR event is raised as its typed error (410: Gone)."""
+        self.bucket.take(self.cancelled)
+        try:
+            response = list_call(*args, watch=True, resource_version=resource_version, timeout_seconds=timeout_s,
+                                 allow_watch_bookmarks=True, _preload_content=False,
+                                 _request_timeout=(self.timeout[0], timeout_s + 30), **kwargs)
+        except ApiException as e:
+            raise self._failed(verb, from_api_exception(e)) from e
+        except (HTTPError, OSError) as e:
+            raise self._failed(verb, from_transport_error(e)) from e
+        self._count(verb, str(response.status))  # the server answered: its status, when it arrived
+        self._streams.add(response)
+        try:
+            if self.cancelled.is_set():
+                return
+            for line in _lines(response):
+                try:
+                    event = json.loads(line)
+                    kind, obj = event["type"], event["object"]
+                except (ValueError, KeyError, TypeError) as e:
+                    raise KubeError(f"malformed watch event: {type(e).__name__}: {str(e)[:200]}") from e
+                if kind == "ERROR":
+                    raise from_api_exception(_Status(obj))
+                yield {"type": kind, "object": obj}
+        except (HTTPError, OSError) as e:
+            raise from_transport_error(e) from e
+        finally:
+            self._streams.discard(response)
+            response.release_conn()
+
+    def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
+        """The program is stopping: no new request starts, open watches end now, requests in flight get
+        `grace_s` to finish before their connections are shut (their callers get Unreachable)."""
+        self.cancelled.set()
+        for response in list(self._streams):
+            _shut(getattr(response, "connection", None))
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight == 0, grace_s)
+        for connection in list(self._connections):
+            _shut(connection)
+
+    def close(self) -> None:
+        self.cancel(0.0)
+        self.api_client.close()
+
+    def _failed(self, verb: str, error: KubeError) -> KubeError:
+        self._count(verb, str(error.status) if error.status else "error")
+        return error
+
+    def _count(self, verb: str, code: str) -> None:
+        if self.count is not None:
+            self.count(verb, code)
+
+
+def connect(kubeconfig: str, agent: str, qps: float = DEFAULT_QPS, burst: int = DEFAULT_BURST,
+            count: Count | None = None, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> Kube:
+    """A client from `kubeconfig`, or the pod's service account when it is empty. `agent` names the program
+    in the User-Agent. CredentialsError (one line) when neither can be read."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig:
+            kubeconfig_loader.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
+                                               client_configuration=configuration)
+        else:
+            kubeconfig_loader.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except Exception as e:  # the loader parses operator input: ConfigException, OSError, YAML and shape errors
+        raise CredentialsError(" ".join(str(e).split())[:1000] or type(e).__name__) from e
+    configuration.retries = 0  # the callers own retries and backoff
+    api_client = client.ApiClient(configuration)
+    api_client.user_agent = f"{agent}/{__version__} (linux) python-kubernetes"
+    return Kube(api_client, qps, burst, timeout, count)
+
+
+class _Status:
+    """An ERROR watch event's Status object, in the shape `from_api_exception` reads."""
+
+    def __init__(self, status: Any) -> None:
+        status = status if isinstance(status, dict) else {}
+        self.status = status.get("code") or 500
+        self.reason = f"{status.get('reason', '')}: {status.get('message', '')}"
+        self.headers = None
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """The stream's lines (one event each), each bounded: a server that never sends a newline cannot grow
+    our buffer without limit."""
+    pending = b""
+    for chunk in response.stream(64 << 10, decode_content=True):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (line for line in lines if line.strip())
+        if len(pending) > MAX_EVENT_BYTES:
+            raise KubeError(f"watch event longer than {MAX_EVENT_BYTES} bytes")
+    if pending.strip():
+        yield pending
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it (close would not)
+
+
+def _track_connections(pool_manager: Any, connections: weakref.WeakSet[Any]) -> None:
+    """Make the client's connection pools remember each connection they open, so that `cancel` can shut
+    them (urllib3 keeps no list of the connections in use)."""
+
+    def tracked(base: type[urllib3.HTTPConnectionPool]) -> type[urllib3.HTTPConnectionPool]:
+        class Tracked(base):  # type: ignore[valid-type,misc]
+            def _new_conn(self) -> Any:
+                connection = super()._new_conn()
+                connections.add(connection)
+                return connection
+
+        Tracked.__name__ = Tracked.__qualname__ = base.__name__  # error messages name urllib3's pool
+        return Tracked
+
+    pool_manager.pool_classes_by_scheme = {"http": tracked(urllib3.HTTPConnectionPool),
+                                           "https": tracked(urllib3.HTTPSConnectionPool)}
