@@ -30,6 +30,7 @@ from gfd.kube.errors import (
 )
 from gfd.kube.watch import Watch
 from tests.apiserver import FakeApiServer
+from tests.helpers import eventually
 
 NODE = "/api/v1/nodes/n1"
 
@@ -154,20 +155,14 @@ def test_a_watch_that_errs_backs_off_honours_retry_after_and_lists_again_after_4
     thread = threading.Thread(target=watch.run, args=(stopping,))
     thread.start()
     try:
-        for _ in range(200):
-            if len(apiserver.watches()) >= 2:
-                break
-            time.sleep(0.01)
+        eventually(lambda: len(apiserver.watches()) >= 2, timeout=15)
         first, second = apiserver.watches()[:2]
         assert second.at - first.at >= 0.95  # Retry-After: 1 (the first backoff may be 0.5 s)
         apiserver.compact()  # the next watch from the old resourceVersion gets 410 Gone
         node = apiserver.get_object(NODE)
         assert node is not None
         apiserver.put_object(NODE, node | {"metadata": node["metadata"] | {"labels": {"a": "b"}}})
-        for _ in range(500):
-            if len(lists) >= 2 and events:
-                break
-            time.sleep(0.01)
+        eventually(lambda: len(lists) >= 2 and bool(events), timeout=15)
         assert len(lists) == 2  # at start and after 410
     finally:
         stopping.set()
