@@ -30,16 +30,16 @@ from plugin.cdi.store import publish
 from plugin.config import load_plugin_config
 from plugin.host import read_node_devices
 from plugin.resources import build_resources
+from tests.requirements import require_command, require_commands, require_shared
 
-ROOT = Path(__file__).resolve().parent.parent
-CDI_SCHEMA = ROOT.parent / "shared" / "cdi"
 VERSION = "550.54.15"  # a driver version for the libraries built here
 
 
 @pytest.fixture(scope="module")
 def validator() -> jsonschema.Draft7Validator:
-    schema = json.loads((CDI_SCHEMA / "schema.json").read_text())
-    defs = referencing.Resource.from_contents(json.loads((CDI_SCHEMA / "defs.json").read_text()),
+    cdi_schema = require_shared("cdi", "schema.json", "defs.json")
+    schema = json.loads((cdi_schema / "schema.json").read_text())
+    defs = referencing.Resource.from_contents(json.loads((cdi_schema / "defs.json").read_text()),
                                               default_specification=referencing.jsonschema.DRAFT7)
     return jsonschema.Draft7Validator(schema, registry=referencing.Registry().with_resource("defs.json", defs))
 
@@ -273,6 +273,7 @@ def test_the_plugin_exits_at_start_when_it_cannot_build_a_spec(tmp_path: Path) -
 @pytest.fixture(scope="module")
 def glibc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shared objects with real sonames, and the cache the real `ldconfig -r` builds for them."""
+    require_commands("gcc", "ldconfig", *(() if os.geteuid() == 0 else ("unshare",)))
     root = tmp_path_factory.mktemp("root")
     libdir = root / "usr/lib/x86_64-linux-gnu"
     libdir.mkdir(parents=True)
@@ -310,6 +311,7 @@ def test_libraries_found_through_a_cache_ldconfig_wrote(glibc_root: Path) -> Non
 
 
 def test_the_simulators_cache_reads_the_same_in_glibc(node: Any) -> None:
+    require_command("ldconfig")
     n = node("--simulate=t4")
     cache = n.driver_root / "etc/ld.so.cache"
     printed = subprocess.run(["ldconfig", "-p", "-C", str(cache)], capture_output=True, text=True, check=True).stdout

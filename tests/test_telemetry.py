@@ -28,10 +28,11 @@ from plugin.cli import DevicePlugin
 from plugin.config import load_plugin_config
 from tests.helpers import eventually, free_port, http_get
 from tests.kubelet import KubeletStandIn
+from tests.requirements import require_shared, shared_dir, shared_files
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-MOCK = ROOT.parent / "shared" / "nvml-mock"
+MOCK = shared_dir() / "nvml-mock"
 TYPES = {f.name: f.kind for f in FIELDS} | {"DCGM_FI_DEV_XID_ERRORS": "gauge", "gpu_metrics_gpu_up": "gauge"}
 GPU_LABELS = {"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION",
               "container", "namespace", "pod"}
@@ -244,8 +245,9 @@ def test_bad_telemetry_in_a_profile_is_one_line(raw: dict[str, Any], says: str) 
 
 
 # -- NVIDIA's mock NVML -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("config", sorted(p.name for p in (MOCK / "configs").glob("mock-nvml-config-*.yaml")))
+@pytest.mark.parametrize("config", shared_files("nvml-mock", "configs/mock-nvml-config-*.yaml"))
 def test_on_nvidias_mock_the_readings_are_the_profiles(tmp_path: Path, config: str) -> None:
+    require_shared("nvml-mock", "libnvidia-ml.so.1", f"configs/{config}")
     lib = tmp_path / "driver-root" / "usr" / "lib64"
     lib.mkdir(parents=True)
     (lib / "libnvidia-ml.so.1").symlink_to(MOCK / "libnvidia-ml.so.1")
