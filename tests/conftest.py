@@ -84,11 +84,9 @@ def apiserver() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def nfd_schemas() -> dict[str, Any]:
     """openAPIV3Schema of the NFD CRDs, read from shared/crds at test time."""
-    from pathlib import Path
+    from tests.requirements import require_shared
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "crds" / "nfd-api-crds-v0.19.0.yaml"
-    if not path.exists():
-        pytest.skip(f"NFD CRDs not found at {path}")
+    path = require_shared("crds", "nfd-api-crds-v0.19.0.yaml") / "nfd-api-crds-v0.19.0.yaml"
     schemas = {}
     for doc in yaml.safe_load_all(path.read_text()):
         if doc and doc.get("kind") == "CustomResourceDefinition":

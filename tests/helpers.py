@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gfd.discovery.simulated.install import Simulation
+from tests.requirements import require_command, require_commands
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
@@ -85,6 +86,7 @@ class InThreads:
 
 def shared_object(path: Path, soname: str | bytes) -> None:
     """An empty ELF shared object with `soname` (bytes for a name that is not UTF-8), built by gcc."""
+    require_command("gcc")
     path.parent.mkdir(parents=True, exist_ok=True)
     flag = b"-Wl,-soname," + (soname if isinstance(soname, bytes) else soname.encode())
     subprocess.run([b"gcc", b"-shared", b"-nostdlib", flag, b"-o", bytes(path), b"-x", b"c", b"/dev/null"],
@@ -93,6 +95,7 @@ def shared_object(path: Path, soname: str | bytes) -> None:
 
 def ldconfig(root: Path, *args: str) -> None:
     """glibc's own ldconfig run on `root` (its etc/ld.so.conf): the soname links and etc/ld.so.cache."""
+    require_commands("ldconfig", *(() if os.geteuid() == 0 else ("unshare",)))
     command = ["ldconfig", "-r", str(root), *args]
     subprocess.run(command if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", *command],
                    check=True)
@@ -100,6 +103,7 @@ def ldconfig(root: Path, *args: str) -> None:
 
 def ldconfig_print(cache: Path) -> set[tuple[str, str]]:
     """(soname, path) as glibc's reader prints a cache (`ldconfig -p -C`)."""
+    require_command("ldconfig")
     printed = subprocess.run(["ldconfig", "-p", "-C", str(cache)], capture_output=True, check=True).stdout.decode(
         errors="surrogateescape")
     return {(line.split(" (")[0].strip(), line.split(" => ")[1]) for line in printed.splitlines() if " => " in line}

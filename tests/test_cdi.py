@@ -31,15 +31,14 @@ from plugin.config import load_plugin_config
 from plugin.host import read_node_devices
 from plugin.resources import build_resources
 from tests.helpers import ldconfig_print
-
-ROOT = Path(__file__).resolve().parent.parent
-CDI_SCHEMA = ROOT.parent / "shared" / "cdi"
+from tests.requirements import require_command, require_shared
 
 
 @pytest.fixture(scope="module")
 def validator() -> jsonschema.Draft7Validator:
-    schema = json.loads((CDI_SCHEMA / "schema.json").read_text())
-    defs = referencing.Resource.from_contents(json.loads((CDI_SCHEMA / "defs.json").read_text()),
+    cdi_schema = require_shared("cdi", "schema.json", "defs.json")
+    schema = json.loads((cdi_schema / "schema.json").read_text())
+    defs = referencing.Resource.from_contents(json.loads((cdi_schema / "defs.json").read_text()),
                                               default_specification=referencing.jsonschema.DRAFT7)
     return jsonschema.Draft7Validator(schema, registry=referencing.Registry().with_resource("defs.json", defs))
 
@@ -278,6 +277,7 @@ def test_the_plugin_exits_at_start_when_it_cannot_build_a_spec(tmp_path: Path) -
 
 # -- the simulator's linker cache, as glibc reads it --------------------------------------------------------
 def test_the_simulators_cache_reads_the_same_in_glibc(node: Any) -> None:
+    require_command("ldconfig")
     n = node("--simulate=t4")
     cache = n.driver_root / "etc/ld.so.cache"
     theirs = ldconfig_print(cache)

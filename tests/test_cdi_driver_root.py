@@ -41,6 +41,7 @@ from plugin.cdi.store import publish
 from plugin.config import load_plugin_config
 from tests.builders import gpu, model
 from tests.helpers import ldconfig, shared_object
+from tests.requirements import require_root, require_shared
 
 VERSION = "550.163.01"
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
@@ -55,10 +56,11 @@ SOCKETS = ("/run/nvidia-persistenced/socket", "/run/nvidia-fabricmanager/socket"
 FILE_OPTIONS = ["ro", "nosuid", "nodev", "rbind", "rprivate"]
 IPC_OPTIONS = ["nosuid", "nodev", "rbind", "rprivate", "noexec"]
 HOOK = "/usr/local/nvidia/toolkit/nvidia-cdi-hook"
-CDI_SCHEMA = Path(__file__).resolve().parent.parent.parent / "shared" / "cdi"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
-                                reason="mknod of character devices needs root (required in CI)")
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    require_root("mknod of character devices")
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +103,9 @@ def generate(host: Path, tmp_path: Path, *args: str) -> dict[str, Any]:
     node = replace(model(*(gpu(i) for i in range(GPUS))), driver_version=VERSION)
     publish(node, config, (), {}, str(host))
     spec: dict[str, Any] = json.loads((tmp_path / "k8s.device-plugin.nvidia.com-gpu.json").read_text())
-    schema = json.loads((CDI_SCHEMA / "schema.json").read_text())
-    defs = referencing.Resource.from_contents(json.loads((CDI_SCHEMA / "defs.json").read_text()),
+    cdi_schema = require_shared("cdi", "schema.json", "defs.json")
+    schema = json.loads((cdi_schema / "schema.json").read_text())
+    defs = referencing.Resource.from_contents(json.loads((cdi_schema / "defs.json").read_text()),
                                               default_specification=referencing.jsonschema.DRAFT7)
     jsonschema.Draft7Validator(schema, registry=referencing.Registry().with_resource("defs.json", defs)).validate(spec)
     return spec

@@ -31,6 +31,7 @@ from plugin.cdi.store import publish
 from plugin.config import load_plugin_config
 from plugin.host import read_node_devices
 from plugin.resources import build_resources
+from tests.requirements import require_commands, require_root
 
 # Stand-ins for the driver's numbers, by device node name (GPUs: 195/minor; MIG capabilities: their minor).
 _MAJORS = {"nvidia-uvm": (236, 0), "nvidia-uvm-tools": (236, 1), "nvidia-modeset": (195, 254),
@@ -70,6 +71,8 @@ def _quote(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
+    require_root("podman's containers run in a private mount namespace with their own /run/cdi")
+    require_commands("podman", "runc", "busybox", "unshare", "mount")
     work = tmp_path_factory.mktemp("podman")
     rootfs = work / "rootfs.tar"
     with tarfile.open(rootfs, "w") as tar:

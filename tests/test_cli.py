@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from gfd.cli import main
+from tests.requirements import require_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,8 +88,8 @@ def test_without_simulate_the_real_library_search_is_used(tmp_path: Path) -> Non
     assert "failed to create resource manager: unsupported strategy auto" in proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler to build the drop-in library")
 def test_a_drop_in_libnvidia_ml_on_the_library_path_is_loaded(tmp_path: Path) -> None:
+    require_command("cc")  # builds the drop-in library
     lib = tmp_path / "libnvidia-ml.so.1"
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(ROOT / "tests/data/dropin_nvml.c")], check=True)
     proc = _run(["--oneshot", "-o", "-", "--no-timestamp", "--machine-type-file="],

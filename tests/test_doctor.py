@@ -137,7 +137,7 @@ def _break_features(h: Host) -> None:
 @pytest.mark.parametrize(("breakage", "check", "verdict", "remedy"), [
     (_break_nodes, "devices.nodes", "failed", "nvidia-modprobe"),
     (_break_runtime, "runtime.nvidia", "failed", "nvidia-ctk runtime configure --runtime=containerd --set-as-default"),
-    (_runtime_syntax, "runtime.nvidia", "failed", "fix the syntax of"),
+    (_runtime_syntax, "runtime.nvidia", "failed", "as the evidence says"),
     (_break_toolkit, "toolkit.installed", "failed", "install the NVIDIA Container Toolkit"),
     (_break_kubelet, "kubelet.device-plugins", "failed", "--root-dir"),
     (_break_features, "nfd.features", "failed", "deploy NFD"),
@@ -308,12 +308,72 @@ def test_the_daemons_check_their_node_at_start_log_problems_and_keep_running(tmp
     assert "replaced" in problems[0]["remedy"]
 
 
-def test_the_readme_example_is_what_doctor_prints(host: Host) -> None:
+def _doctor(*args: str, program: str = "nvidia-device-plugin", **popen: Any) -> subprocess.CompletedProcess[str]:
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.run([str(BIN / program), "doctor", *args], text=True, timeout=60, check=False,
+                          env={"PATH": os.environ["PATH"], "NO_COLOR": "1", "COLUMNS": "110"}, **streams)
+
+
+def _readme_example(command: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split(f"$ {command}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_is_what_doctor_prints_on_a_simulated_node() -> None:
+    """Anyone can reproduce it: the simulation provides NVML, the driver root's device nodes and the GPUs'
+    states; what only a host has (runtime, toolkit, kubelet, NFD) is skipped, saying why."""
+    proc = _doctor("--simulate=dgx-a100")
+    assert proc.stdout == _readme_example("nvidia-device-plugin doctor --simulate=dgx-a100")
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_the_readme_example_with_a_broken_host_root_is_what_doctor_prints(host: Host) -> None:
     _break_runtime(host)
     _break_nodes(host)
-    proc = subprocess.run([str(BIN / "nvidia-device-plugin"), "doctor", "--simulate=dgx-a100",
-                           f"--host-root={host.root}"], capture_output=True, text=True, timeout=60, check=False,
-                          env={"PATH": os.environ["PATH"], "NO_COLOR": "1", "COLUMNS": "110"})
-    readme = (ROOT / "README.md").read_text()
-    example = readme.split("$ nvidia-device-plugin doctor --host-root=/host\n", 1)[1].split("```", 1)[0]
-    assert proc.stdout.replace(str(host.root), "/host") == example
+    proc = _doctor("--simulate=dgx-a100", f"--host-root={host.root}")
+    assert proc.stdout.replace(str(host.root), "/host") == \
+        _readme_example("nvidia-device-plugin doctor --simulate=dgx-a100 --host-root=/host")
+    assert proc.returncode == 1
+
+
+def test_a_simulated_node_is_reported_as_simulated_and_its_host_checks_skipped() -> None:
+    for program in ("gpu-feature-discovery", "nvidia-device-plugin"):
+        report = json.loads(_doctor("--simulate=t4", "--output=json", program=program).stdout)
+        checks = {c["id"]: c for c in report["checks"]}
+        assert checks["nvml.library"]["evidence"].startswith("simulated node (--simulate=t4)")
+        assert checks["devices.nodes"] == {"id": "devices.nodes", "verdict": "ok", "remedy": "",
+                                           "evidence": "4 GPUs, 6 device nodes present"}  # the simulated driver root's
+        host_checks = {"runtime.nvidia", "toolkit.installed", "kubelet.device-plugins"}
+        assert all(checks[k]["verdict"] == "skipped" and "--host-root" in checks[k]["evidence"] for k in host_checks)
+        assert report["summary"]["failed"] == 0
+    # A simulated node whose library is missing fails as a real one would, and says it is simulated.
+    report = json.loads(_doctor("--simulate=no-library", "--output=json").stdout)
+    assert report["checks"][0]["verdict"] == "failed"
+    assert report["checks"][0]["evidence"].startswith("simulated node (--simulate=no-library): ")
+
+
+def test_an_unknown_profile_is_one_line() -> None:
+    proc = _doctor("--simulate=no-such-node")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "unknown profile 'no-such-node'" in proc.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_output_without_a_traceback() -> None:
+    """`doctor | head -1`: made deterministic with a pipe whose reading end is closed before doctor writes."""
+    for profile, verdict in (("dgx-a100", 0), ("no-library", 1)):  # the exit status still gives the verdict
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            proc = _doctor(f"--simulate={profile}", stdout=write)
+        finally:
+            os.close(write)
+        assert (proc.returncode, proc.stderr) == (verdict, "")
+
+
+def test_both_programs_help_names_the_doctor() -> None:
+    for program in ("gpu-feature-discovery", "nvidia-device-plugin"):
+        main = subprocess.run([str(BIN / program), "--help"], capture_output=True, text=True, timeout=60, check=True)
+        assert "Subcommand:`doctor`checksthisnode'sset-up" in "".join(main.stdout.split())  # however it wraps
+        doctor_help = _doctor("--help", program=program)
+        assert doctor_help.returncode == 0 and "--host-root" in doctor_help.stdout
+        assert "Check this node's set-up" in doctor_help.stdout

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from gfd.config import load_config, parse_command_line
+from tests.requirements import require_shared
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm"
@@ -337,6 +338,7 @@ METRICS_ON = {"gfd": {"enabled": True, "metrics": {"enabled": True}}, "devicePlu
 
 
 def test_metrics_values_give_ports_probes_a_service_and_a_service_monitor(chart: Any) -> None:
+    crds = require_shared("crds", "monitoring.coreos.com_servicemonitors.yaml")
     objects = render(chart, METRICS_ON)
     for daemonset, ctr, variable, port in ((PLUGIN, "nvidia-device-plugin-ctr", "DP_METRICS_ADDRESS", 9103),
                                            (GFD, "gpu-feature-discovery-ctr", "GFD_METRICS_ADDRESS", 9102)):
@@ -355,7 +357,7 @@ def test_metrics_values_give_ports_probes_a_service_and_a_service_monitor(chart:
         if obj["kind"] != "ServiceMonitor":
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     monitor = objects[("ServiceMonitor", "nvdp-nvidia-device-plugin")]
-    crd = yaml.safe_load((ROOT.parent / "shared" / "crds" / "monitoring.coreos.com_servicemonitors.yaml").read_text())
+    crd = yaml.safe_load((crds / "monitoring.coreos.com_servicemonitors.yaml").read_text())
     jsonschema.validate(monitor, crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["metadata"]["labels"]["release"] == "prometheus"

@@ -26,6 +26,7 @@ from plugin.mps.root import MpsRoot
 from plugin.mps.shm import shm_size
 from plugin.resources import PluginDevice, Resource, build_resources
 from tests.helpers import eventually, kill_all
+from tests.requirements import require_command
 
 ROOT = Path(__file__).resolve().parent.parent
 STAND_IN = ROOT / "tests" / "mps"
@@ -194,6 +195,7 @@ def test_no_control_program_is_one_line(mps_root: Path, write_yaml: Any) -> None
 
 def test_mount_shm_mounts_half_the_memory_as_tmpfs(mps_root: Path) -> None:
     """The init container's step, for real, in a private mount namespace."""
+    require_command("unshare")
     shm = mps_root / "shm"
     size = f"{sys.executable} -c 'import os; s = os.statvfs(\"{shm}\"); print(s.f_blocks * s.f_frsize)'"
     script = f"{DAEMON} mount-shm --mps-container-root={mps_root} && grep ' {shm} ' /proc/self/mountinfo && {size}"

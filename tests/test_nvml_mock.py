@@ -20,14 +20,19 @@ import yaml
 
 from tests.expected import compute, flags, resource, versions
 from tests.kubelet import KubeletStandIn
+from tests.requirements import require_shared, shared_dir, shared_files
 
-ROOT = Path(__file__).resolve().parent.parent
-MOCK = ROOT.parent / "shared" / "nvml-mock"
-CONFIGS = sorted(p.name for p in (MOCK / "configs").glob("mock-nvml-config-*.yaml"))
+MOCK = shared_dir() / "nvml-mock"
+CONFIGS = shared_files("nvml-mock", "configs/mock-nvml-config-*.yaml")
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
 # gpu.family by compute capability (reference: family from the CUDA compute capability).
 FAMILY = {(7, 5): "turing", (8, 0): "ampere", (8, 9): "ada-lovelace", (9, 0): "hopper", (10, 0): "blackwell"}
+
+
+@pytest.fixture(autouse=True)
+def _mock() -> None:
+    require_shared("nvml-mock", "libnvidia-ml.so.1", "configs/mock-nvml-config-*.yaml")
 
 
 def test_the_mock_and_its_profiles_are_there() -> None:

@@ -34,11 +34,12 @@ from plugin.config import load_plugin_config
 from plugin.telemetry.collector import TelemetryCollector
 from tests.helpers import eventually, free_port, http_get
 from tests.kubelet import KubeletStandIn
+from tests.requirements import require_shared, shared_dir, shared_files
 from tests.scrape import Scrape, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-MOCK = ROOT.parent / "shared" / "nvml-mock"
+MOCK = shared_dir() / "nvml-mock"
 # dcgm-exporter's own declaration of each metric we export: (type, HELP), transcribed from its default counters
 # (etc/default-counters.csv at NVIDIA/dcgm-exporter 7ad5832; the volatile ECC totals are rows it ships commented
 # out; FB_TOTAL is in none of its files and takes the wording of its FB_FREE/FB_USED rows) -- written from the
@@ -309,8 +310,9 @@ def test_a_bad_simulated_nvlink_topology_is_one_line(topology: dict[str, Any], s
 
 
 # -- NVIDIA's mock NVML -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("config", sorted(p.name for p in (MOCK / "configs").glob("mock-nvml-config-*.yaml")))
+@pytest.mark.parametrize("config", shared_files("nvml-mock", "configs/mock-nvml-config-*.yaml"))
 def test_on_nvidias_mock_the_readings_are_the_profiles(tmp_path: Path, config: str) -> None:
+    require_shared("nvml-mock", "libnvidia-ml.so.1", f"configs/{config}")
     lib = tmp_path / "driver-root" / "usr" / "lib64"
     lib.mkdir(parents=True)
     (lib / "libnvidia-ml.so.1").symlink_to(MOCK / "libnvidia-ml.so.1")

@@ -3,14 +3,14 @@ a real Prometheus (Debian's package) scrapes the exporter of a simulated Hopper 
 metadata API must hold the type and HELP of every family, and every panel of NVIDIA's official dcgm-exporter
 Grafana dashboard, its template variables filled as Grafana fills them, must find data.
 
-Without promtool or prometheus these tests skip with one line naming the package; with CI=true they fail."""
+Without promtool or prometheus these tests skip with one line naming the package (tests/requirements.py);
+with CI=true they fail."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.parse
@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.helpers import eventually, free_port, http_get, kill_all
+from tests.requirements import require_command
 from tests.scrape import scrape
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,16 +37,6 @@ INHERITED = {
 }
 
 
-def required(tool: str) -> str:
-    """The tool's path. Absent: one line naming the package, a skip, or a failure when CI=true (a CI run must not
-    lose this tier silently)."""
-    path = shutil.which(tool)
-    if path is None:
-        reason = f"{tool} not found: install Debian's prometheus package (apt-get install prometheus)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; required when CI=true")
-        pytest.skip(reason)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +59,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 def promtool(text: str) -> list[tuple[str, str]]:
     """(metric, problem) for each line `promtool check metrics` says about `text`; its parse errors fail."""
-    proc = subprocess.run([required("promtool"), "check", "metrics"], input=text.rstrip("\n") + "\n",
+    proc = subprocess.run([require_command("promtool"), "check", "metrics"], input=text.rstrip("\n") + "\n",
                           capture_output=True, text=True,
                           timeout=30, check=False)
     assert "error while linting" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
@@ -94,7 +85,7 @@ def test_promtool_finds_help_for_every_family_and_nothing_but_dcgm_exporters_own
 @pytest.fixture(scope="module")
 def prometheus(exporter: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus scraping the exporter every second; its HTTP API's base URL once it has the data."""
-    binary = required("prometheus")
+    binary = require_command("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
     (tmp / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -31,8 +31,15 @@ def _build_parser(options: Sequence[Option], prog: str) -> _Parser:
     descriptions = {"gpu-feature-discovery": "GPU Feature Discovery: generate labels for NVIDIA devices",
                     "nvidia-device-plugin": "NVIDIA device plugin for Kubernetes",
                     "config-manager": "Select this node's config by its node label and signal the main process"}
+    description = descriptions.get(prog)
+    if prog in ("gpu-feature-discovery", "nvidia-device-plugin"):  # the programs with a doctor (gfd.doctor)
+        description = f"{description}. Subcommand: `doctor` checks this node's set-up (driver, device nodes, " \
+                      "container runtime, kubelet, NFD) and says what would fix it (`doctor --help`)"
+    elif prog.endswith(" doctor"):
+        description = "Check this node's set-up for NVIDIA GPUs in Kubernetes: each check says ok, warning, " \
+                      "failed or skipped, what it read, and what would fix it"
     env_only = [f"{', '.join(o.envs)}: {_described(o)}" for o in options if not o.flags]
-    parser = _Parser(prog=prog, description=descriptions.get(prog), allow_abbrev=False,
+    parser = _Parser(prog=prog, description=description, allow_abbrev=False,
                      epilog="environment only: " + "; ".join(env_only) if env_only else None)
     parser.add_argument("--version", "-v", action="version", version=__version__)
     for opt in options:

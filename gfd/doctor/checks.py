@@ -5,7 +5,6 @@ are given. A check never raises: an unexpected error is its own `failed` verdict
 from __future__ import annotations
 
 import functools
-import json
 import os
 import stat
 from collections.abc import Callable, Collection
@@ -13,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gfd.discovery.sysfs import GPU_NODE, REQUIRED_CONTROL_DEVICES, device_root, host_path
-from gfd.doctor.runtime import read_host_file, read_runtime_configs
+from gfd.doctor.hostfiles import HostFileError, get, load_json, name
+from gfd.doctor.runtime import read_runtime_configs
 from gfd.model import DeviceModel
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
@@ -59,6 +59,10 @@ class Context:
     node_name: str = ""
 
     driver_root: str = ""  # where a driver container's root is mounted, if it is
+    simulated: str = ""  # the --simulate profile, when the node is simulated
+    # False for a simulated node given no --host-root: host_root is then the simulation's own tree (its
+    # /sys, driver root and device nodes), which has no container runtime, toolkit or kubelet to check.
+    host_files: bool = True
 
     def host(self, path: str) -> str:
         return host_path(self.host_root, path)
@@ -73,11 +77,24 @@ def _needs_nvml(check: Callable[[Context, DeviceModel], Finding]) -> Callable[[C
     return checked
 
 
+def _reads_host(check: Callable[[Context], Finding]) -> Callable[[Context], Finding]:
+    """A check of the host's files: skipped, saying so, on a simulated node with no host root to read."""
+    @functools.wraps(check)
+    def checked(c: Context) -> Finding:
+        return check(c) if c.host_files else \
+            Finding(SKIPPED, "a simulated node has no host files (--host-root names a host's to check)")
+
+    return checked
+
+
 def nvml_library(c: Context) -> Finding:
+    simulated = f"simulated node (--simulate={c.simulated})" if c.simulated else ""
     if c.nvml_error:
-        return Finding(FAILED, c.nvml_error,
+        return Finding(FAILED, f"{simulated}: {c.nvml_error}" if simulated else c.nvml_error,
                        "install the NVIDIA driver, or mount the driver container's root (/run/nvidia/driver) at "
                        "--driver-root-ctr-path (/driver-root)")
+    if simulated:
+        return Finding(OK, f"{simulated}: the simulator's NVML")
     return Finding(OK, f"loaded {c.nvml_library or 'libnvidia-ml.so.1 (ordinary library search)'}")
 
 
@@ -146,17 +163,27 @@ def row_remapping(c: Context, model: DeviceModel) -> Finding:
     return Finding(OK, "no remapping pending or failed")
 
 
+@_reads_host
 def container_runtime(c: Context) -> Finding:
     configs = read_runtime_configs(c.host_root)
     if not configs:
         return Finding(SKIPPED, f"no containerd, CRI-O or Docker configuration under "
                        f"{c.host('/etc')} (mount the host's /etc, or run doctor on the host)")
-    broken = [r for r in configs if r.error]
-    if broken:
-        return Finding(FAILED, f"{broken[0].path}: {broken[0].error}",
-                       f"fix the syntax of {broken[0].path} and restart {broken[0].runtime}")
+    broken = next((r for r in configs if r.error), None)
+    if broken is not None:
+        return Finding(FAILED, f"{broken.path}: {broken.error}",
+                       f"put {broken.runtime}'s configuration at {broken.path} as a regular file (nvidia-ctk "
+                       f"runtime configure --runtime={broken.runtime} writes one), then restart {broken.runtime}"
+                       if broken.unreadable else f"correct {broken.path} as the evidence says, then restart "
+                       f"{broken.runtime}")
     evidence = "; ".join(f"{r.runtime} ({r.path}): nvidia handler {'yes' if r.nvidia_handler else 'no'}, "
-                         f"default {r.default}" for r in configs)
+                         f"default {name(r.default)}" for r in configs)
+    orphan = next((r for r in configs if r.default_has_no_handler), None)
+    if orphan is not None:
+        return Finding(FAILED, f"{evidence}; {orphan.runtime}'s default runtime nvidia has no handler, so "
+                       f"{orphan.runtime} cannot start containers",
+                       f"nvidia-ctk runtime configure --runtime={orphan.runtime} --set-as-default (it writes the "
+                       f"handler too), then restart {orphan.runtime}")
     if any(r.nvidia_default for r in configs) or c.cdi:
         return Finding(OK, evidence + ("; CDI device names need no runtime handler" if c.cdi
                        and not any(r.nvidia_default for r in configs) else ""))
@@ -171,6 +198,7 @@ def container_runtime(c: Context) -> Finding:
                    f"nvidia-ctk runtime configure --runtime={first} --set-as-default, then restart {first}")
 
 
+@_reads_host
 def toolkit(c: Context) -> Finding:
     found = [p for p in TOOLKIT if os.path.isfile(c.host(p)) and os.access(c.host(p), os.X_OK)]
     if found:
@@ -182,28 +210,37 @@ def toolkit(c: Context) -> Finding:
 def cdi_specs(c: Context) -> Finding:
     if not c.cdi:
         return Finding(SKIPPED, "no CDI device list strategy chosen")
+    return _cdi_spec_file(c)
+
+
+@_reads_host
+def _cdi_spec_file(c: Context) -> Finding:
     path = os.path.join(c.host(c.cdi_spec_dir), f"{CDI_VENDOR}-gpu.json")
     if not os.path.lexists(path):
         return Finding(FAILED, f"{path} does not exist",
                        "start the device plugin with a CDI strategy (it writes the spec), and mount the host's "
                        "/var/run/cdi into its container")
     try:
-        spec = json.loads(read_host_file(path, CDI_SPEC_LIMIT))
-        names = {d["name"] for d in spec["devices"]}
-        kind = spec["kind"]
-    except (ValueError, KeyError, TypeError) as e:
-        return Finding(FAILED, f"{path} is not a CDI spec: {type(e).__name__}: {e}",
+        spec = load_json(path, CDI_SPEC_LIMIT)
+        kind = get(spec, ("kind",), str, "", "an object")
+        devices = get(spec, ("devices",), list, [], "an object")
+        names = [get(spec, ("devices", i, "name"), str, "", "an object") for i in range(len(devices))]
+        if "" in names:
+            raise HostFileError(f"devices[{names.index('')}] has no name")
+    except HostFileError as e:
+        return Finding(FAILED, f"{path} is not a CDI spec: {e}",
                        "delete it; the device plugin writes it again at its next start")
     wanted = set() if c.model is None else {
         str(g.index) if c.device_id_strategy == "index" else g.uuid for g in c.model.gpus}
-    missing = sorted(wanted - names)
+    missing = sorted(wanted.difference(names))
     if kind != f"{CDI_VENDOR}/gpu" or missing:
-        return Finding(FAILED, f"{path}: kind {kind}; no device for {', '.join(missing) or '-'}",
+        return Finding(FAILED, f"{path}: kind {name(kind) if kind else '-'}; no device for {', '.join(missing) or '-'}",
                        "restart the device plugin: it writes the spec for the GPUs it finds (a stale spec names "
                        "devices that are gone)")
-    return Finding(OK, f"{path}: {len(names)} devices, every GPU named")
+    return Finding(OK, f"{path}: {len(set(names))} devices, every GPU named")
 
 
+@_reads_host
 def device_plugins(c: Context) -> Finding:
     directory = c.host(c.device_plugins_dir)
     socket = os.path.join(directory, "kubelet.sock")
@@ -224,6 +261,11 @@ def device_plugins(c: Context) -> Finding:
 def nfd_features(c: Context) -> Finding:
     if c.node_feature_api:
         return _api(c, _node_feature_crd)
+    return _features_dir(c)
+
+
+@_reads_host
+def _features_dir(c: Context) -> Finding:
     directory = c.host(c.features_dir)
     if not os.path.isdir(directory):
         return Finding(FAILED, f"{directory} does not exist",

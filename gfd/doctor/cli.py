@@ -10,8 +10,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gfd.config import common
+from gfd.config.errors import ConfigError
 from gfd.config.loader import load, parse_command_line
 from gfd.config.model import DEFAULT_OUTPUT_FILE
 from gfd.config.options import Option, options_of
@@ -20,6 +22,9 @@ from gfd.doctor.report import as_json, as_table, exit_status
 from gfd.kube.client import connect
 from gfd.kube.errors import CredentialsError
 from gfd.program import configured
+
+if TYPE_CHECKING:
+    from gfd.discovery.session import NodeSource
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,42 +62,65 @@ SHARED = ("simulate", "container_driver_root", "kubeconfig", "node_name", "use_n
 
 
 def main(prog: str, program_options: Sequence[Option], argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from gfd.discovery.session import NodeSource
+
     options = (*options_of(DoctorConfig), *(o for o in program_options if o.dest in SHARED))
     # The report is the output; logs only for errors.
     config = configured(f"{prog} doctor", lambda: load(parse_command_line(argv, environ, options, f"{prog} doctor"),
                                                        options, DoctorConfig), log_level="error")
     if config is None:
         return 1
-    checks = run(context(config, environ))
-    if config.output == "json":
-        print(as_json(checks))
-    else:
-        print(as_table(checks, colour=sys.stdout.isatty() and "NO_COLOR" not in environ))
+    try:
+        source = NodeSource("nvml", config.simulate, driver_root=config.container_driver_root)
+    except ConfigError as e:  # an unknown or broken --simulate profile
+        print(f"{prog} doctor: {e}", file=sys.stderr)
+        return 1
+    try:  # the checks run while a simulation's tree (its driver root and device nodes) exists
+        checks = run(context(config, environ, source))
+    finally:
+        source.close()
+    report = as_json(checks) if config.output == "json" else \
+        as_table(checks, colour=sys.stdout.isatty() and "NO_COLOR" not in environ)
+    _print(report)
     return exit_status(checks, config.strict)
 
 
-def context(config: DoctorConfig, environ: Mapping[str, str]) -> Context:
-    """Open NVML (or the simulation) for the checks that ask it, and the API when credentials exist."""
+def _print(report: str) -> None:
+    """The report on stdout; a reader that has gone (`doctor | head -1`) ends the output, not the run: stdout
+    is pointed at /dev/null so that the interpreter's last flush does not fail again (Python's documented
+    way, "Note on SIGPIPE"), and the exit status still gives the verdict."""
+    try:
+        print(report, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def context(config: DoctorConfig, environ: Mapping[str, str], source: NodeSource) -> Context:
+    """Read NVML (or the simulation) for the checks that ask it, and open the API when credentials exist. A
+    simulated node given no --host-root is checked in the simulation's own tree, which has no host files."""
     from gfd.discovery import nvml
     from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
-    from gfd.discovery.session import NodeSource
 
-    c = Context(host_root=config.host_root, cdi=any(s.startswith("cdi-") for s in config.device_list_strategy),
+    simulated = source.simulation is not None
+    host_files = not simulated or "host_root" in config.explicit
+    c = Context(host_root=config.host_root if host_files else source.host_root,
+                cdi=any(s.startswith("cdi-") for s in config.device_list_strategy),
                 cdi_spec_dir=config.cdi_spec_dir, device_id_strategy=config.device_id_strategy,
                 device_plugins_dir=os.path.dirname(config.kubelet_socket or common.KUBELET_SOCKET.default),
                 node_feature_api=bool(config.use_node_feature_api),
                 runtime_class=config.runtime_class, node_name=config.node_name, features_dir=config.features_dir,
-                driver_root=config.container_driver_root)
-    source = NodeSource("nvml", config.simulate, driver_root=config.container_driver_root)
+                driver_root=config.container_driver_root, simulated=config.simulate if simulated else "",
+                host_files=host_files)
     try:
         source.open()
-        c.nvml_library = nvml.locate_library(config.container_driver_root) or ""
+        if not simulated:
+            c.nvml_library = nvml.locate_library(config.container_driver_root) or ""
         c.model = source.read()
         c.pending = nvml.pending_states(c.model.gpus)
     except (NvmlUnavailable, DiscoveryError, nvml.NVMLError) as e:
         c.nvml_error = source.init_failure(e) if isinstance(e, NvmlUnavailable) else str(e)
     finally:
-        source.close()
+        source.close_nvml()
     c.api = _api_client(config, environ)
     return c
 

@@ -1,106 +1,97 @@
 """Which container runtimes on the host know the NVIDIA runtime, read from their config files as the NVIDIA
 Container Toolkit writes them (`nvidia-ctk runtime configure`; upstream's README, "Configure containerd /
-CRI-O / Docker"): a runtime handler named `nvidia`, and whether it is the default."""
+CRI-O / Docker"): a runtime handler named `nvidia`, and whether it is the default. Whatever is at a config
+path is read (hostfiles: a FIFO, a directory or a symlink loop there is an error, never "no
+configuration"), and a value of the wrong type is an error naming its key, as the runtime would refuse it."""
 
 from __future__ import annotations
 
 import glob
-import json
 import os
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gfd.config.errors import ConfigError
-from gfd.config.reading import MAX_FILE_BYTES, read_text
+from gfd.doctor.hostfiles import HostFileError, get, load_json, load_toml
 
 CONTAINERD = "etc/containerd/config.toml"
 CRIO = ("etc/crio/crio.conf", "etc/crio/crio.conf.d/*.conf")
 DOCKER = "etc/docker/daemon.json"
 # containerd 1.x (config version 2) and 2.x (version 3) keep the CRI runtimes under different plugins.
 _CONTAINERD_CRI = ("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime")
+NVIDIA = "nvidia"
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    runtime: str  # containerd, cri-o, docker
+    runtime: str  # as nvidia-ctk's --runtime and systemd name it: containerd, crio, docker
     path: str
     nvidia_handler: bool
-    default: str  # the default runtime's name, "" when the file does not say
-    error: str = ""  # the file could not be parsed
+    default: str  # the default runtime's name
+    error: str = ""  # the file could not be read or says something the runtime would refuse
+    unreadable: bool = False  # the error is what is at the path (not a regular file, a loop, too big)
 
     @property
     def nvidia_default(self) -> bool:
-        return self.default == "nvidia"
+        return self.default == NVIDIA and self.nvidia_handler
+
+    @property
+    def default_has_no_handler(self) -> bool:
+        """The default is `nvidia` but no handler of that name exists: the runtime refuses to start (containerd:
+        "no corresponding runtime configured in `containerd.runtimes` for `default_runtime_name`")."""
+        return self.default == NVIDIA and not self.nvidia_handler
 
 
 def read_runtime_configs(host_root: str) -> list[RuntimeConfig]:
     found = []
     containerd = os.path.join(host_root, CONTAINERD)
-    if os.path.isfile(containerd):
-        found.append(_containerd(containerd))
+    if os.path.lexists(containerd):
+        found.append(_read("containerd", containerd, _containerd))
     crio = [p for pattern in CRIO for p in sorted(glob.glob(os.path.join(host_root, pattern)))]
     if crio:
         found.append(_crio(crio))
     docker = os.path.join(host_root, DOCKER)
-    if os.path.isfile(docker):
-        found.append(_docker(docker))
+    if os.path.lexists(docker):
+        found.append(_read("docker", docker, _docker))
     return found
 
 
-def _containerd(path: str) -> RuntimeConfig:
+def _read(runtime: str, path: str, parse: Callable[[str], tuple[bool, str]]) -> RuntimeConfig:
     try:
-        doc = _toml(path)
-    except ValueError as e:
-        return RuntimeConfig("containerd", path, False, "", str(e))
-    plugins = doc.get("plugins") or {}
-    for name in _CONTAINERD_CRI:
-        cri = (plugins.get(name) or {}).get("containerd") or {}
-        if cri:
-            return RuntimeConfig("containerd", path, "nvidia" in (cri.get("runtimes") or {}),
-                                 str(cri.get("default_runtime_name", "runc")))
-    return RuntimeConfig("containerd", path, False, "runc")
+        handler, default = parse(path)
+    except HostFileError as e:
+        return RuntimeConfig(runtime, path, False, "", str(e), e.unreadable)
+    return RuntimeConfig(runtime, path, handler, default)
+
+
+def _containerd(path: str) -> tuple[bool, str]:
+    doc = load_toml(path)
+    for plugin in _CONTAINERD_CRI:
+        keys = ("plugins", plugin, "containerd")
+        if get(doc, keys, dict, {}):
+            return _handler(doc, (*keys, "runtimes")), get(doc, (*keys, "default_runtime_name"), str, "runc")
+    return False, "runc"
 
 
 def _crio(paths: list[str]) -> RuntimeConfig:
-    handler, default = False, ""
+    handler, default = False, "crun"
     for path in paths:  # drop-ins are applied in order: a later one wins
         try:
-            runtime = (_toml(path).get("crio") or {}).get("runtime") or {}
-        except ValueError as e:
-            return RuntimeConfig("cri-o", path, False, "", str(e))
-        handler = handler or "nvidia" in (runtime.get("runtimes") or {})
-        default = str(runtime.get("default_runtime", default))
-    return RuntimeConfig("cri-o", ", ".join(paths), handler, default or "crun")
+            doc = load_toml(path)
+            handler = _handler(doc, ("crio", "runtime", "runtimes")) or handler
+            default = get(doc, ("crio", "runtime", "default_runtime"), str, default)
+        except HostFileError as e:
+            return RuntimeConfig("crio", path, False, "", str(e), e.unreadable)
+    return RuntimeConfig("crio", ", ".join(paths), handler, default)
 
 
-def read_host_file(path: str, limit: int = MAX_FILE_BYTES) -> str:
-    """A host file's text, read as every file an operator hands us is (gfd.config.reading: a regular file,
-    bounded, UTF-8), so that a FIFO or a huge file never stalls doctor; ValueError says what is wrong."""
-    try:
-        return read_text(path, path, limit)
-    except ConfigError as e:
-        raise ValueError(e.problem) from None
+def _docker(path: str) -> tuple[bool, str]:
+    doc = load_json(path)
+    get(doc, (), dict, {}, "an object")  # the document itself is an object
+    return _handler(doc, ("runtimes",), "an object"), get(doc, ("default-runtime",), str, "runc", "an object")
 
 
-def _docker(path: str) -> RuntimeConfig:
-    try:
-        text = read_host_file(path)
-    except ValueError as e:
-        return RuntimeConfig("docker", path, False, "", str(e))
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        return RuntimeConfig("docker", path, False, "", f"not JSON: {e}")
-    if not isinstance(doc, dict):
-        return RuntimeConfig("docker", path, False, "", "not a JSON object")
-    return RuntimeConfig("docker", path, "nvidia" in (doc.get("runtimes") or {}),
-                         str(doc.get("default-runtime", "runc")))
-
-
-def _toml(path: str) -> dict[str, Any]:
-    text = read_host_file(path)
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"not TOML: {e}") from None
+def _handler(doc: dict[str, Any], runtimes: tuple[str, ...], mapping: str = "a table") -> bool:
+    """Whether the `runtimes` table has an `nvidia` entry, itself a table (a string there is no handler)."""
+    get(doc, (*runtimes, NVIDIA), dict, {}, mapping)
+    return isinstance(get(doc, runtimes, dict, {}, mapping).get(NVIDIA), dict)

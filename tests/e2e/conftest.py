@@ -16,8 +16,10 @@ import pytest
 import yaml
 from kubernetes import client, config, utils
 
+from tests.requirements import shared_dir
+
 ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT.parent / "shared" / "k8s"
+K8S = shared_dir() / "k8s"  # tests/test_e2e.py requires it before it starts this session
 NODE = "gpu-node-1"
 
 @dataclass
