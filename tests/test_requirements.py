@@ -21,7 +21,8 @@ NEEDS = {
     "tests/test_telemetry.py::test_on_nvidias_mock_the_readings_are_the_profiles": "nvml-mock (NVIDIA's mock NVML",
     "tests/test_cdi.py::test_driver_files_hooks_and_the_root_transform": "cdi (the CDI specification's JSON schema",
     "tests/test_helm.py::test_nfd_rules_validate_against_the_crd": "crds (the NFD and Prometheus-operator CRDs",
-    "tests/test_cdi.py::test_the_cache_reader_agrees_with_glibc": "gcc (Debian package gcc)",
+    "tests/test_cdi_ldcache.py::test_an_old_format_cache_alone_falls_back_to_the_directories":
+        "gcc (Debian package gcc)",
     "tests/test_cli.py::test_a_drop_in_libnvidia_ml_on_the_library_path_is_loaded": "cc (Debian package gcc)",
     "tests/test_mps.py::test_mount_shm_mounts_half_the_memory_as_tmpfs": "unshare (Debian package util-linux)",
     "tests/test_cdi_runtime.py::test_all_gives_every_gpu":
