@@ -102,7 +102,6 @@ class Option:
             return format_duration(self.default)
         return ",".join(map(str, self.default)) if isinstance(self.default, tuple) else str(self.default)
 
-
     def show(self, value: Any) -> Any:
         """A config value as the "Running with config" line shows it (durations as Go prints them)."""
         if self.kind == "duration":
