@@ -11,6 +11,7 @@ import structlog
 from gfd import logs
 from gfd.config import Config, ConfigError, load_config, parse_command_line
 from gfd.config.model import GFD_OPTIONS
+from gfd.config.options import running_config
 from gfd.doctor.subcommand import with_doctor
 from gfd.outputs import OutputError
 from gfd.outputs.choose import make_output, writes_node_feature
@@ -62,21 +63,9 @@ def oneshot(config: Config) -> int:
 
 
 def _loggable(config: Config) -> dict[str, object]:
-    from gfd.config.duration import format_duration
-
-    return {
-        "migStrategy": config.mig_strategy,
-        "failOnInitError": config.fail_on_init_error,
-        "useNodeFeatureAPI": writes_node_feature(config),
-        "deviceDiscoveryStrategy": config.device_discovery_strategy,
-        "oneshot": config.oneshot,
-        "noTimestamp": config.no_timestamp,
-        "sleepInterval": format_duration(config.sleep_interval_ns),
-        "outputFile": config.output_file,
-        "machineTypeFile": config.machine_type_file,
-        "sharingStrategy": config.sharing.strategy,
-        "simulate": config.simulate or None,
-    }
+    # The output actually chosen, not the flag's raw value (`-o FILE` alone turns the NodeFeature API off).
+    return {**running_config(config, GFD_OPTIONS), "useNodeFeatureAPI": writes_node_feature(config),
+            "sharingStrategy": config.sharing.strategy}
 
 
 def _list_profiles() -> int:

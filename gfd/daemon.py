@@ -24,6 +24,7 @@ from gfd.doctor.checks import Context
 from gfd.doctor.startup import check_at_start
 from gfd.labelling import label_node, lost_summary
 from gfd.labels.compose import Labels
+from gfd.labels.system import TIMESTAMP
 from gfd.metrics import AddressError, Metrics, serve
 from gfd.model import DeviceModel
 from gfd.outputs import Output, OutputError
@@ -60,6 +61,7 @@ class Daemon:
         self.nvml_retry_at = 0.0
         self.output_retry_at = 0.0
         self.published: Labels | None = None  # last label set written successfully
+        self.last_logged: Labels = {}  # the set the last "labels published" line compared against (across reloads)
         self.nvml_ever_up = False
         self.last_success: float | None = None
         self.started = time.monotonic()
@@ -312,10 +314,13 @@ class Daemon:
             raise outcome[0]
 
     def _log_changes(self, labels: Labels) -> None:
-        old = self.published or {}
+        # Against the set last published, before a reload too: a SIGHUP that changes nothing says so.
+        old, self.last_logged = self.last_logged, labels
         changed = sorted(k for k in labels.keys() | old.keys() if labels.get(k) != old.get(k))
-        log.info("labels published", changed=changed if len(changed) <= 20 else f"{len(changed)} keys",
-                 count=len(labels))
+        said: object = changed if len(changed) <= 20 else f"{len(changed)} keys"
+        if changed in ([], [TIMESTAMP]):  # a new run has a new timestamp (upstream's), nothing else is news
+            said = "nothing but the timestamp" if changed else "nothing"
+        log.info("labels published", changed=said, count=len(labels))
 
 
 class _Stopped(Exception):

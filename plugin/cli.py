@@ -14,7 +14,7 @@ from gfd import signals
 from gfd.config import ConfigError
 from gfd.doctor.subcommand import with_doctor
 from gfd.program import configured
-from plugin.config import PLUGIN_OPTIONS, PluginConfig, load_plugin_config, node_source, reload_or_keep
+from plugin.config import PLUGIN_OPTIONS, PluginConfig, load_plugin_config, loggable, node_source, reload_or_keep
 
 if TYPE_CHECKING:
     from gfd.discovery.session import NodeSource
@@ -159,7 +159,7 @@ class DevicePlugin:
         except NvmlUnavailable as e:
             source.close()
             if config.fail_on_init_error:
-                raise StartError(f"nvml init failed: {e}") from None
+                raise StartError(f"nvml init failed: {e} ({source.explain(e)})") from None
             log.warning(f"nvml init failed: {e}; if this is a GPU node, did you set the container runtime to "
                         "nvidia?")
             log.info("No devices found. Waiting indefinitely.")
@@ -232,6 +232,7 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     config = configured("nvidia-device-plugin: error starting plugins", lambda: load_plugin_config(argv, environ))
     if config is None:
         return 1
+    log.info("Running with config", **loggable(config))
     plugin = DevicePlugin(argv, environ, config)
     signals.install(plugin.stop, plugin.request_reload)
     return plugin.run()

@@ -12,7 +12,7 @@ import structlog
 from gfd.config import ConfigError, Sharing, common
 from gfd.config.loader import load, parse_command_line
 from gfd.config.model import Imex
-from gfd.config.options import Option, options_of
+from gfd.config.options import Option, options_of, running_config
 
 if TYPE_CHECKING:
     from gfd.discovery.session import NodeSource
@@ -162,10 +162,19 @@ def reload_or_keep(load: Callable[[Sequence[str], Mapping[str, str]], PluginConf
                    environ: Mapping[str, str], running: PluginConfig) -> PluginConfig:
     """A SIGHUP restart's config: loaded again, or the running one when the new one is bad (logged)."""
     try:
-        return load(argv, environ)
+        config = load(argv, environ)
     except ConfigError as e:
         log.error("reload failed; keeping the running config", error=str(e))
         return running
+    log.info("Running with config", **loggable(config))
+    return config
+
+
+def loggable(config: PluginConfig) -> dict[str, object]:
+    """The "Running with config" line: every option by its config name, with the IMEX channels and the sharing
+    in force (either may come from the file)."""
+    return {**running_config(config, PLUGIN_OPTIONS), "imexChannelIds": list(config.channel_ids),
+            "sharingStrategy": config.sharing.strategy}
 
 
 def load_plugin_config(argv: Sequence[str], environ: Mapping[str, str]) -> PluginConfig:

@@ -30,6 +30,7 @@ class KubeletRegistrar:
         self.poll_s, self.register_timeout_s = poll_s, register_timeout_s
         self.kubelet_inode: int | None = None
         self.pending: set[int] = set()  # servers (by position) still to register
+        self.registered: set[int] = set()  # servers the kubelet has accepted (and not lost since)
         self.blocked: set[int] = set()  # servers whose socket another live process serves
         self.backoff = Backoff(initial=0.2, cap=10.0)
         self.retry_at = 0.0
@@ -43,8 +44,11 @@ class KubeletRegistrar:
         self._register_pending("start")
 
     def stop(self) -> None:
-        for server in self.servers:
+        for n, server in enumerate(self.servers):
             server.stop()
+            if n in self.registered:  # the kubelet sees the socket go and drops the resource's devices
+                log.info("stopped serving; no longer registered", resource=server.service.resource.name)
+        self.registered.clear()
 
     def run(self, stop: threading.Event) -> None:
         """Watch until `stop` is set: re-serve lost sockets, re-register after kubelet restarts."""
@@ -57,9 +61,10 @@ class KubeletRegistrar:
         self.kubelet_inode = inode
         for n, server in enumerate(self.servers):
             if restarted or server.socket_gone():
-                if n not in self.blocked:
-                    log.info("re-serving and re-registering", resource=server.service.resource.name,
+                if n in self.registered:
+                    log.info("registration lost; serving and registering again", resource=server.service.resource.name,
                              reason="kubelet restarted" if restarted else "socket removed")
+                    self.registered.discard(n)
                 server.stop()
                 try:
                     server.start()
@@ -85,10 +90,14 @@ class KubeletRegistrar:
             except grpc.RpcError as e:
                 delay = self.backoff.next_delay()
                 self.retry_at = time.monotonic() + delay
-                log.warning("registration failed; will retry", resource=server.service.resource.name,
-                            error=e.details() if hasattr(e, "details") else str(e), retry_in_s=round(delay, 2))
+                # One line per attempt whatever the number of resources waiting; the socket named once.
+                where = {"kubelet": self.kubelet_socket} if self.backoff.failures == 1 else {}
+                log.warning("registration with the kubelet failed; will retry", error=_brief(e, self.kubelet_socket),
+                            pending=len(self.pending), attempt=self.backoff.failures, retry_in_s=round(delay, 2),
+                            **where)
                 return
             self.pending.discard(n)
+            self.registered.add(n)
             self.metrics.registrations.labels(resource=server.service.resource.name, reason=reason).inc()
         self.backoff.reset()
 
@@ -109,3 +118,12 @@ class KubeletRegistrar:
             return os.stat(self.kubelet_socket).st_ino
         except FileNotFoundError:
             return None
+
+
+def _brief(error: grpc.RpcError, socket: str) -> str:
+    """gRPC's answer without the socket path it repeats: the status code and its last reason, such as
+    `UNAVAILABLE: No such file or directory` for a kubelet that is not up."""
+    code = error.code() if isinstance(error, grpc.Call) else None
+    details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+    reason = details.rsplit("error: ", 1)[-1].replace(f"unix:{socket}", "").replace(socket, "").strip(" :")
+    return f"{code.name}: {reason}" if code is not None else reason

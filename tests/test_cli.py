@@ -82,10 +82,96 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def test_without_simulate_the_real_library_search_is_used(tmp_path: Path) -> None:
-    """No NVML here: pynvml's own dlopen of libnvidia-ml.so.1 fails, as on a node without a driver."""
-    proc = _run(["--oneshot", "-o", "-"], {"LD_LIBRARY_PATH": str(tmp_path)})
+    """No NVML here: pynvml's own dlopen of libnvidia-ml.so.1 fails, as on a node without a driver. Upstream's
+    line stays whole for scripts; the cause and the way out follow it on the same line."""
+    proc = _run(["--oneshot", "-o", "-", f"--driver-root-ctr-path={tmp_path}"], {"LD_LIBRARY_PATH": str(tmp_path)})
     assert proc.returncode == 1
-    assert "failed to create resource manager: unsupported strategy auto" in proc.stderr
+    error = _one_error_line(proc.stderr)
+    assert error.startswith("failed to create resource manager: unsupported strategy auto (ERROR_LIBRARY_NOT_FOUND: "
+                            f"no libnvidia-ml.so.1 under the driver root {tmp_path} (--driver-root-ctr-path) or on "
+                            "the library search path: no NVIDIA driver here")
+    assert "--simulate list" in error
+
+
+def _one_error_line(stderr: str) -> str:
+    import json
+
+    errors = [event["event"] for event in map(json.loads, stderr.splitlines()) if event["level"] == "error"]
+    assert len(errors) == 1, stderr
+    return str(errors[0])
+
+
+def test_the_default_output_outside_a_cluster_names_the_ways_to_write_labels_without_one() -> None:
+    for argv in (["--oneshot"], []):  # oneshot and daemon
+        proc = _run([*argv, "--simulate=t4"], {})
+        assert proc.returncode == 1
+        error = _one_error_line(proc.stderr)
+        assert error.startswith("failed to create clientsets: Service host/port is not set. (")  # upstream's line
+        for way_out in ("--kubeconfig", "NODE_NAME", "-o FILE", "-o - (stdout)", "--use-node-feature-api=false"):
+            assert way_out in error
+
+
+def test_help_states_the_output_rule_the_program_follows(tmp_path: Path, capsys: Any) -> None:
+    """--help says the NodeFeature API is on unless an output file is given without the flag, and `-` is stdout;
+    the "Running with config" line of each case agrees with it."""
+    import json
+
+    with pytest.raises(SystemExit):
+        main(["--help"], {})
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ("--use-node-feature-api [BOOL], -use-node-feature-api [BOOL] use NFD NodeFeature API to publish labels "
+            "(accepted: true, false; default: true, unless --output-file is given without this flag; "
+            "--output-file=- always writes stdout;") in help_text
+    assert "'True'" not in help_text and "default: 'false';" in help_text  # booleans as Go spells them
+    out = str(tmp_path / "labels")
+    for argv, node_feature in ((["--oneshot", "--simulate=t4", "-o", out], False),
+                               (["--oneshot", "--simulate=t4", "-o", out, "--use-node-feature-api"], True),
+                               (["--oneshot", "--simulate=t4", "-o", "-", "--use-node-feature-api"], False),
+                               (["--oneshot", "--simulate=t4", "--use-node-feature-api=false"], False)):
+        main([*argv, "--log-format=json", "--kubeconfig=/nonexistent"], {})
+        first = json.loads(capsys.readouterr().err.splitlines()[0])
+        assert first["event"] == "Running with config" and first["useNodeFeatureAPI"] is node_feature, argv
+
+
+def test_running_with_config_names_every_option(capsys: Any) -> None:
+    import json
+
+    from gfd.config.model import GFD_OPTIONS
+
+    assert main(["--oneshot", "-o", "-", "--simulate=t4", "--log-format=json", "--sleep-interval=90s"], {}) == 0
+    first = json.loads(capsys.readouterr().err.splitlines()[0])
+    assert {o.config_name for o in GFD_OPTIONS} | {"sharingStrategy"} <= set(first)
+    assert (first["migStrategy"], first["sleepInterval"], first["simulate"]) == ("none", "1m30s", "t4")
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("--oneshott", "--oneshot"), ("-mig-stratgy=mixed", "--mig-strategy"),
+                                              ("--output-fle", "--output-file"), ("--verison", "--version"),
+                                              ("--no-timestamps", "--no-timestamp")])
+def test_a_mistyped_flag_gets_the_closest_declared_one(capsys: Any, typed: str, meant: str) -> None:
+    assert main([typed], {}) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"gpu-feature-discovery: command line: flag provided but not defined: {typed.split('=')[0]}; "
+                   f"did you mean {meant}? (accepted: see --help)")
+
+
+def test_a_flag_like_no_other_gets_no_suggestion(capsys: Any) -> None:
+    assert main(["--frobnicate"], {}) == 1
+    assert capsys.readouterr().err.strip() == \
+        "gpu-feature-discovery: command line: flag provided but not defined: --frobnicate (accepted: see --help)"
+
+
+@pytest.mark.parametrize(("program", "upstream"), [("gpu-feature-discovery", "gpu-feature-discovery"),
+                                                   ("nvidia-device-plugin", "nvidia-device-plugin"),
+                                                   ("config-manager", "config-manager")])
+def test_version_names_ours_and_the_upstream_release_it_follows(program: str, upstream: str) -> None:
+    from gfd import UPSTREAM_VERSION, __version__
+
+    for flag in ("--version", "-v"):
+        proc = subprocess.run([str(Path(sys.executable).parent / program), flag], capture_output=True, text=True,
+                              timeout=60, check=False, env={"PATH": os.environ["PATH"], "COLUMNS": "20"})
+        assert proc.returncode == 0
+        assert proc.stdout == f"{program} {__version__} (follows NVIDIA {upstream} {UPSTREAM_VERSION})\n"
+    assert UPSTREAM_VERSION == "v0.20.0"  # the release shared/reference/ describes
 
 
 def test_a_drop_in_libnvidia_ml_on_the_library_path_is_loaded(tmp_path: Path) -> None:

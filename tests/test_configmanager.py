@@ -146,9 +146,13 @@ def test_oneshot_picks_the_labelled_config_or_fails(tmp_path: Path, apiserver: F
     assert main([], env) == 1
 
 
-def test_missing_required_environment(capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_required_environment_names_where_to_set_it(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([], {"NODE_LABEL": LABEL}) == 1
-    assert "invalid <node-name>: must not be empty string" in capsys.readouterr().err
+    assert capsys.readouterr().err == \
+        "config-manager: invalid <node-name>: must not be empty string (set --node-name or NODE_NAME)\n"
+    assert main([], {"NODE_NAME": "n1"}) == 1
+    assert capsys.readouterr().err == ("config-manager: invalid <config-file-srcdir>: must not be empty string "
+                                       "(set --config-file-srcdir or CONFIG_FILE_SRCDIR)\n")
 
 
 def test_help_works_without_a_cluster_and_lists_upstreams_flags() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from gfd.backoff import Backoff
 from gfd.config import load_config, parse_command_line
@@ -97,6 +98,22 @@ def test_unchanged_labels_are_not_rewritten_and_timestamp_is_fixed(start: Callab
     assert r.out.read_text() == first
     assert sample(r.daemon, "gfd_output_writes_total", output="FeatureFile") == 1
     assert sample(r.daemon, "gfd_output_writes_skipped_total") >= 5
+
+
+@pytest.mark.parametrize("timestamp", [True, False])
+def test_a_reload_that_changes_nothing_says_so(start: Callable[..., Running], timestamp: bool) -> None:
+    """A SIGHUP starts a new run with a new timestamp (upstream's) and writes the labels again; the log line
+    compares them with what was published before the reload, not with nothing."""
+    with structlog.testing.capture_logs() as logged:
+        r = start("--simulate", "dgx-a100", *([] if timestamp else ["--no-timestamp"]))
+        eventually(lambda: r.cycles() >= 1)
+        time.sleep(1.0 if timestamp else 0)  # the next run's timestamp, in whole seconds, differs
+        r.daemon.request_reload()
+        eventually(lambda: sum(e["event"] == "labels published" for e in logged) == 2)
+    first, again = (e for e in logged if e["event"] == "labels published")
+    assert first["changed"] == f"{first['count']} keys" and again["count"] == first["count"]
+    assert again["changed"] == ("nothing but the timestamp" if timestamp else "nothing")
+    assert "config reloaded" in [e["event"] for e in logged]
 
 
 def test_a_deleted_feature_file_is_written_again(start: Callable[..., Running]) -> None:

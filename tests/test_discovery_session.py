@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pynvml
 import pytest
 
@@ -39,17 +41,32 @@ def test_failed_queries_are_those_of_the_last_read() -> None:
         assert not source.failed_queries
 
 
-def test_without_nvml_the_failure_is_worded_as_upstream_by_strategy() -> None:
+def test_without_nvml_the_failure_is_worded_as_upstream_by_strategy_then_explained() -> None:
+    """Upstream's line first (scripts grep it), then in brackets the NVML error and where the library was looked
+    for."""
+    cause = "no libnvidia-ml.so.1 on the library search path: no NVIDIA driver here, or its root not mounted"
     with NodeSource("auto", "no-library") as source:
         with pytest.raises(NvmlUnavailable) as e:
             source.open()
-        assert source.init_failure(e.value) == "failed to create resource manager: unsupported strategy auto"
+        assert source.init_failure(e.value).startswith(
+            f"failed to create resource manager: unsupported strategy auto (ERROR_LIBRARY_NOT_FOUND: {cause}; ")
     with NodeSource("nvml", "no-library") as source:
         with pytest.raises(NvmlUnavailable) as e:
             source.open()
-        assert source.init_failure(e.value) == \
-            "error creating labeler: failed to initialize resource manager: ERROR_LIBRARY_NOT_FOUND"
+        assert source.init_failure(e.value).startswith(
+            f"error creating labeler: failed to initialize resource manager: ERROR_LIBRARY_NOT_FOUND ({cause}; ")
         assert source.read().gpus == ()  # NVML closed: a GPU-less model (upstream's null manager)
+
+
+def test_a_missing_library_names_the_driver_root_it_was_looked_for_in(tmp_path: Path) -> None:
+    source = NodeSource("auto", driver_root=str(tmp_path))
+    explained = source.explain(NvmlUnavailable("ERROR_LIBRARY_NOT_FOUND"))
+    assert explained.startswith(f"no libnvidia-ml.so.1 under the driver root {tmp_path} (--driver-root-ctr-path) "
+                                "or on the library search path")
+    assert NodeSource("auto", driver_root="/").explain(NvmlUnavailable("ERROR_LIBRARY_NOT_FOUND")).startswith(
+        "no libnvidia-ml.so.1 on the library search path")  # `/` is the container's own root: not a mount
+    assert source.explain(NvmlUnavailable("ERROR_DRIVER_NOT_LOADED")) == \
+        "the NVIDIA kernel module is not loaded on this node"
 
 
 def test_vfio_needs_no_nvml_and_tegra_is_not_implemented() -> None:

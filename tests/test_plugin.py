@@ -312,7 +312,8 @@ def test_dgx1v_topology_is_read_from_nvml(start: Callable[..., Running], kubelet
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--simulate=a100-80gb-mig-mixed", "--mig-strategy=single"], "more than one MIG device type present on node"),
-    (["--simulate=no-library"], "nvml init failed: ERROR_LIBRARY_NOT_FOUND"),
+    (["--simulate=no-library"], "nvml init failed: ERROR_LIBRARY_NOT_FOUND (no libnvidia-ml.so.1 on the library "
+                                "search path: no NVIDIA driver here"),
 ])
 def test_start_errors_exit_1(start: Callable[..., Running], argv: list[str], message: str,
                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -456,6 +457,8 @@ def test_sigterm_ends_the_plugin_process_within_a_second(kubelet: KubeletStandIn
                                  f"--kubelet-socket={kubelet.socket}", "--log-format=json"], stdout=out, stderr=out)
     try:
         kubelet.registered("nvidia.com/gpu", timeout=20)
+        first = json.loads(log.read_text().splitlines()[0])
+        assert (first["event"], first["kubeletSocket"]) == ("Running with config", kubelet.socket)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0

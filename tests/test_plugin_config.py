@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from gfd.config import ConfigError
-from plugin.config import load_plugin_config
+from plugin.config import PLUGIN_OPTIONS, PluginConfig, load_plugin_config, loggable, reload_or_keep
 
 
 @pytest.mark.parametrize(("argv", "env", "message"), [
@@ -42,3 +43,23 @@ def test_plugin_flags_env_and_file_precedence(tmp_path: Any) -> None:
     assert c.device_id_strategy == "uuid"
     assert load_plugin_config([], {"DEVICE_LIST_STRATEGY": "envvar,cdi-annotations"}).device_list_strategy == \
         ("envvar", "cdi-annotations")
+
+
+def test_running_with_config_shows_every_option_and_what_the_file_set(tmp_path: Any) -> None:
+    """Logged at start (plugin.cli) and after each reload: every option by its upstream config name, the IMEX
+    channels and the sharing the file put in force."""
+    path = tmp_path / "config.yaml"
+    path.write_text("version: v1\nflags:\n  migStrategy: single\nimex:\n  channelIDs: [0]\n"
+                    "sharing:\n  timeSlicing:\n    resources:\n    - {name: nvidia.com/gpu, replicas: 4}\n")
+    argv = [f"--config-file={path}", "--health-probe-interval=1m"]
+    with structlog.testing.capture_logs() as logged:
+        config = reload_or_keep(load_plugin_config, argv, {}, PluginConfig())
+    assert [e["event"] for e in logged] == ["Running with config"]
+    shown = logged[0]
+    assert {o.config_name for o in PLUGIN_OPTIONS} | {"sharingStrategy"} <= set(shown)
+    assert (shown["migStrategy"], shown["imexChannelIds"], shown["sharingStrategy"], shown["healthProbeInterval"],
+            shown["deviceListStrategy"]) == ("single", [0], "time-slicing", "1m0s", ["envvar"])
+    assert shown == {"event": "Running with config", "log_level": "info", **loggable(config)}
+    with structlog.testing.capture_logs() as logged:  # a bad reload keeps the running config and says so
+        assert reload_or_keep(load_plugin_config, ["--mig-strategy=bogus"], {}, config) is config
+    assert [e["event"] for e in logged] == ["reload failed; keeping the running config"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog.testing
 
 from plugin.config import PluginConfig
 from plugin.health import HealthState
@@ -102,3 +104,51 @@ def test_no_kubelet_socket_serves_without_registering(plugin_dir: Path) -> None:
         assert registrations(metrics, "nvidia.com/gpu", "start") == 0
     finally:
         r.stop()
+
+
+def test_each_resource_says_when_it_registers_and_when_it_stops_being_registered(plugin_dir: Path) -> None:
+    """While the kubelet is away: one compact line per attempt for all the resources waiting, with the backoff,
+    the socket named once. Then one line per resource as each registers, loses its registration (a kubelet
+    restart) and stops being registered (the plugin stops)."""
+    metrics = PluginMetrics()
+    r = registrar(plugin_dir, metrics)
+    names = [s.service.resource.name for s in r.servers]
+    kubelet = None
+
+    def poll_until(done: Callable[[], bool]) -> None:
+        def step() -> bool:
+            r.check()  # one poll of the watch loop
+            return done()
+        eventually(step, timeout=10)
+
+    with structlog.testing.capture_logs() as logged:
+        try:
+            r.start()  # no kubelet.sock yet
+            poll_until(lambda: r.backoff.failures >= 2)
+            kubelet = KubeletStandIn(str(plugin_dir))
+            poll_until(lambda: not r.pending)
+            failed = [e for e in logged if e["event"] == "registration with the kubelet failed; will retry"]
+            assert [e["attempt"] for e in failed] == list(range(1, len(failed) + 1))
+            assert failed[0]["kubelet"] == r.kubelet_socket and all("kubelet" not in e for e in failed[1:])
+            for event in failed:
+                assert event["error"] == "UNAVAILABLE: No such file or directory"
+                assert event["pending"] == 2 and 0 < event["retry_in_s"] <= 10
+                assert str(plugin_dir) not in repr({k: v for k, v in event.items() if k != "kubelet"})
+            assert _resources(logged, "registered with the kubelet") == names
+
+            kubelet.restart()
+            poll_until(lambda: not r.pending and len(_resources(logged, "registered with the kubelet")) == 4)
+            lost = [e for e in logged if e["event"] == "registration lost; serving and registering again"]
+            assert sorted(e["resource"] for e in lost) == sorted(names)
+            assert {e["reason"] for e in lost} <= {"kubelet restarted", "socket removed"}
+        finally:
+            r.stop()
+            if kubelet is not None:
+                kubelet.stop()
+    assert _resources(logged, "stopped serving; no longer registered") == names
+    r.stop()  # stopping again says nothing more: nothing is registered
+    assert len(_resources(logged, "stopped serving; no longer registered")) == 2
+
+
+def _resources(logged: Sequence[MutableMapping[str, Any]], event: str) -> list[str]:
+    return [e["resource"] for e in logged if e["event"] == event]

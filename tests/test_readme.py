@@ -3,6 +3,7 @@ one clear line where it needs a GPU)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -92,3 +94,38 @@ def test_the_architecture_names_modules_that_exist() -> None:
         assert (ROOT / path).exists(), path
     sources = {p.name for p in (ROOT / "gfd").rglob("*.py")} | {p.name for p in (ROOT / "plugin").rglob("*.py")}
     assert bare <= sources, bare - sources
+
+
+# Node-wide labels under nvidia.com/gpu. that no resource labeler writes.
+RESOURCE_FREE_GPU_KEYS = {"nvidia.com/gpu.machine", "nvidia.com/gpu.mode", "nvidia.com/gpu.clique"}
+
+
+@pytest.mark.parametrize("memory_fault", [True, False])
+def test_the_readmes_profile_mixes_its_two_models_as_upstream_does(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                    memory_fault: bool) -> None:
+    """Upstream (internal/lm/mig-strategy.go newGPULabelers, merged by internal/lm/list.go; reference
+    gfd-labels.md §4): one label set per model, MIG-enabled models first, copied into one map key by key. The
+    MIG-disabled T4 comes last, so its set wins; a key it lacks (its memory query failed, so no gpu.memory)
+    keeps the MIG-enabled A100 80GB's value. Figures from the simulator's model files (T4: Tesla T4, 15360 MiB,
+    compute 7.5; A100-SXM4-80GB: 81920 MiB)."""
+    from gfd.cli import main
+
+    profile = yaml.safe_load(blocks("yaml")[0])
+    assert [g["model"] for g in profile["gpus"]] == ["A100-SXM4-80GB", "T4"] and profile["gpus"][0]["mig"]
+    if not memory_fault:
+        profile["faults"] = []
+    path = tmp_path / "my-node.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    assert main(["--oneshot", "-o", "-", "--no-timestamp", f"--simulate={path}", "--log-format=json"], {}) == 0
+    captured = capsys.readouterr()
+    labels = dict(line.split("=", 1) for line in captured.out.splitlines())
+    resource = {k.removeprefix("nvidia.com/gpu."): v for k, v in labels.items()
+                if k.startswith("nvidia.com/gpu.") and k not in RESOURCE_FREE_GPU_KEYS}
+    assert resource == {"product": "Tesla-T4", "count": "1", "replicas": "1", "sharing-strategy": "none",
+                        "family": "turing", "compute.major": "7", "compute.minor": "5",
+                        "memory": "81920" if memory_fault else "15360"}
+    warning = next(json.loads(line) for line in captured.err.splitlines() if "Multiple device types" in line)
+    assert (warning["models"], warning["labelled"]) == (["NVIDIA A100-SXM4-80GB", "Tesla T4"], "Tesla T4")
+    assert warning.get("from_other_models") == \
+        ({"nvidia.com/gpu.memory": "NVIDIA A100-SXM4-80GB"} if memory_fault else None)
+

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
-from gfd import __version__
+from gfd import UPSTREAM_VERSION, __version__
 from gfd.config.errors import ConfigError
 from gfd.config.model import GFD_OPTIONS, Config
 from gfd.config.options import Option
@@ -27,11 +28,32 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError("command line", "", message, "see --help")
 
 
+# Each program's --help description, and the upstream program (of NVIDIA/k8s-device-plugin) it replaces.
+_PROGRAMS = {
+    "gpu-feature-discovery": ("GPU Feature Discovery: generate labels for NVIDIA devices", "gpu-feature-discovery"),
+    "nvidia-device-plugin": ("NVIDIA device plugin for Kubernetes", "nvidia-device-plugin"),
+    "config-manager": ("Select this node's config by its node label and signal the main process", "config-manager"),
+    "mps-control-daemon": (None, "mps-control-daemon"),
+}
+
+
+def version_line(prog: str) -> str:
+    """Ours, and the upstream release a program follows (flags, labels, behaviour)."""
+    upstream = _PROGRAMS.get(prog, (None, ""))[1]
+    follows = f" (follows NVIDIA {upstream} {UPSTREAM_VERSION})" if upstream else ""
+    return f"{prog} {__version__}{follows}"
+
+
+class _Version(argparse.Action):
+    """Prints the version line as it is (argparse's own action wraps it to the terminal's width)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> NoReturn:
+        print(version_line(parser.prog))
+        parser.exit()
+
+
 def _build_parser(options: Sequence[Option], prog: str) -> _Parser:
-    descriptions = {"gpu-feature-discovery": "GPU Feature Discovery: generate labels for NVIDIA devices",
-                    "nvidia-device-plugin": "NVIDIA device plugin for Kubernetes",
-                    "config-manager": "Select this node's config by its node label and signal the main process"}
-    description = descriptions.get(prog)
+    description = _PROGRAMS.get(prog, (None, ""))[0]
     if prog in ("gpu-feature-discovery", "nvidia-device-plugin"):  # the programs with a doctor (gfd.doctor)
         description = f"{description}. Subcommand: `doctor` checks this node's set-up (driver, device nodes, " \
                       "container runtime, kubelet, NFD) and says what would fix it (`doctor --help`)"
@@ -41,24 +63,35 @@ def _build_parser(options: Sequence[Option], prog: str) -> _Parser:
     env_only = [f"{', '.join(o.envs)}: {_described(o)}" for o in options if not o.flags]
     parser = _Parser(prog=prog, description=description, allow_abbrev=False,
                      epilog="environment only: " + "; ".join(env_only) if env_only else None)
-    parser.add_argument("--version", "-v", action="version", version=__version__)
+    parser.add_argument("--version", "-v", action=_Version, nargs=0, help="show the version and exit")
     for opt in options:
         if not opt.flags:
             continue  # env-only (upstream has no flag for it)
-        names = list(opt.flags)
-        # Go's flag syntax also accepts a single dash before long names (`-oneshot`).
-        names += ["-" + f[2:] for f in opt.flags if f.startswith("--")]
         kwargs: dict[str, Any] = {"dest": opt.dest, "default": None,
                                   "help": f"{_described(opt)[:-1]}; env: {', '.join(opt.envs)})"}
         if opt.kind == "bool":
-            parser.add_argument(*names, nargs="?", const="true", metavar="BOOL", **kwargs)
+            parser.add_argument(*_spellings(opt), nargs="?", const="true", metavar="BOOL", **kwargs)
         else:
-            parser.add_argument(*names, metavar=opt.kind.upper(), **kwargs)
+            parser.add_argument(*_spellings(opt), metavar=opt.kind.upper(), **kwargs)
     return parser
 
 
+def _spellings(opt: Option) -> list[str]:
+    # Go's flag syntax also accepts a single dash before long names (`-oneshot`).
+    return [*opt.flags, *("-" + f[2:] for f in opt.flags if f.startswith("--"))]
+
+
 def _described(opt: Option) -> str:
-    return f"{opt.help} (accepted: {opt.accepted}; default: {opt.show_default()!r})"
+    return f"{opt.help} (accepted: {opt.accepted}; default: {opt.default_help or repr(opt.show_default())})"
+
+
+def _unknown_flag(arg: str, options: Sequence[Option]) -> ConfigError:
+    """Upstream's words for a flag nobody declared, with the closest declared flag when there is one."""
+    name = arg.split("=", 1)[0]
+    known = ["--help", "--version", *(f for o in options for f in o.flags if f.startswith("--"))]
+    close = difflib.get_close_matches("--" + name.lstrip("-"), known, n=1, cutoff=0.75)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError("command line", "", f"flag provided but not defined: {name}{hint}", "see --help")
 
 
 def _split_bool_values(argv: Sequence[str], options: Sequence[Option]) -> list[str]:
@@ -79,7 +112,7 @@ def parse_command_line(
     namespace, extra = parser.parse_known_args(_split_bool_values(argv, options))
     unknown = [a for a in extra if a.startswith("-")]
     if unknown:
-        raise ConfigError("command line", "", f"flag provided but not defined: {unknown[0]}", "see --help")
+        raise _unknown_flag(unknown[0], options)
     given: dict[str, Any] = {}
     for opt in options:
         flag_value = getattr(namespace, opt.dest, None)

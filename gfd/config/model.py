@@ -79,7 +79,9 @@ class Config:
     use_node_feature_api: bool = Option(("--use-node-feature-api",),
                                         ("GFD_USE_NODE_FEATURE_API", "USE_NODE_FEATURE_API"), "bool", True,
                                         ("flags", "useNodeFeatureAPI"),
-                                        help="use NFD NodeFeature API to publish labels").field()
+                                        help="use NFD NodeFeature API to publish labels",
+                                        default_help="true, unless --output-file is given without this flag; "
+                                                     "--output-file=- always writes stdout").field()
     device_discovery_strategy: str = common.DEVICE_DISCOVERY_STRATEGY.field()
     container_driver_root: str = common.CONTAINER_DRIVER_ROOT.field()
     namespace: str = Option(("--namespace",), ("NAMESPACE",), "str", "default",

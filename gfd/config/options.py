@@ -7,7 +7,7 @@ derived from it by `options_of`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,6 +44,8 @@ class Option:
     help: str = ""
     # The problem text for a value outside `choices` ({} is the value): upstream's wording where it has one.
     invalid: str = 'invalid value "{}"'
+    # What --help says of the default when the field's default alone would mislead (it depends on other options).
+    default_help: str = ""
     dest: str = ""  # the config attribute; set by options_of from the field's name
 
     def field(self, **changes: Any) -> Any:
@@ -94,9 +96,31 @@ class Option:
         }[self.kind]
 
     def show_default(self) -> str:
+        if self.kind == "bool":
+            return str(self.default).lower()  # as Go prints it, and as the accepted values are spelt
         if self.kind == "duration":
             return format_duration(self.default)
         return ",".join(map(str, self.default)) if isinstance(self.default, tuple) else str(self.default)
+
+    def show(self, value: Any) -> Any:
+        """A config value as the "Running with config" line shows it (durations as Go prints them)."""
+        if self.kind == "duration":
+            return format_duration(value)
+        return list(value) if isinstance(value, tuple) else value
+
+    @property
+    def config_name(self) -> str:
+        """The option's name in upstream's config file (`migStrategy`), else its flag's name in camelCase."""
+        if self.file_key:
+            return self.file_key[-1]
+        first, *rest = self.name.split("-")
+        return first + "".join(word.capitalize() for word in rest)
+
+
+def running_config(config: Any, options: Sequence[Option]) -> dict[str, Any]:
+    """Every option's effective value by its config name: the program's "Running with config" line (upstream
+    logs its whole config at start)."""
+    return {opt.config_name: opt.show(getattr(config, opt.dest)) for opt in options}
 
 
 def options_of(config_class: type) -> tuple[Option, ...]:

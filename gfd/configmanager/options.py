@@ -44,9 +44,16 @@ class Settings:
         for value, flag in ((self.node_name, "node-name"), (self.node_label, "node-label"),
                             (self.srcdir, "config-file-srcdir"), (self.dst, "config-file-dst")):
             if not value:
-                raise ValueError(f"invalid <{flag}>: must not be empty string")
+                raise ValueError(f"invalid <{flag}>: must not be empty string ({_how_to_set(flag)})")
         if self.send_signal and not self.process:
             raise ValueError("invalid <process-to-signal>: must not be empty string when --send-signal is set")
 
 
 CONFIG_MANAGER_OPTIONS = options_of(Settings)
+
+
+def _how_to_set(flag: str) -> str:
+    """Where an empty required value can be given: its flag and env vars (the chart sets NODE_NAME from the
+    pod's spec.nodeName)."""
+    option = next(o for o in CONFIG_MANAGER_OPTIONS if o.name == flag)
+    return f"set {option.flags[0]} or {' or '.join(option.envs)}"

@@ -52,9 +52,14 @@ LIBRARY_DIRS = ("usr/lib64", "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-
 LIBRARY = "libnvidia-ml.so.1"
 
 
+def mounted_driver_root(driver_root: str) -> bool:
+    """A driver root other than the container's own `/`, where upstream looks for the library first."""
+    return bool(driver_root) and os.path.realpath(driver_root) != "/"
+
+
 def locate_library(driver_root: str) -> str | None:
     """The driver's NVML under a mounted driver root (symlinks resolved), or None for the ordinary search."""
-    if not driver_root or os.path.realpath(driver_root) == "/":
+    if not mounted_driver_root(driver_root):
         return None
     for directory in LIBRARY_DIRS:
         path = os.path.join(driver_root, directory, LIBRARY)

@@ -93,7 +93,26 @@ class NodeSource:
         self.close()
 
     def init_failure(self, error: NvmlUnavailable) -> str:
-        """Upstream's wording for an NVML that cannot be opened, by discovery strategy."""
+        """Upstream's wording for an NVML that cannot be opened, by discovery strategy (scripts grep it), then
+        in brackets what it means on this node and what to do."""
         if self.strategy == "auto" and error.library_missing:
-            return "failed to create resource manager: unsupported strategy auto"
-        return f"error creating labeler: failed to initialize resource manager: {error}"
+            return f"failed to create resource manager: unsupported strategy auto ({error}: {self.explain(error)})"
+        return f"error creating labeler: failed to initialize resource manager: {error} ({self.explain(error)})"
+
+    def explain(self, error: NvmlUnavailable) -> str:
+        """The likely cause of an NVML that cannot be opened and the remedy, in one clause."""
+        if error.library_missing:
+            where = (f"under the driver root {self.driver_root} (--driver-root-ctr-path) or "
+                     if nvml.mounted_driver_root(self.driver_root) else "")
+            return (f"no {nvml.LIBRARY} {where}on the library search path: no NVIDIA driver here, or its root not "
+                    "mounted; `--simulate list` names simulated nodes to run on")
+        return _NVML_INIT_CAUSES.get(str(error), "see `doctor` for the driver's state")
+
+
+# What nvmlInit's other refusals mean on a Kubernetes node.
+_NVML_INIT_CAUSES = {
+    "ERROR_DRIVER_NOT_LOADED": "the NVIDIA kernel module is not loaded on this node",
+    "ERROR_NO_PERMISSION": "no access to /dev/nvidia*: run the container with the NVIDIA runtime or privileged",
+    "ERROR_LIB_RM_VERSION_MISMATCH": "the driver library and the loaded kernel module differ in version (a driver "
+                                     "upgraded without a reboot)",
+}

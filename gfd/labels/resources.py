@@ -115,8 +115,6 @@ def _merge_order(gpus: tuple[Gpu, ...]) -> list[tuple[Gpu, bool]]:
     groups: dict[tuple[bool, str], list[Gpu]] = defaultdict(list)
     for gpu in gpus:
         groups[(gpu.mig_enabled, gpu.name)].append(gpu)
-    if len({name for _, name in groups}) > 1:
-        log.warning("Multiple device types detected", models=sorted({name for _, name in groups}))
 
     def rank(item: tuple[tuple[bool, str], list[Gpu]]) -> tuple[bool, int, int]:
         (mig_enabled, _), members = item
@@ -126,13 +124,25 @@ def _merge_order(gpus: tuple[Gpu, ...]) -> list[tuple[Gpu, bool]]:
 
 
 def full_gpus(model: DeviceModel, config: Config) -> Labels:
-    """Strategy `none`: one set of `nvidia.com/gpu.*` labels; MIG-enabled GPUs count, unshared."""
+    """Strategy `none`: one set of `nvidia.com/gpu.*` labels; MIG-enabled GPUs count, unshared.
+
+    With several models, upstream's merge key by key: the last model's labels replace the others', and a key
+    it lacks (its memory query failed) keeps an earlier model's value; the warning names such keys.
+    """
     counts: dict[str, int] = defaultdict(int)
     for gpu in model.gpus:
         counts[gpu.name] += 1
     labels: Labels = {}
+    described_by: dict[str, str] = {}  # label key -> the model whose value it holds
     for gpu, mig_enabled in _merge_order(model.gpus):
-        labels.update(full_gpu_labels(gpu, counts[gpu.name], None if mig_enabled else config.sharing))
+        merged = full_gpu_labels(gpu, counts[gpu.name], None if mig_enabled else config.sharing)
+        labels.update(merged)
+        described_by.update(dict.fromkeys(merged, gpu.name))
+    if len(counts) > 1:
+        last = described_by["nvidia.com/gpu.count"]  # every model's set has a count: the last one's stays
+        borrowed = {key: name for key, name in sorted(described_by.items()) if name != last}
+        log.warning("Multiple device types detected", models=sorted(counts), labelled=last,
+                    **({"from_other_models": borrowed} if borrowed else {}))
     return labels
 
 

@@ -11,11 +11,12 @@ from gfd.model import DeviceModel
 
 log = structlog.get_logger("gfd.labels")
 
+TIMESTAMP = "nvidia.com/gfd.timestamp"
 _CLASS_MODES = {0x030000: "graphics", 0x030200: "compute"}
 
 
 def timestamp_labels(started_at: int | None) -> Labels:
-    return {} if started_at is None else {"nvidia.com/gfd.timestamp": str(started_at)}
+    return {} if started_at is None else {TIMESTAMP: str(started_at)}
 
 
 def machine_labels(model: DeviceModel) -> Labels:

@@ -8,10 +8,16 @@ from typing import TYPE_CHECKING
 from gfd.config import Config
 from gfd.config.duration import INFINITE_NS
 from gfd.config.model import STDOUT
-from gfd.outputs import Output
+from gfd.outputs import Output, OutputError
 
 if TYPE_CHECKING:
     from gfd.metrics import Metrics
+
+
+# What the default output needs, and how to write the labels without a cluster: the hint after a failure.
+NODE_FEATURE_NEEDS = ("the NodeFeature API, the default output, needs in-cluster credentials or --kubeconfig and "
+                      "--node-name or NODE_NAME; -o FILE, -o - (stdout) or --use-node-feature-api=false write the "
+                      "labels without a cluster")
 
 
 def writes_node_feature(config: Config) -> bool:
@@ -46,5 +52,8 @@ def make_output(config: Config, metrics: Metrics | None = None,
     if writes_node_feature(config):
         from gfd.outputs.nodefeature import NodeFeatureOutput
 
-        return NodeFeatureOutput.from_config(config, metrics, on_deleted)
+        try:
+            return NodeFeatureOutput.from_config(config, metrics, on_deleted)
+        except OutputError as e:  # upstream's line first (scripts grep it), then the way out
+            raise OutputError(f"{e} ({NODE_FEATURE_NEEDS})", e.retry_after) from None
     return FeatureFile(config.output_file)
