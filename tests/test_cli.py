@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gfd.cli import main
 from tests.requirements import require_command
 
