@@ -30,11 +30,14 @@ class _Parser(argparse.ArgumentParser):
 def _build_parser(options: Sequence[Option], prog: str) -> _Parser:
     descriptions = {"gpu-feature-discovery": "GPU Feature Discovery: generate labels for NVIDIA devices",
                     "nvidia-device-plugin": "NVIDIA device plugin for Kubernetes",
-                    "config-manager": "Select this node's config by its node label and signal the main process"}
+                    "config-manager": "Select this node's config by its node label and signal the main process",
+                    "nvidia-dra-plugin": "DRA driver gpu.nvidia.com: ResourceSlices and the kubelet DRA plugin"}
     env_only = [f"{', '.join(o.envs)}: {_described(o)}" for o in options if not o.flags]
     parser = _Parser(prog=prog, description=descriptions.get(prog), allow_abbrev=False,
                      epilog="environment only: " + "; ".join(env_only) if env_only else None)
-    parser.add_argument("--version", "-v", action="version", version=__version__)
+    # `-v` is --version unless the program declares klog's verbosity flag (`-v`/`--v`) itself.
+    klog_verbosity = any("--v" in o.flags for o in options)
+    parser.add_argument("--version", *(() if klog_verbosity else ("-v",)), action="version", version=__version__)
     for opt in options:
         if not opt.flags:
             continue  # env-only (upstream has no flag for it)
