@@ -18,8 +18,9 @@ import pytest
 from gfd.discovery.simulated.profiles import PROFILE_DIR
 from gfd.model import DeviceModel, Fabric, MigDevice
 from plugin.dra import taints
+from plugin.dra.devices import mig_device_name
 from plugin.dra.sharing import ConsumableShares
-from plugin.dra.slices import Pool, mig_device_name, pool, semver
+from plugin.dra.slices import Pool, pool, semver
 from plugin.dra.topology import pcie_root, pcie_roots
 from tests import builders
 

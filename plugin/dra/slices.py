@@ -27,6 +27,7 @@ from typing import Any
 from gfd.discovery.sysfs import sysfs_address
 from gfd.model import DeviceModel, Gpu, MigDevice
 from plugin.dra.config import DRIVER_NAME
+from plugin.dra.devices import allocatable_devices, minor
 from plugin.dra.sharing import MIB, NOT_SHARED, ConsumableShares, quantity
 from plugin.dra.taints import HEALTHY, DeviceHealth
 
@@ -66,19 +67,17 @@ def pool(model: DeviceModel, node_name: str, shares: ConsumableShares = NOT_SHAR
     `pcie_roots`: PCIe root complex by NVML bus id (plugin.dra.topology), where the host tells."""
     common = _Common(model, pcie_roots or {})
     devices: list[dict[str, Any]] = []
-    counter_sets: list[dict[str, Any]] = []
-    for gpu in sorted(model.gpus, key=lambda g: (_minor(g), g.index)):
-        if not gpu.mig_enabled:
-            devices.append(_gpu_device(gpu, common, shares, health))
+    counter_sets: dict[str, dict[str, Any]] = {}
+    for device in allocatable_devices(model):
+        if device.mig is None:
+            devices.append(_gpu_device(device.name, device.gpu, common, shares, health))
             continue
-        migs = [_mig_device(gpu, m, common, shares, health) for m in gpu.mig_devices]
-        if migs:
-            devices += sorted(migs, key=lambda d: d["name"])
-            counter_sets.append(_counter_set(gpu))
+        devices.append(_mig_device(device.name, device.gpu, device.mig, common, shares, health))
+        counter_sets.setdefault(device.gpu.uuid, _counter_set(device.gpu))
     base = {"driver": DRIVER_NAME, "nodeName": node_name}
     per_slice = MAX_DEVICES_ADVANCED if counter_sets or any("taints" in d for d in devices) else MAX_DEVICES
-    contents = [{**base, "sharedCounters": counter_sets[i:i + MAX_COUNTER_SETS]}
-                for i in range(0, len(counter_sets), MAX_COUNTER_SETS)]
+    sets = list(counter_sets.values())
+    contents = [{**base, "sharedCounters": sets[i:i + MAX_COUNTER_SETS]} for i in range(0, len(sets), MAX_COUNTER_SETS)]
     contents += [{**base, "devices": devices[i:i + per_slice]} for i in range(0, len(devices), per_slice)]
     return Pool(node_name, tuple(contents))
 
@@ -92,21 +91,8 @@ def semver(version: str) -> str | None:
     return ".".join(str(int(p)) for p in (*parts, "0", "0")[:3])
 
 
-def device_name_part(text: str) -> str:
-    """Text as a part of a device name (a DNS label): lower case, anything else than [a-z0-9-] a dash."""
-    return re.sub(r"[^a-z0-9-]", "-", text.lower()).strip("-")
-
-
-def mig_device_name(parent_minor: int, mig: MigDevice) -> str:
-    """NVIDIA's name (profile id and placement start); a device whose placement was not read is named by
-    its GPU-instance and compute-instance ids instead."""
-    profile = device_name_part(mig.profile.replace(".", ""))
-    suffix = f"{mig.gi_profile_id}-{mig.placement[0]}" if mig.placement is not None else f"{mig.gi_id}-{mig.ci_id}"
-    return f"gpu-{parent_minor}-mig-{profile}-{suffix}"
-
-
 def counter_set_name(gpu: Gpu) -> str:
-    return f"gpu-{_minor(gpu)}-counter-set"
+    return f"gpu-{minor(gpu)}-counter-set"
 
 
 @dataclass(frozen=True)
@@ -145,21 +131,17 @@ def _bus_id(nvml_bus_id: str) -> str:
         return ""
 
 
-def _minor(gpu: Gpu) -> int:
-    return gpu.minor_number if gpu.minor_number is not None else gpu.index
-
-
-def _gpu_device(gpu: Gpu, common: _Common, shares: ConsumableShares, health: DeviceHealth) -> dict[str, Any]:
+def _gpu_device(name: str, gpu: Gpu, common: _Common, shares: ConsumableShares, health: DeviceHealth) -> dict[str, Any]:
     attributes = {"type": {"string": "gpu"}, "uuid": {"string": gpu.uuid}, **common.attributes(gpu),
                   f"{OURS}/index": {"int": gpu.index}}
     if gpu.fabric is not None:
         attributes[f"{OURS}/clique"] = {"string": f"{gpu.fabric.cluster_uuid}.{gpu.fabric.clique_id}"}
     memory = None if gpu.memory_mib is None else gpu.memory_mib * MIB
-    return _finish({"name": f"gpu-{_minor(gpu)}", "attributes": attributes, "capacity": {}}, memory, shares,
+    return _finish({"name": name, "attributes": attributes, "capacity": {}}, memory, shares,
                    health.as_api(gpu.uuid))
 
 
-def _mig_device(gpu: Gpu, mig: MigDevice, common: _Common, shares: ConsumableShares,
+def _mig_device(name: str, gpu: Gpu, mig: MigDevice, common: _Common, shares: ConsumableShares,
                 health: DeviceHealth) -> dict[str, Any]:
     attributes = {"type": {"string": "mig"}, "uuid": {"string": mig.uuid}, "parentUUID": {"string": gpu.uuid},
                   "profile": {"string": mig.profile}, **common.attributes(gpu),
@@ -167,9 +149,9 @@ def _mig_device(gpu: Gpu, mig: MigDevice, common: _Common, shares: ConsumableSha
     capacity = {name: {"value": str(getattr(mig, field))} for name, field in MIG_CAPACITIES}
     capacity |= {f"memorySlice{i}": {"value": "1"} for i in _memory_slices(mig)}
     counters = {name: {"value": _counter_text(name, value)} for name, value in _counters(mig).items()}
-    device = {"name": mig_device_name(_minor(gpu), mig), "attributes": attributes, "capacity": capacity,
+    result = {"name": name, "attributes": attributes, "capacity": capacity,
               "consumesCounters": [{"counterSet": counter_set_name(gpu), "counters": counters}]}
-    return _finish(device, mig.memory_mib * MIB, shares, health.as_api(gpu.uuid, mig.gi_id, mig.ci_id))
+    return _finish(result, mig.memory_mib * MIB, shares, health.as_api(gpu.uuid, mig.gi_id, mig.ci_id))
 
 
 def _finish(device: dict[str, Any], memory: int | None, shares: ConsumableShares,
