@@ -5,11 +5,12 @@ written for NVIDIA's driver match ours."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from plugin.dra.config import DRIVER_NAME
+from plugin.dra.devices import Allocatable
 
 XID = f"{DRIVER_NAME}/xid"
 GPU_LOST = f"{DRIVER_NAME}/gpu-lost"
@@ -64,3 +65,24 @@ class DeviceHealth:
 
 
 HEALTHY = DeviceHealth()
+
+
+HEALTH_HEALTHY, HEALTH_UNHEALTHY, HEALTH_UNKNOWN = "Healthy", "Unhealthy", "Unknown"
+
+
+def kubelet_health(device_taints: Sequence[Taint]) -> tuple[str, str]:
+    """A device's health as the kubelet's DRA health service reports it, read from its taints as NVIDIA reads
+    them: a lost GPU, then a critical XID, is Unhealthy; an unmonitored device Unknown; anything else Healthy."""
+    for key, message in ((GPU_LOST, "GPU is lost"), (XID, "critical XID {} reported by NVML")):
+        for taint in device_taints:
+            if taint.key == key and taint.effect != NONE:
+                return HEALTH_UNHEALTHY, message.format(taint.value)
+    if any(t.key == UNMONITORED for t in device_taints):
+        return HEALTH_UNKNOWN, "device health is not monitored"
+    return HEALTH_HEALTHY, ""
+
+
+def kubelet_view(devices: Sequence[Allocatable], health: DeviceHealth) -> dict[str, tuple[str, str]]:
+    """Health and message by device name, for every device the node offers."""
+    return {d.name: kubelet_health(health.of(d.gpu.uuid, *((d.mig.gi_id, d.mig.ci_id) if d.mig else ())))
+            for d in devices}
