@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gfd.model import DeviceModel
 from plugin.dra.checkpoint import PREPARE_STARTED, Checkpoint, PreparedDevice
@@ -245,3 +247,23 @@ def test_claims_in_the_apis_json_form() -> None:
     with pytest.raises(ClaimFormatError, match=r"status.allocation.devices.results\[0\].device: missing"):
         parse_claim({"metadata": {"namespace": "ns", "name": "c", "uid": "u"}, "status": {"allocation": {
             "devices": {"results": [{"request": "r", "driver": "d", "pool": "p"}]}}}})
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                max_size=4), max_leaves=20)
+KEYS = st.sampled_from(["metadata", "status", "allocation", "devices", "results", "namespace", "name", "uid",
+                        "request", "driver", "pool", "device", "shareID", "adminAccess", "consumedCapacity"])
+CLAIMISH = st.recursive(JSON, lambda inner: st.dictionaries(KEYS, inner, max_size=5) | st.lists(inner, max_size=2),
+                        max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(CLAIMISH)
+def test_any_json_is_a_claim_or_one_clear_error(doc: object) -> None:
+    try:
+        claim = parse_claim(doc)
+    except ClaimFormatError as e:
+        assert "\n" not in str(e) and ": " in str(e)
+    else:
+        assert claim.ref.uid and all(r.device for r in claim.results)

@@ -49,9 +49,10 @@ class ResourceClaim:
     results: tuple[AllocationResult, ...] = ()
 
 
-def parse_claim(obj: Mapping[str, Any]) -> ResourceClaim:
+def parse_claim(doc: object) -> ResourceClaim:
     """The API's JSON form of a ResourceClaim; ClaimFormatError names the first field that is not as the API
     defines it."""
+    obj = _mapping(doc, "claim")
     meta = _mapping(obj.get("metadata"), "metadata")
     ref = ClaimRef(_text(meta.get("namespace"), "metadata.namespace"), _text(meta.get("name"), "metadata.name"),
                    _text(meta.get("uid"), "metadata.uid"))
