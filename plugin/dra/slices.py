@@ -6,12 +6,12 @@ values, and capacities, so ResourceClaims and CEL selectors written for it selec
 - A MIG-enabled GPU is published as the MIG devices of its current layout (type `mig`), named as NVIDIA names
   them, `gpu-<minor>-mig-<profile>-<GI profile id>-<placement start>`; the GPU itself is not (as NVIDIA's static
   MIG: it cannot run work outside its MIG devices). Each MIG device consumes counters of its parent's counter set
-  `gpu-<minor>-counter-set` (partitionable devices, KEP 4815, in NVIDIA's counter names): what one allocation
-  takes can never be taken again by another device of the same GPU, and a full-GPU device published for the same
-  GPU (dynamic MIG) consumes the whole set.
+  `gpu-<minor>-counter-set` (partitionable devices, KEP 4815, NVIDIA's dynamic-MIG names): a device that takes
+  the whole set, as a full GPU does in NVIDIA's dynamic-MIG shape, can never be allocated together with one of
+  them.
 - Unhealthy devices carry NVIDIA's device taints; shareable devices (consumable shares) NVIDIA's request policies.
-- Our own attributes are under `gfd-py.github.io/`, a domain NVIDIA's unqualified (gpu.nvidia.com) names cannot
-  reach.
+- Our own attributes are under `gfd-py.github.io/`, a domain NVIDIA's names (unqualified: gpu.nvidia.com) cannot
+  collide with.
 
 Slices are plain dicts in the API's JSON form. Kubernetes >= 1.35 takes counter sets and devices in separate
 slices of one pool; the limits (devices per slice, counter sets per slice) are the API server's.
