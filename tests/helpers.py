@@ -1,4 +1,5 @@
-"""Small helpers the test modules share: waiting, reading a feature file, a free port, an HTTP GET."""
+"""Small helpers the test modules share: waiting, reading a feature file, a free port, an HTTP GET, a simulated
+node's device model."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gfd.discovery.simulated.install import Simulation
+from gfd.model import DeviceModel
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
@@ -53,6 +55,23 @@ def kill_all(procs: Iterable[subprocess.Popen[Any]]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def simulated_model(profile: str) -> DeviceModel:
+    """A simulated node's device model as discovery reads it (NVML opened and closed again)."""
+    from gfd.discovery.session import NodeSource
+    from gfd.discovery.simulated.install import install
+    from gfd.discovery.simulated.profiles import load_profile
+
+    sim = install(load_profile(profile))
+    source = NodeSource("auto")
+    source.host_root = sim.host_root
+    try:
+        source.open()
+        return source.read()
+    finally:
+        source.close()
+        sim.close()
 
 
 def simulation_of(program: Any) -> Simulation:

@@ -17,15 +17,13 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from gfd.discovery.session import NodeSource
-from gfd.discovery.simulated.install import install
-from gfd.discovery.simulated.profiles import load_profile
 from gfd.model import DeviceModel
 from plugin.dra import taints
 from plugin.dra.claims import AllocationResult, ClaimRef, parse_claim
 from plugin.dra.sharing import ConsumableShares
 from plugin.dra.slices import pool
 from tests import builders
+from tests.helpers import simulated_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT.parent / "shared" / "k8s" / "cluster"
@@ -80,18 +78,6 @@ def as_object(value: object) -> dict[str, Any]:
     return value
 
 
-def simulated(profile: str) -> DeviceModel:
-    sim = install(load_profile(profile))
-    source = NodeSource("auto")
-    source.host_root = sim.host_root
-    try:
-        source.open()
-        return source.read()
-    finally:
-        source.close()
-        sim.close()
-
-
 def big_mig_node() -> DeviceModel:
     """16 GPUs of 7 MIG devices each, with NVML's placements: the most counter sets and devices per slice."""
     def mig(j: int) -> Any:
@@ -109,11 +95,11 @@ def without_time_added(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 CASES: dict[str, tuple[Callable[[], DeviceModel], str, bool]] = {
-    "dgx-a100": (lambda: simulated("dgx-a100"), "disabled", False),
-    "dgx-h100 shares=4, a fault": (lambda: simulated("dgx-h100"), "4", True),
-    "a100-mig-single shares=memory, a fault": (lambda: simulated("a100-mig-single"), "memory", True),
-    "a100-80gb-mig-mixed unlimited": (lambda: simulated("a100-80gb-mig-mixed"), "unlimited", False),
-    "gh200 (fabric)": (lambda: simulated("gh200"), "disabled", False),
+    "dgx-a100": (lambda: simulated_model("dgx-a100"), "disabled", False),
+    "dgx-h100 shares=4, a fault": (lambda: simulated_model("dgx-h100"), "4", True),
+    "a100-mig-single shares=memory, a fault": (lambda: simulated_model("a100-mig-single"), "memory", True),
+    "a100-80gb-mig-mixed unlimited": (lambda: simulated_model("a100-80gb-mig-mixed"), "unlimited", False),
+    "gh200 (fabric)": (lambda: simulated_model("gh200"), "disabled", False),
     "16 GPUs x 7 MIG devices with placements": (big_mig_node, "disabled", True),
 }
 

@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 
 from gfd.discovery.simulated.profiles import PROFILE_DIR
-from gfd.model import DeviceModel, Fabric, MigDevice
+from gfd.model import Fabric, MigDevice
 from plugin.dra import taints
 from plugin.dra.devices import mig_device_name
 from plugin.dra.sharing import ConsumableShares
 from plugin.dra.slices import Pool, pool, semver
 from plugin.dra.topology import pcie_root, pcie_roots
 from tests import builders
+from tests.helpers import simulated_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MOCK = ROOT.parent / "shared" / "nvml-mock"
@@ -233,22 +234,6 @@ def test_pcie_roots_come_from_the_sysfs_device_path(tmp_path: Path) -> None:
     assert pcie_root("00000000:07:00.0", str(tmp_path)) == "pci0000:00"
     assert pcie_roots(["00000000:07:00.0", "00000000:0F:00.0", "00000000:99:00.0"], str(tmp_path)) == \
         {"00000000:07:00.0": "pci0000:00"}
-
-
-def simulated_model(profile: str) -> DeviceModel:
-    from gfd.discovery.session import NodeSource
-    from gfd.discovery.simulated.install import install
-    from gfd.discovery.simulated.profiles import load_profile
-
-    sim = install(load_profile(profile))
-    source = NodeSource("auto")
-    source.host_root = sim.host_root
-    try:
-        source.open()
-        return source.read()
-    finally:
-        source.close()
-        sim.close()
 
 
 def simulated_pool(profile: str) -> Pool:
