@@ -31,6 +31,8 @@ class MigDevice:
     encoders: int
     jpeg_engines: int
     ofa_engines: int
+    # The GPU instance's placement in memory slices (start, size): NVML's GPU-instance info; None when not read.
+    placement: tuple[int, int] | None = None
 
     @property
     def label_profile(self) -> str:

@@ -100,7 +100,7 @@ class ServeError(Exception):
     """A resource's socket cannot be served; the message is one line."""
 
 
-def _answers(path: str) -> bool:
+def answers(path: str) -> bool:
     """True when something accepts connections on the unix socket `path`."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(0.5)
@@ -126,7 +126,7 @@ class ResourceServer:
         """ServeError when another live process serves this socket (it is left alone) or it cannot be bound."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         if os.path.exists(self.path):
-            if _answers(self.path):
+            if answers(self.path):
                 raise ServeError(f"{self.path} is served by another running device plugin; not taking it over")
             os.unlink(self.path)  # a stale socket from an earlier run
         # One worker per concurrent ListAndWatch (the kubelet's, plus one during a re-registration)

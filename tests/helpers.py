@@ -1,5 +1,5 @@
 """Small helpers the test modules share: waiting, reading a feature file, a free port, an HTTP GET, shared objects
-and linker caches built by the real toolchain."""
+and linker caches built by the real toolchain, a simulated node's device model."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gfd.discovery.simulated.install import Simulation
+from gfd.model import DeviceModel
 from tests.requirements import require_command, require_commands
 
 
@@ -56,6 +57,23 @@ def kill_all(procs: Iterable[subprocess.Popen[Any]]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def simulated_model(profile: str) -> DeviceModel:
+    """A simulated node's device model as discovery reads it (NVML opened and closed again)."""
+    from gfd.discovery.session import NodeSource
+    from gfd.discovery.simulated.install import install
+    from gfd.discovery.simulated.profiles import load_profile
+
+    sim = install(load_profile(profile))
+    source = NodeSource("auto")
+    source.host_root = sim.host_root
+    try:
+        source.open()
+        return source.read()
+    finally:
+        source.close()
+        sim.close()
 
 
 def simulation_of(program: Any) -> Simulation:

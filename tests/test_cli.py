@@ -172,7 +172,8 @@ def test_version_names_ours_and_the_upstream_release_it_follows(program: str, up
         proc = subprocess.run([str(Path(sys.executable).parent / program), flag], capture_output=True, text=True,
                               timeout=60, check=False, env={"PATH": os.environ["PATH"], "COLUMNS": "20"})
         assert proc.returncode == 0
-        assert proc.stdout == f"{program} {__version__} (follows NVIDIA {upstream} {UPSTREAM_VERSION})\n"
+        assert proc.stdout == \
+            f"{program} {__version__} (follows NVIDIA {upstream} {UPSTREAM_VERSION} (NVIDIA/k8s-device-plugin))\n"
     assert UPSTREAM_VERSION == "v0.20.0"  # the release shared/reference/ describes
 
 

@@ -31,6 +31,8 @@ CONFIG_FILE = Option(("--config-file",), ("CONFIG_FILE",), "str", "",
                      help="the path to a config file as an alternative to command line options or environment "
                           "variables")
 KUBECONFIG = Option(("--kubeconfig",), ("KUBECONFIG",), "str", "", help="absolute path to the kubeconfig")
+KUBE_API_QPS = Option(("--kube-api-qps",), ("KUBE_API_QPS",), "float", 5.0, help="QPS to the API server")
+KUBE_API_BURST = Option(("--kube-api-burst",), ("KUBE_API_BURST",), "int", 10, help="burst to the API server")
 NODE_NAME = Option(("--node-name",), ("NODE_NAME",), "str", "", help="the name of this node")
 # Ours, not upstream's.
 SIMULATE = Option(("--simulate",), (), "str", "",

@@ -28,19 +28,24 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError("command line", "", message, "see --help")
 
 
-# Each program's --help description, and the upstream program (of NVIDIA/k8s-device-plugin) it replaces.
+# Each program's --help description, and the upstream program and release it replaces.
+_DEVICE_PLUGIN_REPO = f"{UPSTREAM_VERSION} (NVIDIA/k8s-device-plugin)"
 _PROGRAMS = {
-    "gpu-feature-discovery": ("GPU Feature Discovery: generate labels for NVIDIA devices", "gpu-feature-discovery"),
-    "nvidia-device-plugin": ("NVIDIA device plugin for Kubernetes", "nvidia-device-plugin"),
-    "config-manager": ("Select this node's config by its node label and signal the main process", "config-manager"),
-    "mps-control-daemon": (None, "mps-control-daemon"),
+    "gpu-feature-discovery": ("GPU Feature Discovery: generate labels for NVIDIA devices",
+                              f"gpu-feature-discovery {_DEVICE_PLUGIN_REPO}"),
+    "nvidia-device-plugin": ("NVIDIA device plugin for Kubernetes", f"nvidia-device-plugin {_DEVICE_PLUGIN_REPO}"),
+    "config-manager": ("Select this node's config by its node label and signal the main process",
+                       f"config-manager {_DEVICE_PLUGIN_REPO}"),
+    "mps-control-daemon": (None, f"mps-control-daemon {_DEVICE_PLUGIN_REPO}"),
+    "nvidia-dra-plugin": ("DRA driver gpu.nvidia.com: ResourceSlices and the kubelet DRA plugin",
+                          "gpu-kubelet-plugin v0.5.0-dev (kubernetes-sigs/dra-driver-nvidia-gpu)"),
 }
 
 
 def version_line(prog: str) -> str:
     """Ours, and the upstream release a program follows (flags, labels, behaviour)."""
     upstream = _PROGRAMS.get(prog, (None, ""))[1]
-    follows = f" (follows NVIDIA {upstream} {UPSTREAM_VERSION})" if upstream else ""
+    follows = f" (follows NVIDIA {upstream})" if upstream else ""
     return f"{prog} {__version__}{follows}"
 
 
@@ -63,7 +68,10 @@ def _build_parser(options: Sequence[Option], prog: str) -> _Parser:
     env_only = [f"{', '.join(o.envs)}: {_described(o)}" for o in options if not o.flags]
     parser = _Parser(prog=prog, description=description, allow_abbrev=False,
                      epilog="environment only: " + "; ".join(env_only) if env_only else None)
-    parser.add_argument("--version", "-v", action=_Version, nargs=0, help="show the version and exit")
+    # `-v` is --version unless the program declares klog's verbosity flag (`-v`/`--v`) itself.
+    klog_verbosity = any("--v" in o.flags for o in options)
+    parser.add_argument("--version", *(() if klog_verbosity else ("-v",)), action=_Version, nargs=0,
+                        help="show the version and exit")
     for opt in options:
         if not opt.flags:
             continue  # env-only (upstream has no flag for it)

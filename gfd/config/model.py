@@ -89,10 +89,8 @@ class Config:
     node_name: str = common.NODE_NAME.field()
     pod_name: str = Option(("--pod-name",), ("POD_NAME",), "str", "", help="the name of this pod").field()
     kubeconfig: str = common.KUBECONFIG.field()
-    kube_api_qps: float = Option(("--kube-api-qps",), ("KUBE_API_QPS",), "float", 5.0,
-                                 help="QPS to the API server").field()
-    kube_api_burst: int = Option(("--kube-api-burst",), ("KUBE_API_BURST",), "int", 10,
-                                 help="burst to the API server").field()
+    kube_api_qps: float = common.KUBE_API_QPS.field()
+    kube_api_burst: int = common.KUBE_API_BURST.field()
     # Ours, not upstream's.
     simulate: str = common.SIMULATE.field(envs=("GFD_SIMULATE",))
     log_format: str = common.LOG_FORMAT.field(envs=("GFD_LOG_FORMAT",))

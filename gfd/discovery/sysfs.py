@@ -83,7 +83,7 @@ class PciFacts:
         self.host_root = host_root
 
     def _read(self, bus_id: str, name: str) -> str:
-        return read_attribute(os.path.join(self.host_root, PCI_DEVICES, _sysfs_address(bus_id), name))
+        return read_attribute(os.path.join(self.host_root, PCI_DEVICES, sysfs_address(bus_id), name))
 
     def pci_class(self, bus_id: str) -> int | None:
         """The 24-bit PCI class; None (warned) when sysfs cannot tell."""
@@ -102,7 +102,7 @@ class PciFacts:
         return node if node >= 0 else None
 
 
-def _sysfs_address(bus_id: str) -> str:
+def sysfs_address(bus_id: str) -> str:
     """NVML bus ids carry an 8-digit domain (`00000000:07:00.0`); sysfs uses 4 (`0000:07:00.0`)."""
     domain, rest = bus_id.lower().split(":", 1)
     return f"{int(domain, 16):04x}:{rest}"

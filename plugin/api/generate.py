@@ -1,5 +1,6 @@
-"""Regenerate the modules of api.proto (the Device Plugin API) and podresources.proto (the kubelet's
-PodResources API): <name>_pb2.py, <name>_pb2.pyi, <name>_pb2_grpc.py (needs grpcio-tools: pip install '.[dev]')."""
+"""Regenerate the modules of api.proto (the Device Plugin API), podresources.proto (the kubelet's
+PodResources API), and the DRA driver's kubelet APIs (dra_v1.proto, dra_v1beta1.proto, pluginregistration.proto,
+dra_health.proto): <name>_pb2.py, <name>_pb2.pyi, <name>_pb2_grpc.py (needs grpcio-tools: pip install '.[dev]')."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 
 from grpc_tools import protoc
 
-PROTOS = ("api", "podresources")
+PROTOS = ("api", "podresources", "dra_v1", "dra_v1beta1", "pluginregistration", "dra_health")
 
 
 def main() -> None:

@@ -1,0 +1,194 @@
+"""Prepared claims, kept on disk so prepare stays idempotent and unprepare works after a plugin restart.
+
+One JSON file in the plugin's directory (`<kubelet plugins dir>/gpu.nvidia.com/checkpoint.json`, as NVIDIA's),
+replaced atomically on every change: written to a temporary file in the same directory, flushed to disk, renamed
+over the old one, and the directory flushed, so a crash at any point leaves either the old file or the new one.
+A checksum over the content catches a file damaged some other way (a disk error, a hand edit); such a file is
+kept aside for inspection and the plugin starts with no prepared claims instead of crash-looping, as NVIDIA's
+does: a later unprepare of an unknown claim still succeeds and removes its CDI spec.
+
+The node's boot id is recorded: prepared state (CDI specs under /var/run, MPS daemons, MIG layouts) does not
+survive a reboot, so a checkpoint from an earlier boot is dropped at start (NVIDIA PR #1066) and the kubelet's
+prepare calls after the reboot prepare again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from gfd.config.reading import read_text
+
+log = structlog.get_logger("plugin.dra")
+
+FILE_NAME = "checkpoint.json"
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+VERSION = 1
+PREPARE_STARTED = "PrepareStarted"  # side effects may have begun; unprepare must undo them
+PREPARE_COMPLETED = "PrepareCompleted"
+STATES = (PREPARE_STARTED, PREPARE_COMPLETED)
+READ_LIMIT = 64 * 1024 * 1024  # a checkpoint of thousands of claims is well below this
+
+
+class CheckpointError(Exception):
+    """The checkpoint could not be written (the claim's operation fails; the old file is intact)."""
+
+
+@dataclass(frozen=True)
+class PreparedDevice:
+    """A device of a prepared claim, as the kubelet was (or will be) told."""
+
+    request_names: tuple[str, ...]
+    pool: str
+    device: str
+    cdi_device_ids: tuple[str, ...]
+    share_id: str | None = None
+    admin_access: bool = False
+
+
+@dataclass(frozen=True)
+class PreparedClaim:
+    uid: str
+    namespace: str
+    name: str
+    state: str
+    devices: tuple[PreparedDevice, ...] = ()
+
+
+class Checkpoint:
+    """The prepared claims by UID, loaded once and written through on every change. Not thread-safe: the
+    prepare core serialises its callers."""
+
+    def __init__(self, directory: str, boot_id: str) -> None:
+        self.path = os.path.join(directory, FILE_NAME)
+        self.boot_id = boot_id
+        self.claims: dict[str, PreparedClaim] = self._load()
+
+    def get(self, uid: str) -> PreparedClaim | None:
+        return self.claims.get(uid)
+
+    def put(self, claim: PreparedClaim) -> None:
+        self._write({**self.claims, claim.uid: claim})
+
+    def remove(self, uid: str) -> None:
+        if uid in self.claims:
+            self._write({k: v for k, v in self.claims.items() if k != uid})
+
+    def _write(self, claims: dict[str, PreparedClaim]) -> None:
+        """The new content on disk first, then in memory: a failed write changes neither."""
+        body = {"version": VERSION, "nodeBootID": self.boot_id,
+                "preparedClaims": {uid: _claim_json(c) for uid, c in sorted(claims.items())}}
+        text = json.dumps({**body, "checksum": _checksum(body)}, indent=1, sort_keys=True)
+        try:
+            write_atomically(self.path, text.encode())
+        except OSError as e:
+            raise CheckpointError(f"unable to update checkpoint {self.path}: {e.strerror or e}") from None
+        self.claims = claims
+
+    def _load(self) -> dict[str, PreparedClaim]:
+        _remove_temporaries(self.path)
+        if not os.path.lexists(self.path):
+            return {}
+        try:
+            doc = json.loads(read_text(self.path, "checkpoint", limit=READ_LIMIT))
+            claims, boot_id = _parse(doc)
+        except Exception as e:  # whatever is wrong with it, the plugin must start
+            kept = f"{self.path}.corrupt"
+            try:
+                os.replace(self.path, kept)
+            except OSError as move:
+                kept = f"not kept: {move.strerror or move}"  # the next write replaces it
+            log.error("checkpoint unreadable; starting with no prepared claims", path=self.path, kept=kept,
+                      error=" ".join(str(e).split()))
+            return {}
+        if boot_id != self.boot_id:
+            log.info("node rebooted since the checkpoint was written; its prepared claims are dropped",
+                     claims=len(claims), checkpoint_boot_id=boot_id, boot_id=self.boot_id)
+            return {}
+        return claims
+
+
+def read_boot_id(path: str = BOOT_ID_PATH) -> str:
+    """The kernel's id of this boot ("" where there is none: such a node's checkpoint never expires)."""
+    try:
+        return read_text(path, "boot id", limit=4096).strip()
+    except Exception as e:
+        log.warning("boot id unreadable; a reboot will not be noticed", path=path, error=str(e))
+        return ""
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content, never a mix."""
+    directory = os.path.dirname(path) or "."
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power loss
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_temporaries(path: str) -> None:
+    """Temporary files of writes a crash interrupted (their content never became the checkpoint)."""
+    directory, base = os.path.dirname(path) or ".", os.path.basename(path)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(f".{base}.") and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError as e:
+                log.warning("leftover checkpoint temporary not removed", file=name, error=str(e))
+
+
+def _checksum(body: Mapping[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _claim_json(c: PreparedClaim) -> dict[str, Any]:
+    return {"namespace": c.namespace, "name": c.name, "state": c.state, "devices": [
+        {"requestNames": list(d.request_names), "poolName": d.pool, "deviceName": d.device,
+         "cdiDeviceIDs": list(d.cdi_device_ids), **({"shareID": d.share_id} if d.share_id is not None else {}),
+         **({"adminAccess": True} if d.admin_access else {})} for d in c.devices]}
+
+
+def _parse(doc: Any) -> tuple[dict[str, PreparedClaim], str]:
+    """ValueError/KeyError/TypeError for anything but a checkpoint this code wrote."""
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        raise ValueError(f"not a version {VERSION} checkpoint")
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    if doc.get("checksum") != _checksum(body):
+        raise ValueError("checksum mismatch")
+    claims = {}
+    for uid, c in doc["preparedClaims"].items():
+        if c["state"] not in STATES:
+            raise ValueError(f"claim {uid}: unknown state {c['state']!r}")
+        devices = tuple(PreparedDevice(tuple(_strings(d["requestNames"])), str(d["poolName"]), str(d["deviceName"]),
+                                       tuple(_strings(d["cdiDeviceIDs"])), d.get("shareID"),
+                                       d.get("adminAccess") is True) for d in c["devices"])
+        claims[str(uid)] = PreparedClaim(str(uid), str(c["namespace"]), str(c["name"]), c["state"], devices)
+    return claims, str(doc["nodeBootID"])
+
+
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("expected a list of strings")
+    return value
