@@ -40,6 +40,10 @@ def test_mig_devices_walk(simulate: Any) -> None:
         gi = pynvml.nvmlDeviceGetGpuInstanceById(parent, pynvml.nvmlDeviceGetGpuInstanceId(mig))
         # The driver's profile ID (9 for 3g.40gb), not the NVML_GPU_INSTANCE_PROFILE_3_SLICE index (2).
         assert pynvml.nvmlGpuInstanceGetInfo(gi).profileId == 9
+        # Where the driver put it, in memory slices: the 3g.40gb takes 4 from slice 4, which leaves the
+        # 2g.20gb and the two 1g.10gb of the layout slices 0-3 (`nvidia-smi mig -lgipp`: 9 {0,4}:4).
+        placement = pynvml.nvmlGpuInstanceGetInfo(gi).placement
+        assert (placement.start, placement.size) == (4, 4)
         info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(parent, pynvml.NVML_GPU_INSTANCE_PROFILE_3_SLICE, 1)
         assert (info.id, info.sliceCount, info.memorySizeMB) == (9, 3, 40192)
         with pytest.raises(pynvml.NVMLError_NotSupported):  # no 8-slice profile on an A100
@@ -98,3 +102,14 @@ def test_lost_gpu_and_per_gpu_faults(simulate: Any) -> None:
         assert pynvml.nvmlDeviceGetBrand(pynvml.nvmlDeviceGetHandleByIndex(0)) == pynvml.NVML_BRAND_TESLA
     finally:
         pynvml.nvmlShutdown()
+
+
+def test_a_mig_layout_that_cannot_exist_is_refused() -> None:
+    """Two 4g instances need 8 memory slices from the one placement a 4g profile has (5 {0}:4)."""
+    from gfd.config import ConfigError
+    from gfd.discovery.simulated.profiles import build_node
+
+    with pytest.raises(ConfigError, match=r"gpus\[0\]\.mig: MIG layout .* does not fit the GPU's 8 memory slices"):
+        build_node({"gpus": [{"model": "A100-SXM4-40GB", "mig": ["4g.20gb", "4g.20gb"]}]}, "<test>")
+    placed = build_node({"gpus": [{"model": "A100-SXM4-40GB", "mig": ["3g.20gb", "3g.20gb"]}]}, "<test>")
+    assert [m.placement for m in placed.gpus[0].mig] == [(0, 4), (4, 4)]

@@ -264,6 +264,20 @@ def test_the_mixed_mig_node_publishes_each_layout() -> None:
     assert any(name.startswith("gpu-6-mig-1g10gb-me-") for name in named)
 
 
+def test_mig_devices_read_through_nvml_carry_nvidias_names_and_memory_slices() -> None:
+    """The simulated driver's placements (`nvidia-smi mig -lgipp`: 3g.40gb 9 {0,4}:4, 2g.20gb 14 {0,2,4}:2,
+    1g.10gb 19 {0..6}:1) read through NVML: GPU 0's 3g.40gb sits on slices 4-7, its 2g.20gb on 0-1."""
+    named = by_name(simulated_pool("a100-80gb-mig-mixed"))
+    gpu0 = {name: d for name, d in named.items() if name.startswith("gpu-0-")}
+    assert sorted(gpu0) == ["gpu-0-mig-1g10gb-19-2", "gpu-0-mig-1g10gb-19-3", "gpu-0-mig-2g20gb-14-0",
+                            "gpu-0-mig-3g40gb-9-4"]
+    slices = {name: sorted(k for k in d["capacity"] if k.startswith("memorySlice")) for name, d in gpu0.items()}
+    assert slices == {"gpu-0-mig-1g10gb-19-2": ["memorySlice2"], "gpu-0-mig-1g10gb-19-3": ["memorySlice3"],
+                      "gpu-0-mig-2g20gb-14-0": ["memorySlice0", "memorySlice1"],
+                      "gpu-0-mig-3g40gb-9-4": [f"memorySlice{i}" for i in range(4, 8)]}
+    assert sorted(n for n in named if n.startswith("gpu-2-")) == ["gpu-2-mig-7g80gb-0-0"]
+
+
 def to_int(value: str) -> int:
     units = {"Ki": 1024, "Mi": 1024**2, "Gi": GI}
     return int(value[:-2]) * units[value[-2:]] if value[-2:] in units else int(value)

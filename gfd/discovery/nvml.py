@@ -387,7 +387,8 @@ class NvmlReader:
         gi_id = call(pynvml.nvmlDeviceGetGpuInstanceId, handle)
         ci_id = call(pynvml.nvmlDeviceGetComputeInstanceId, handle)
         gi = call(pynvml.nvmlDeviceGetGpuInstanceById, parent, gi_id)
-        gi_profile_id = call(pynvml.nvmlGpuInstanceGetInfo, gi).profileId
+        gi_info = call(pynvml.nvmlGpuInstanceGetInfo, gi)
+        gi_profile_id = gi_info.profileId
         gi_profile = self._gi_profile_index(parent, product, gi_profile_id)
         ci = call(pynvml.nvmlGpuInstanceGetComputeInstanceById, gi, ci_id)
         ci_profile_id = call(pynvml.nvmlComputeInstanceGetInfo, ci).profileId
@@ -409,6 +410,9 @@ class NvmlReader:
             encoders=attrs.sharedEncoderCount,
             jpeg_engines=attrs.sharedJpegCount,
             ofa_engines=attrs.sharedOfaCount,
+            # In memory slices; a size of 0 is a driver that did not say (the DRA driver then names the device
+            # by its instance ids).
+            placement=(gi_info.placement.start, gi_info.placement.size) if gi_info.placement.size else None,
         )
 
     def _gi_profile_index(self, parent: Any, product: str, profile_id: int) -> int:

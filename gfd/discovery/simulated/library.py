@@ -83,8 +83,9 @@ class _Struct:
                     ("sharedOfaCount", c_uint), ("gpuInstanceSliceCount", c_uint),
                     ("computeInstanceSliceCount", c_uint), ("memorySizeMB", ctypes.c_ulonglong)]
 
-    class GpuInstanceInfo(ctypes.Structure):
-        _fields_ = [("device", c_void_p), ("id", c_uint), ("profileId", c_uint)]
+    class GpuInstanceInfo(ctypes.Structure):  # nvmlGpuInstanceInfo_t
+        _fields_ = [("device", c_void_p), ("id", c_uint), ("profileId", c_uint),
+                    ("placementStart", c_uint), ("placementSize", c_uint)]  # nvmlGpuInstancePlacement_t, inline
 
     class GpuInstanceProfileInfo(ctypes.Structure):  # nvmlGpuInstanceProfileInfo_t (v1)
         _fields_ = [("id", c_uint), ("isP2pSupported", c_uint), ("sliceCount", c_uint), ("instanceCount", c_uint),
@@ -537,6 +538,8 @@ class SimulatedLibrary:
     def _gi_info(self, ref: _InstanceRef, ptr: int) -> int:
         info = _Struct.GpuInstanceInfo.from_address(ptr)
         info.device, info.id, info.profileId = self._handle(ref.gpu), ref.mig.gi_id, ref.mig.gi_profile_id
+        if ref.mig.placement is not None:
+            info.placementStart, info.placementSize = ref.mig.placement
         return SUCCESS
 
     @staticmethod

@@ -38,9 +38,14 @@ class SimMig:
     encoder: int = 0
     jpeg: int = 0
     ofa: int = 0
+    # Where the driver may place the profile's GPU instance: the first memory slice of each placement, and
+    # how many memory slices one takes (`nvidia-smi mig -lgipp`: `{0,2,4}:2`).
+    placements: tuple[int, ...] = ()
+    memory_slices: int = 0
     gi_id: int = 0
     ci_id: int = 0
     uuid: str = ""
+    placement: tuple[int, int] | None = None  # (start, size) of this instance, as nvmlGpuInstanceGetInfo
 
 
 @dataclass(eq=False)
@@ -287,12 +292,13 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
             reserved_mib=int(spec.get("reserved_mib", 0)),
             vgpu_licensed=bool(spec.get("vgpu_licensed", True)),
         )
-        gpu.mig_profiles = {name: SimMig(profile=name, **fields) for name, fields in profiles.items()}
+        gpu.mig_profiles = {name: _profile(name, fields) for name, fields in profiles.items()}
         if layout is not None:
             if not gpu.mig_capable:
                 raise ConfigError(src, f"{field_name}.mig", f"{gpu.name} is not MIG-capable")
             gpu.mig_enabled = True
             gpu.mig = [_mig(p, profiles, gi_id, f"{field_name}.mig[{gi_id}]", src) for gi_id, p in enumerate(layout)]
+            _place(gpu.mig, f"{field_name}.mig", src)
         out.append(gpu)
     return out
 
@@ -300,7 +306,40 @@ def _gpu_group(group: Any, field_name: str, src: str, start: int) -> list[SimGpu
 def _mig(profile: str, profiles: dict[str, Any], gi_id: int, field_name: str, src: str) -> SimMig:
     if profile not in profiles:
         raise ConfigError(src, field_name, f"unknown MIG profile {short(profile)}", ", ".join(profiles))
-    return SimMig(profile=profile, gi_id=gi_id + 1, ci_id=0, **profiles[profile])
+    return _profile(profile, {**profiles[profile], "gi_id": gi_id + 1, "ci_id": 0})
+
+
+def _profile(name: str, fields: dict[str, Any]) -> SimMig:
+    return SimMig(profile=name, **{**fields, "placements": tuple(fields.get("placements", ()))})
+
+
+MEMORY_SLICES = 8  # every MIG-capable GPU: 8 memory slices, 7 compute slices (see the model files' sources)
+
+
+def _place(migs: list[SimMig], field_name: str, src: str) -> None:
+    """Give each GPU instance of a layout a placement, as the driver does when it creates them: no two may share
+    a memory slice. Which placement the driver picks when none is asked for is not documented; this takes the
+    first assignment, in layout order, that fits them all (a search over at most 7 instances). A layout that
+    cannot exist on the GPU is refused, as `nvidia-smi mig -cgi` refuses it."""
+    def fit(i: int, used: frozenset[int]) -> list[tuple[int, int]] | None:
+        if i == len(migs):
+            return []
+        size = migs[i].memory_slices
+        for start in migs[i].placements:
+            slices = frozenset(range(start, start + size))
+            if slices & used or start + size > MEMORY_SLICES:
+                continue
+            rest = fit(i + 1, used | slices)
+            if rest is not None:
+                return [(start, size), *rest]
+        return None
+
+    found = fit(0, frozenset())
+    if found is None:
+        raise ConfigError(src, field_name, f"MIG layout {short([m.profile for m in migs])} does not fit the GPU's "
+                          f"{MEMORY_SLICES} memory slices", "GPU instances whose placements do not overlap")
+    for mig, placement in zip(migs, found, strict=True):
+        mig.placement = placement
 
 
 def _fault(raw: Any, field_name: str, src: str) -> Fault:
