@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gfd.model import DeviceModel
-from plugin.dra.checkpoint import PREPARE_STARTED, Checkpoint, PreparedDevice
+from plugin.dra.checkpoint import Checkpoint, PreparedDevice
 from plugin.dra.claims import AllocationResult, ClaimFormatError, ClaimRef, ResourceClaim, parse_claim
 from plugin.dra.devices import Allocatable, allocatable_devices
 from plugin.dra.prepare import Prepared, Preparer, cdi_device_id, claim_spec_file
@@ -204,8 +205,7 @@ def test_a_failed_spec_write_is_undone_by_unprepare(world: tuple[Claims, Specs, 
     specs.fail = "Read-only file system"
     assert p.prepare([ref])["uid-a"].error == ("error preparing devices for claim default/c:uid-a: unable to create "
                                                "CDI spec file for claim: Read-only file system")
-    started = p.checkpoint.get("uid-a")
-    assert started is not None and started.state == PREPARE_STARTED
+    assert p.checkpoint.get("uid-a") is None  # nothing was prepared: nothing is checkpointed
     specs.fail = ""
     # A prepare that did not complete does not hold the device against others.
     assert not p.prepare([claims.add("d", "uid-b", "gpu-0")])["uid-b"].error
@@ -267,3 +267,19 @@ def test_any_json_is_a_claim_or_one_clear_error(doc: object) -> None:
         assert "\n" not in str(e) and ": " in str(e)
     else:
         assert claim.ref.uid and all(r.device for r in claim.results)
+
+
+def test_a_prepare_writes_the_checkpoint_once(world: tuple[Claims, Specs, Preparer],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each write flushes to disk twice (file and directory): one write per prepare keeps its latency low."""
+    claims, _, p = world
+    writes: list[int] = []
+    real = p.checkpoint._write
+
+    def counted(claims: dict[str, Any]) -> None:
+        writes.append(len(claims))
+        real(claims)
+
+    monkeypatch.setattr(p.checkpoint, "_write", counted)
+    assert not p.prepare([claims.add("c", "uid-a", "gpu-0", "gpu-1")])["uid-a"].error
+    assert writes == [1]

@@ -4,8 +4,8 @@ API server, or an informer's cache of it) and the per-claim CDI spec writer.
 Per claim, never for the batch: every failure is that claim's `error`, worded as NVIDIA's driver and the kubelet
 plugin helper word it, so the kubelet retries only what failed. Prepared claims are checkpointed, so prepare is
 idempotent (a claim already prepared answers from the checkpoint without reading the API) and unprepare works
-after a restart. A device prepared for one claim is refused to another unless it allows multiple allocations
-(consumable shares) or either allocation is for admin access.
+after a restart; a prepare writes the checkpoint once. A device prepared for one claim is refused to another
+unless it allows multiple allocations (consumable shares) or either allocation is for admin access.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Protocol
 
 import structlog
 
-from plugin.dra.checkpoint import PREPARE_COMPLETED, PREPARE_STARTED, Checkpoint, PreparedClaim, PreparedDevice
+from plugin.dra.checkpoint import PREPARE_COMPLETED, Checkpoint, PreparedClaim, PreparedDevice
 from plugin.dra.claims import ClaimRef, ResourceClaim
 from plugin.dra.config import DRIVER_NAME
 from plugin.dra.devices import Allocatable
@@ -127,7 +127,10 @@ class Preparer:
             self._refuse_overlaps(ref.uid, [r.device for r in results if not r.admin_access], fail)
             devices = tuple(PreparedDevice((r.base_request,), r.pool, r.device, (cdi_device_id(ref.uid, r.device),),
                                            r.share_id, r.admin_access) for r in results)
-            self._checkpoint(PreparedClaim(ref.uid, ref.namespace, ref.name, PREPARE_STARTED, devices), fail)
+            # One checkpoint write per prepare, after the spec: the spec is this prepare's only side effect, and
+            # unprepare removes a claim's spec whether or not the claim was checkpointed, so a crash between the
+            # two leaves nothing that unprepare (or the kubelet's retried prepare) does not clean up. (NVIDIA's
+            # PrepareStarted write before the work is for side effects that only the checkpoint can name.)
             if devices:
                 unique = list(dict.fromkeys(r.device for r in results))  # one spec device per device of the claim
                 try:
