@@ -32,7 +32,7 @@ class NodeDevices:
 
 def read_node_devices(config: PluginConfig, resources: list[Resource], root: str = "/") -> NodeDevices:
     """`root` is where the container's / is for these reads (a simulated node's tree in tests)."""
-    minors = _mig_minors(root) if config.pass_device_specs or config.cdi_enabled else {}
+    minors = mig_minors(root) if config.pass_device_specs or config.cdi_enabled else {}
     if config.pass_device_specs:
         for device in (d for r in resources for d in r.devices):
             if device.gpu.minor_number is None:
@@ -58,7 +58,7 @@ def mig_cap_nodes(gpu_minor: int | None, mig: MigDevice, minors: dict[str, int])
     return nodes[0], nodes[1]
 
 
-def _mig_minors(root: str) -> dict[str, int]:
+def mig_minors(root: str) -> dict[str, int]:
     """`gpu0/gi1/access 21` lines; missing file = no MIG on this host."""
     try:
         with open(host_path(root, MIG_MINORS), encoding="ascii") as f:

@@ -1,0 +1,94 @@
+"""One CDI spec per prepared claim, as NVIDIA's driver writes them: `<cdi root>/k8s.gpu.nvidia.com-claim_<uid>.json`,
+kind `k8s.gpu.nvidia.com/claim`, a device `<claim uid>-<device>` per allocated device with its device nodes (a MIG
+device: its parent's node and its GPU- and compute-instance capability nodes), and as the spec's common edits the
+same driver files, control nodes, environment (NVIDIA_VISIBLE_DEVICES=void) and hooks as the device plugin's
+specs (plugin/cdi/edits.py). JSON, as the device plugin's specs; the container runtime reads both JSON and YAML,
+and a YAML spec left by NVIDIA's driver for the same claim is removed too.
+
+What is read from the node (driver files, control nodes, MIG capability minors) is read once at start; a
+device's nodes once per device, at its first prepare.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gfd.discovery.sysfs import device_root, host_path
+from gfd.model import DeviceModel
+from gfd.outputs import OutputError
+from gfd.outputs.featurefile import write_atomically
+from plugin.cdi import CdiError
+from plugin.cdi.driver import find_driver_files
+from plugin.cdi.edits import CONTROL_NODES, HookSettings, common_edits, gpu_nodes, mig_nodes
+from plugin.cdi.roots import Roots
+from plugin.cdi.spec import ContainerEdits, Device, Spec
+from plugin.cdi.store import SPEC_MODE
+from plugin.dra.devices import Allocatable
+from plugin.dra.prepare import CDI_CLASS, CDI_VENDOR, cdi_device_name, claim_spec_file
+from plugin.host import mig_minors
+
+SPEC_EXTENSIONS = ("json", "yaml")  # what we write, and what NVIDIA's driver writes
+# NVIDIA's DRA driver's specs have the four hooks of shared/reference/dra.md §4; nvidia-ctk's newer
+# update-application-profile (the device plugin's fifth) is not among them.
+DRA_DISABLED_HOOKS = frozenset({"update-application-profile"})
+
+
+def dra_roots(container_driver_root: str, host_driver_root: str, host_root: str = "/") -> Roots:
+    """Where the driver's files and device nodes are for our reads (`--container-driver-root`, under `host_root`,
+    a simulated node's tree in tests) and as the host names them (`--nvidia-driver-root`): device nodes under
+    the driver root when it has them (a driver container), else the host's /dev."""
+    mounted = host_path(host_root, container_driver_root)
+    driver = mounted if os.path.isdir(mounted) else host_root
+    dev = device_root(host_root, container_driver_root)
+    return Roots(driver, dev, host_driver_root, host_driver_root if dev == mounted else "/")
+
+
+@dataclass(frozen=True)
+class NodeEdits:
+    """What every claim's spec shares, read from the node once."""
+
+    roots: Roots
+    common: ContainerEdits
+    mig_cap_minors: Mapping[str, int]
+
+    @classmethod
+    def read(cls, model: DeviceModel, roots: Roots, hook_path: str, host_root: str = "/") -> NodeEdits:
+        """CdiError (one line) when the driver's files cannot be found: fatal at start, as NVIDIA's."""
+        files = find_driver_files(roots.driver, model.driver_version)
+        common = common_edits(files, roots.nodes(CONTROL_NODES), roots, HookSettings(hook_path, DRA_DISABLED_HOOKS))
+        return cls(roots, common, mig_minors(host_root))
+
+
+class ClaimSpecFiles:
+    """The ClaimSpecs of plugin.dra.prepare: writes and removes the spec files in `cdi_root`."""
+
+    def __init__(self, cdi_root: str, node: NodeEdits) -> None:
+        self.cdi_root, self.node = cdi_root, node
+        self._devices: dict[tuple[str, str], ContainerEdits] = {}  # (device name, uuid) -> its nodes
+
+    def write(self, claim_uid: str, devices: Sequence[Allocatable]) -> None:
+        spec = Spec(CDI_CLASS, tuple(Device(cdi_device_name(claim_uid, d.name), self._edits(d)) for d in devices),
+                    self.node.common, CDI_VENDOR)
+        try:
+            write_atomically(os.path.join(self.cdi_root, claim_spec_file(claim_uid, SPEC_EXTENSIONS[0])),
+                             spec.to_json(), SPEC_MODE)
+        except OutputError as e:
+            raise CdiError(str(e)) from None
+
+    def remove(self, claim_uid: str) -> None:
+        for extension in SPEC_EXTENSIONS:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.cdi_root, claim_spec_file(claim_uid, extension)))
+
+    def _edits(self, device: Allocatable) -> ContainerEdits:
+        key = (device.name, device.mig.uuid if device.mig else device.gpu.uuid)
+        edits = self._devices.get(key)
+        if edits is None:
+            roots, gpu = self.node.roots, device.gpu
+            nodes = gpu_nodes(gpu, roots) if device.mig is None else \
+                mig_nodes(gpu, device.mig, dict(self.node.mig_cap_minors), roots)
+            edits = self._devices[key] = ContainerEdits(device_nodes=nodes)
+        return edits
