@@ -82,6 +82,35 @@ def apiserver() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def dra_api() -> Iterator[Any]:
+    """A real kube-apiserver v1.36.2 (../shared/k8s/cluster, no scheduler) with the Node `gpu-node-1`, shared by
+    the DRA suites that talk to the API (one start for all of them): (ApiClient, kubeconfig path). Each suite
+    keeps to its own namespaces and removes the ResourceSlices it made."""
+    import subprocess
+    import tempfile
+
+    from kubernetes import client, config
+
+    from tests.requirements import require_commands, require_shared
+
+    cluster = require_shared("k8s", "cluster") / "cluster"
+    require_commands("etcd", "openssl", "curl", "xz")
+    directory = tempfile.mkdtemp(prefix="k8s-dra-")
+    try:
+        kubeconfig = subprocess.run([str(cluster), "up", directory], check=True, capture_output=True, text=True,
+                                    timeout=120).stdout.strip().splitlines()[-1]
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
+                                client_configuration=configuration)
+        with client.ApiClient(configuration) as api_client:
+            client.CoreV1Api(api_client).create_node(
+                client.V1Node(metadata=client.V1ObjectMeta(name="gpu-node-1", labels={}, annotations={})))
+            yield api_client, kubeconfig
+    finally:
+        subprocess.run([str(cluster), "down", directory], check=False, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
 def nfd_schemas() -> dict[str, Any]:
     """openAPIV3Schema of the NFD CRDs, read from shared/crds at test time."""
     from tests.requirements import require_shared

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from gfd.model import DeviceModel
 from plugin.dra import taints
@@ -25,32 +21,14 @@ from plugin.dra.slices import pool
 from tests import builders
 from tests.helpers import simulated_model
 
-ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = ROOT.parent / "shared" / "k8s" / "cluster"
 NODE = "gpu-node-1"
 GROUP, VERSION = "resource.k8s.io", "v1"
 KINDS = {"resourceslices": "ResourceSlice", "deviceclasses": "DeviceClass", "resourceclaims": "ResourceClaim"}
 
 
 @pytest.fixture(scope="module")
-def api() -> Iterator[client.ApiClient]:
-    if not CLUSTER.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the shared control plane is missing at {CLUSTER}")
-        pytest.skip(f"no shared control plane at {CLUSTER}")
-    directory = tempfile.mkdtemp(prefix="k8s-dra-")
-    try:
-        kubeconfig = subprocess.run([str(CLUSTER), "up", directory], check=True, capture_output=True, text=True,
-                                    timeout=120).stdout.strip().splitlines()[-1]
-        configuration = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
-                                client_configuration=configuration)
-        with client.ApiClient(configuration) as api_client:
-            client.CoreV1Api(api_client).create_node(
-                client.V1Node(metadata=client.V1ObjectMeta(name=NODE, labels={}, annotations={})))
-            yield api_client
-    finally:
-        subprocess.run([str(CLUSTER), "down", directory], check=False, capture_output=True, timeout=120)
+def api(dra_api: tuple[client.ApiClient, str]) -> client.ApiClient:
+    return dra_api[0]
 
 
 class Resources:

@@ -39,7 +39,8 @@ class Claims:
         self.claims[("default", name)] = ResourceClaim(ref, True, results)
         return ref
 
-    def read(self, namespace: str, name: str) -> ResourceClaim:
+    def read(self, ref: ClaimRef) -> ResourceClaim:
+        namespace, name = ref.namespace, ref.name
         self.reads += 1
         if self.down:
             raise ConnectionError("connection refused")

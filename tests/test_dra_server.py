@@ -42,8 +42,8 @@ class Claims:
         self.claims[name] = ResourceClaim(ClaimRef("default", name, uid), True, (
             AllocationResult("gpu", "gpu.nvidia.com", NODE, device, share_id),))
 
-    def read(self, namespace: str, name: str) -> ResourceClaim:
-        return self.claims[name]
+    def read(self, ref: ClaimRef) -> ResourceClaim:
+        return self.claims[ref.name]
 
 
 class Specs:

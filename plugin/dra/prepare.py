@@ -45,9 +45,10 @@ def claim_spec_file(claim_uid: str, extension: str = "yaml") -> str:
 
 
 class ClaimReader(Protocol):
-    """Reads a claim by namespace and name; any exception is the reason it could not (its text is reported)."""
+    """Reads the claim the kubelet names (by namespace and name; its UID tells a cache whether the copy it holds is
+    that claim); any exception is the reason it could not (its text is reported)."""
 
-    def read(self, namespace: str, name: str) -> ResourceClaim: ...
+    def read(self, ref: ClaimRef) -> ResourceClaim: ...
 
 
 class ClaimSpecs(Protocol):
@@ -145,7 +146,7 @@ class Preparer:
         """The kubelet plugin helper's checks and wording (it fails the whole call on them; here the claim)."""
         where = f"{ref.namespace}/{ref.name}"
         try:
-            claim = self.reader.read(ref.namespace, ref.name)
+            claim = self.reader.read(ref)
         except Exception as e:
             raise ClaimFailed(f"retrieve claim {where}: {e}") from None
         if not claim.allocated:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from plugin.dra.checkpoint import Checkpoint
-from plugin.dra.claims import ResourceClaim
+from plugin.dra.claims import ClaimRef, ResourceClaim
 from plugin.dra.config import DRIVER_NAME
 from plugin.dra.devices import Allocatable
 from plugin.dra.prepare import Preparer
@@ -23,8 +23,8 @@ from tests.helpers import eventually
 class NoClaims:
     """Registration needs no claims; a prepare here would be a kubelet bug, so it fails loudly."""
 
-    def read(self, namespace: str, name: str) -> ResourceClaim:
-        raise LookupError(f"no claims in this test ({namespace}/{name})")
+    def read(self, ref: ClaimRef) -> ResourceClaim:
+        raise LookupError(f"no claims in this test ({ref})")
 
 
 class NoSpecs:
