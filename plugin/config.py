@@ -103,13 +103,8 @@ class PluginConfig:
     log_format: str = common.LOG_FORMAT.field(envs=("DP_LOG_FORMAT",))
     log_level: str = common.LOG_LEVEL.field(envs=("DP_LOG_LEVEL",))
     metrics_address: str = common.METRICS_ADDRESS.field(envs=("DP_METRICS_ADDRESS",))
-    health_recovery_ns: int = Option(("--health-recovery-period",), ("DP_HEALTH_RECOVERY_PERIOD",), "duration",
-                                     300_000_000_000,
-                                     help="an unhealthy device is healthy again after its checks pass for this "
-                                          "long").field()
-    health_probe_ns: int = Option(("--health-probe-interval",), ("DP_HEALTH_PROBE_INTERVAL",), "duration",
-                                  30_000_000_000,
-                                  help="how often every GPU is probed (finds GPUs lost without an XID)").field()
+    health_recovery_ns: int = common.HEALTH_RECOVERY_PERIOD.field(envs=("DP_HEALTH_RECOVERY_PERIOD",))
+    health_probe_ns: int = common.HEALTH_PROBE_INTERVAL.field(envs=("DP_HEALTH_PROBE_INTERVAL",))
     gpu_metrics_address: str = Option(("--gpu-metrics-address",), ("DP_GPU_METRICS_ADDRESS",), "str", "",
                                       help="serve GPU telemetry (dcgm-exporter's metric names) on HOST:PORT, e.g. "
                                            ":9101 (off when empty)").field()

@@ -23,6 +23,15 @@ log = structlog.get_logger("plugin.health")
 
 DEFAULT_IGNORED_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 Unit = tuple[str, int, int]  # (GPU UUID, GI id, CI id); -1/-1 is the whole GPU
+# Why a unit is unhealthy: it does not answer (lost, a failed probe), an XID, or its events cannot be watched.
+LOST, XID, UNMONITORED = "lost", "xid", "unmonitored"
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # LOST, XID or UNMONITORED
+    reason: str  # for the log
+    xid: int | None = None  # the XID, for kind XID
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ class HealthState:
         self.recovery_s = recovery_s
         self.changed = threading.Condition()
         self.version = 0
-        self._faults: dict[Unit, tuple[float, str]] = {}  # unit -> (time of the last fault, reason)
+        self._faults: dict[Unit, tuple[float, Fault]] = {}  # unit -> (time of the last fault, the fault)
         self._all_reason: str | None = None
         self._resource_faults: dict[str, str] = {}  # resource name -> reason (its MPS daemon is down)
 
@@ -86,12 +95,20 @@ class HealthState:
                 log.info("resource healthy again", resource=name, was=was)
                 self._bump()
 
-    def fault(self, unit: Unit, reason: str) -> None:
+    def faults(self) -> tuple[int, dict[Unit, Fault], str | None]:
+        """(version, the units' faults, why every device is unhealthy or None): what the DRA driver turns into
+        device taints."""
         with self.changed:
-            new = unit not in self._faults
-            self._faults[unit] = (time.monotonic(), reason)
-            if new:
+            return self.version, {unit: fault for unit, (_, fault) in self._faults.items()}, self._all_reason
+
+    def fault(self, unit: Unit, reason: str, kind: str = LOST, xid: int | None = None) -> None:
+        with self.changed:
+            fault = Fault(kind, reason, xid)
+            before = self._faults.get(unit)
+            self._faults[unit] = (time.monotonic(), fault)
+            if before is None:
                 log.warning("device marked unhealthy", gpu=unit[0], gi=unit[1], ci=unit[2], reason=reason)
+            if before is None or (before[1].kind, before[1].xid) != (kind, xid):  # new, or another kind: DRA's taint
                 self._bump()
 
     def fault_all(self, reason: str) -> None:
@@ -112,10 +129,10 @@ class HealthState:
         """Units without a fault for the recovery period, on GPUs that answer probes, are healthy again."""
         now = time.monotonic()
         with self.changed:
-            for unit, (since, reason) in list(self._faults.items()):
+            for unit, (since, fault) in list(self._faults.items()):
                 if unit[0] not in still_failing and now - since >= self.recovery_s:
                     del self._faults[unit]
-                    log.info("device healthy again", gpu=unit[0], gi=unit[1], ci=unit[2], was=reason)
+                    log.info("device healthy again", gpu=unit[0], gi=unit[1], ci=unit[2], was=fault.reason)
                     self._bump()
 
     def _bump(self) -> None:
@@ -166,7 +183,7 @@ class HealthChecker(threading.Thread):
         for uuid in watcher.unsupported:
             log.warning("device is too old to support health checking", gpu=uuid)
         for uuid, error in watcher.failed.items():
-            self.state.fault((uuid, -1, -1), f"cannot register for events: {error}")
+            self.state.fault((uuid, -1, -1), f"cannot register for events: {error}", UNMONITORED)
         return watcher
 
     def _watch(self, watcher: EventWatcher) -> None:
@@ -191,7 +208,7 @@ class HealthChecker(threading.Thread):
         whole_gpu = event.gi_id == ALL_INSTANCES or event.ci_id == ALL_INSTANCES or \
             (gpu is not None and not gpu.mig_enabled)
         unit: Unit = (event.gpu_uuid, -1, -1) if whole_gpu else (event.gpu_uuid, event.gi_id, event.ci_id)
-        self.state.fault(unit, f"XID {event.xid}")
+        self.state.fault(unit, f"XID {event.xid}", XID, event.xid)
 
     def probe_all(self) -> None:
         failing = set()

@@ -40,5 +40,9 @@ SIMULATE = Option(("--simulate",), (), "str", "",
 LOG_FORMAT = Option(("--log-format",), (), "str", "auto", None, LOG_FORMATS,
                     "log format: auto (console on a terminal, JSON otherwise), console or json")
 LOG_LEVEL = Option(("--log-level",), (), "str", "info", None, LOG_LEVELS, "the lowest level logged")
+HEALTH_RECOVERY_PERIOD = Option(("--health-recovery-period",), (), "duration", 300_000_000_000,
+                                help="an unhealthy device is healthy again after its checks pass for this long")
+HEALTH_PROBE_INTERVAL = Option(("--health-probe-interval",), (), "duration", 30_000_000_000,
+                               help="how often every GPU is probed (finds GPUs lost without an XID)")
 METRICS_ADDRESS = Option(("--metrics-address",), (), "str", "",
                          help="serve Prometheus /metrics and /healthz on HOST:PORT (off when empty)")

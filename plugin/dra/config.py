@@ -121,6 +121,8 @@ class DraConfig:
     simulate: str = common.SIMULATE.field(envs=("DRA_SIMULATE",))
     log_format: str = common.LOG_FORMAT.field(envs=("DRA_LOG_FORMAT",))
     log_level: str = common.LOG_LEVEL.field(envs=("DRA_LOG_LEVEL",))
+    health_recovery_ns: int = common.HEALTH_RECOVERY_PERIOD.field(envs=("DRA_HEALTH_RECOVERY_PERIOD",))
+    health_probe_ns: int = common.HEALTH_PROBE_INTERVAL.field(envs=("DRA_HEALTH_PROBE_INTERVAL",))
     # NVIDIA's --http-endpoint serves its metrics: the same setting as our --metrics-address.
     metrics_address: str = common.METRICS_ADDRESS.field(flags=("--metrics-address", "--http-endpoint"),
                                                         envs=("DRA_METRICS_ADDRESS", "HTTP_ENDPOINT"))
