@@ -30,6 +30,25 @@ def test_an_xid_arrives_with_its_gpu_and_instance(t4: tuple[Any, tuple[Gpu, ...]
     watcher.close()
 
 
+def test_xids_written_to_the_nodes_events_file_arrive(t4: tuple[Any, tuple[Gpu, ...]], tmp_path: Any) -> None:
+    """Another process's way to make a simulated GPU fail: lines appended to the profile's `events_file`."""
+    sim, gpus = t4
+    events = tmp_path / "xids"
+    events.write_text("")
+    sim.node.events_file = str(events)
+    watcher = EventWatcher(gpus)
+    assert watcher.wait(10) is None
+    with events.open("a") as f:
+        f.write("2 79\nnot an event\n1 94 1 0\n3 4")  # the last line is not complete yet
+    assert watcher.wait(1000) == XidEvent(gpus[2].uuid, 79)
+    assert watcher.wait(1000) == XidEvent(gpus[1].uuid, 94, 1, 0)
+    assert watcher.wait(10) is None
+    with events.open("a") as f:
+        f.write("8\n")
+    assert watcher.wait(1000) == XidEvent(gpus[3].uuid, 48)
+    watcher.close()
+
+
 def test_registration_problems_are_told_apart(t4: tuple[Any, tuple[Gpu, ...]]) -> None:
     sim, gpus = t4
     sim.node.faults += [Fault("nvmlDeviceGetSupportedEventTypes", pynvml.NVML_ERROR_NOT_SUPPORTED, gpu=0),

@@ -148,6 +148,7 @@ class SimulatedLibrary:
         self._events: deque[tuple[SimGpu, int, int, int]] = deque()
         self._event_ready = threading.Condition()
         self._registered: set[int] = set()  # id() of GPUs whose XID events are registered
+        self._events_read = 0  # how far the node's events file has been read
         # Counters that add up a rate: (id() of a GPU, reading) -> (last query, total so far)
         self._totals: dict[tuple[int, str], tuple[float, float]] = {}
         for name, argtypes, impl in self._entry_points():
@@ -158,6 +159,21 @@ class SimulatedLibrary:
         with self._event_ready:
             self._events.append((self.node.gpus[gpu_index], xid, gi_id, ci_id))
             self._event_ready.notify_all()
+
+    def _read_events_file(self) -> None:
+        """Lines appended to the node's events file since the last wait, as XIDs; a malformed line is skipped."""
+        try:
+            with open(self.node.events_file, "rb") as f:
+                f.seek(self._events_read)
+                data = f.read(1 << 16)
+        except OSError:
+            return
+        complete = data[:data.rfind(b"\n") + 1]
+        self._events_read += len(complete)
+        for line in complete.decode("ascii", "replace").splitlines():
+            numbers = [int(w) for w in line.split() if w.isdigit()]
+            if len(numbers) in (2, 4) and numbers[0] < len(self.node.gpus):
+                self.inject_xid(*numbers)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -632,6 +648,8 @@ class SimulatedLibrary:
         return SUCCESS
 
     def _event_wait(self, _set: int, ptr: int, timeout_ms: int) -> int:
+        if self.node.events_file:
+            self._read_events_file()
         with self._event_ready:
             if not self._event_ready.wait_for(lambda: bool(self._events), timeout_ms / 1000):
                 return TIMEOUT

@@ -107,6 +107,10 @@ class SimNode:
     nvswitches: list[str] = field(default_factory=list)  # PCI bus ids of the NVSwitches the GPUs' links reach
     # GPUs bound to vfio-pci for passthrough: in sysfs, invisible to NVML.
     vfio_gpus: list[SimGpu] = field(default_factory=list)
+    # A file whose lines `<GPU index> <XID> [<GI id> <CI id>]`, appended while a program runs on this node, are
+    # raised as XID events: another process's way to make a GPU fail (NVIDIA's mock NVML has the same kind of
+    # runtime control, nvml-mock-ctl's overrides file).
+    events_file: str = ""
 
 
 _ARCH = {"kepler": 2, "maxwell": 3, "pascal": 4, "volta": 5, "turing": 6, "ampere": 7, "ada": 8, "hopper": 9,
@@ -206,6 +210,7 @@ def _build_node(doc: Any, source: str, src: str) -> SimNode:
         extra_pci_functions=[dict(f, address=_bus_id(f["address"], src, f"extra_pci_functions[{i}].address"))
                              for i, f in enumerate(doc.get("extra_pci_functions") or [])],
         vfio_gpus=vfio,
+        events_file=str(doc.get("events_file") or ""),
     )
     _topology(node, doc.get("topology") or {}, src)
     return node
