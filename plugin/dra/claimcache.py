@@ -11,6 +11,7 @@ name: its UID differs) is read with one GET, whose answer the prepare core check
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -31,20 +32,21 @@ LIST_PAGE = 500  # claims per list request at a (re)list
 class ClaimCache:
     """The ClaimReader of plugin.dra.prepare; `run` is the watch loop that fills it."""
 
-    def __init__(self, kube: Kube, node_name: str) -> None:
-        self.kube, self.node_name = kube, node_name
+    def __init__(self, kube: Kube, node_name: str, on_miss: Callable[[], None] | None = None) -> None:
+        """`on_miss` is told of every read the cache could not answer (each one GET)."""
+        self.kube, self.node_name, self.on_miss = kube, node_name, on_miss
         self.api = client.CustomObjectsApi(kube.api_client)
         self._claims: dict[tuple[str, str], ResourceClaim] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()  # the first list has filled the cache
-        self.misses = 0  # reads the cache could not answer (each one GET)
 
     def read(self, ref: ClaimRef) -> ResourceClaim:
         with self._lock:
             cached = self._claims.get((ref.namespace, ref.name))
         if cached is not None and cached.ref.uid == ref.uid:
             return cached
-        self.misses += 1
+        if self.on_miss is not None:
+            self.on_miss()
         try:
             obj = self.kube.request("get", self.api.get_namespaced_custom_object_with_http_info, GROUP, VERSION,
                                     ref.namespace, PLURAL, ref.name)

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import structlog
 
 from gfd.discovery.sysfs import device_root, host_path
 from gfd.model import DeviceModel
@@ -30,10 +33,46 @@ from plugin.dra.devices import Allocatable
 from plugin.dra.prepare import CDI_CLASS, CDI_VENDOR, cdi_device_name, claim_spec_file
 from plugin.host import mig_minors
 
+log = structlog.get_logger("plugin.dra")
+
+HOOK = "nvidia-cdi-hook"
+IMAGE_HOOK = f"/usr/bin/{HOOK}"  # where NVIDIA's image has it, and the NVIDIA Container Toolkit installs it
 SPEC_EXTENSIONS = ("json", "yaml")  # what we write, and what NVIDIA's driver writes
 # NVIDIA's DRA driver's specs have the four hooks of shared/reference/dra.md §4; nvidia-ctk's newer
 # update-application-profile (the device plugin's fifth) is not among them.
 DRA_DISABLED_HOOKS = frozenset({"update-application-profile"})
+
+
+def prepare_cdi_root(path: str) -> None:
+    """The directory the specs go to, made (0750) when missing; CdiError with NVIDIA's message when it is not a
+    directory."""
+    try:
+        os.makedirs(path, mode=0o750, exist_ok=True)
+    except FileExistsError:
+        raise CdiError(f"path for cdi file generation is not a directory: '{path}'") from None
+    except OSError as e:
+        raise CdiError(f"cannot create the CDI directory '{path}': {e.strerror or e}") from None
+
+
+def hook_path(configured: str, plugin_dir: str) -> str:
+    """The hook the specs name (`--nvidia-cdi-hook-path`). Unset, NVIDIA's driver copies its image's hook into
+    its directory under the kubelet's plugins directory (the same path on the host) and names that; ours does
+    the same when this image has one, and otherwise names the NVIDIA Container Toolkit's path on the host."""
+    if configured:
+        return configured
+    if not os.path.isfile(IMAGE_HOOK):
+        log.warning("no nvidia-cdi-hook in this image: the CDI specs name the host's; set --nvidia-cdi-hook-path "
+                    "where the host has another", path=IMAGE_HOOK)
+        return IMAGE_HOOK
+    target = os.path.join(plugin_dir, HOOK)
+    temporary = f"{target}.tmp"
+    try:
+        shutil.copy2(IMAGE_HOOK, temporary)
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, target)
+    except OSError as e:
+        raise CdiError(f"cannot copy {IMAGE_HOOK} to {target}: {e.strerror or e}") from None
+    return target
 
 
 def dra_roots(container_driver_root: str, host_driver_root: str, host_root: str = "/") -> Roots:

@@ -22,6 +22,11 @@ class Allocatable:
     def type(self) -> str:
         return "gpu" if self.mig is None else "mig"
 
+    @property
+    def instance(self) -> tuple[int, ...]:
+        """(GI id, CI id) of a MIG device, () for a whole GPU: with the GPU's UUID, its unit of health."""
+        return () if self.mig is None else (self.mig.gi_id, self.mig.ci_id)
+
 
 def minor(gpu: Gpu) -> int:
     """The device-node minor that names a GPU's devices (its index when NVML did not say)."""

@@ -85,8 +85,8 @@ class HealthFeed:
             self.board.update(taints.kubelet_view(self.devices, health))
             if health != self.current:
                 if self.current is not None:
-                    log.info("device health changed", tainted=sorted(
-                        d.name for d in self.devices if health.of(d.gpu.uuid, *_ids(d))))
+                    log.info("device health changed", unschedulable=taints.unschedulable(self.devices, health),
+                             tainted=[d.name for d in self.devices if health.of(d.gpu.uuid, *d.instance)])
                 self.current = health
                 self.on_change(health)
             with self.state.changed:
@@ -107,7 +107,3 @@ class HealthFeed:
         """With the state's lock held: seconds until the oldest note expires (bounded)."""
         due = [t + self.state.recovery_s - time.monotonic() for t, _ in self._noted.values()]
         return min([_MAX_WAIT_S, *(max(0.01, d) for d in due)])
-
-
-def _ids(device: Allocatable) -> tuple[int, ...]:
-    return (device.mig.gi_id, device.mig.ci_id) if device.mig else ()

@@ -26,6 +26,7 @@ from plugin.api import (
 )
 from plugin.dra.claims import ClaimRef
 from plugin.dra.config import DRIVER_NAME
+from plugin.dra.metrics import DraMetrics
 from plugin.dra.prepare import Preparer
 from plugin.dra.sockets import remove_socket, serve_unix
 from plugin.dra.taints import HEALTH_HEALTHY, HEALTH_UNHEALTHY
@@ -68,12 +69,14 @@ class DraService:
     """NodePrepareResources / NodeUnprepareResources of one API version (its generated module `pb2`),
     delegated to the prepare core; per-claim failures are in the answer, never an RPC error."""
 
-    def __init__(self, pb2: ModuleType, preparer: Preparer) -> None:
-        self.pb2, self.preparer = pb2, preparer
+    def __init__(self, pb2: ModuleType, preparer: Preparer, metrics: DraMetrics | None = None) -> None:
+        self.pb2, self.preparer, self.metrics = pb2, preparer, metrics
 
     def NodePrepareResources(self, request: Any, context: Any) -> Any:
+        started = time.perf_counter()
         answer = self.pb2.NodePrepareResourcesResponse()
-        for uid, prepared in self.preparer.prepare(_refs(request)).items():
+        prepared_claims = self.preparer.prepare(_refs(request))
+        for uid, prepared in prepared_claims.items():
             entry = answer.claims[uid]
             entry.error = prepared.error
             for d in prepared.devices:
@@ -81,13 +84,25 @@ class DraService:
                                            device_name=d.device, cdi_device_ids=list(d.cdi_device_ids))
                 if d.share_id is not None:
                     device.share_id = d.share_id
+        self._observe("NodePrepareResources", "prepare", started, [p.error for p in prepared_claims.values()])
         return answer
 
     def NodeUnprepareResources(self, request: Any, context: Any) -> Any:
+        started = time.perf_counter()
         answer = self.pb2.NodeUnprepareResourcesResponse()
-        for uid, error in self.preparer.unprepare(_refs(request)).items():
+        errors = self.preparer.unprepare(_refs(request))
+        for uid, error in errors.items():
             answer.claims[uid].error = error
+        self._observe("NodeUnprepareResources", "unprepare", started, list(errors.values()))
         return answer
+
+    def _observe(self, method: str, operation: str, started: float, errors: list[str]) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.calls.labels(method=method).inc()
+        self.metrics.latency.labels(method=method).observe(time.perf_counter() - started)
+        for error in errors:
+            self.metrics.claims.labels(operation=operation, result="error" if error else "ok").inc()
 
 
 def _refs(request: Any) -> list[ClaimRef]:
@@ -140,12 +155,13 @@ class HealthService:
 class DraPluginServer:
     """Both sockets: the DRA socket first, so the kubelet can dial it as soon as it reads the registration."""
 
-    def __init__(self, registration_socket: str, dra_socket: str, preparer: Preparer, board: HealthBoard) -> None:
+    def __init__(self, registration_socket: str, dra_socket: str, preparer: Preparer, board: HealthBoard,
+                 metrics: DraMetrics | None = None) -> None:
         self.registration_socket, self.dra_socket = registration_socket, dra_socket
         self.registration = Registration(dra_socket)
         self.services: list[tuple[ModuleType, DraService]] = [
-            (dra_v1_pb2_grpc, DraService(dra_v1_pb2, preparer)),
-            (dra_v1beta1_pb2_grpc, DraService(dra_v1beta1_pb2, preparer))]
+            (dra_v1_pb2_grpc, DraService(dra_v1_pb2, preparer, metrics)),
+            (dra_v1beta1_pb2_grpc, DraService(dra_v1beta1_pb2, preparer, metrics))]
         self.health = HealthService(board, preparer.node_name)
         self.servers: list[tuple[grpc.Server, str]] = []
 

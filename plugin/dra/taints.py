@@ -84,5 +84,9 @@ def kubelet_health(device_taints: Sequence[Taint]) -> tuple[str, str]:
 
 def kubelet_view(devices: Sequence[Allocatable], health: DeviceHealth) -> dict[str, tuple[str, str]]:
     """Health and message by device name, for every device the node offers."""
-    return {d.name: kubelet_health(health.of(d.gpu.uuid, *((d.mig.gi_id, d.mig.ci_id) if d.mig else ())))
-            for d in devices}
+    return {d.name: kubelet_health(health.of(d.gpu.uuid, *d.instance)) for d in devices}
+
+
+def unschedulable(devices: Sequence[Allocatable], health: DeviceHealth) -> list[str]:
+    """The names of the devices the scheduler leaves alone (a NoSchedule taint)."""
+    return [d.name for d in devices if any(t.effect == NO_SCHEDULE for t in health.of(d.gpu.uuid, *d.instance))]
