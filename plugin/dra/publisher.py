@@ -53,7 +53,7 @@ class SlicePublisher:
         self._known: dict[str, dict[str, Any]] = {}  # name -> the slice as the server last returned it
         self._listed = False
         self._dirty = False
-        self._generation = 0  # the newest pool generation this process wrote
+        self._generation = 0  # the newest pool generation written or seen: a pool never goes back
         self.in_sync = threading.Event()  # the server holds the desired pool
         self.backoff = Backoff(initial=0.5, cap=BACKOFF_CAP_S)
 
@@ -91,22 +91,26 @@ class SlicePublisher:
             except KubeError as e:
                 self.in_sync.clear()
                 delay = max(self.backoff.next_delay(), e.retry_after or 0.0)
-                log.warning("publishing ResourceSlices failed; retrying", error=str(e), retry_in_s=round(delay, 2))
-                if isinstance(e, (Conflict, NotFound)):
+                if isinstance(e, (Conflict, NotFound)):  # someone else changed them (the kubelet deletes them)
+                    log.info("ResourceSlices changed meanwhile; reading them again", error=str(e))
                     self._read_again()
+                else:
+                    log.warning("publishing ResourceSlices failed; retrying", error=str(e),
+                                retry_in_s=round(delay, 2))
                 with self._changed:
                     self._dirty = True
                 stopping.wait(delay)
 
     def _sync(self, desired: Pool, known: dict[str, dict[str, Any]]) -> None:
         ours = sorted((s for s in known.values() if _pool_name(s) == desired.name), key=_name)
+        self._generation = max([self._generation, *(_generation(s) for s in ours)])  # what an earlier run wrote
         if _same(desired, ours):
             if not self.in_sync.is_set():
                 log.info("ResourceSlices up to date", slices=len(ours), generation=_generation(ours[0]) if ours else 0)
             self.in_sync.set()
             return
         # Never back: a scheduler that saw the pool before its slices were deleted must see the new ones as newer.
-        generation = max([self._generation, *(_generation(s) for s in ours)]) + 1
+        generation = self._generation + 1
         specs = desired.specs(generation)
         for index, spec in enumerate(specs):
             if index < len(ours):
