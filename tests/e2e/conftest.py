@@ -1,6 +1,6 @@
-"""The end-to-end tier's world: a real etcd + kube-apiserver + NFD master (../shared/k8s/cluster) and a
-real kubelet with containerd (../shared/k8s/node), in the private network and mount namespaces that
-tests/test_e2e.py runs this session in."""
+"""The end-to-end tier's world: a real etcd + kube-apiserver + NFD master + kube-scheduler and
+kube-controller-manager (../shared/k8s/cluster) and a real kubelet with containerd (../shared/k8s/node), in the
+private network and mount namespaces that tests/test_e2e.py runs this session in."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tests.requirements import shared_dir
 ROOT = Path(__file__).resolve().parents[2]
 K8S = shared_dir() / "k8s"  # tests/test_e2e.py requires it before it starts this session
 NODE = "gpu-node-1"
+POD_RUNNER = "pod-runner"
 
 @dataclass
 class Cluster:
@@ -58,15 +59,19 @@ def cluster() -> Iterator[Cluster]:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run([str(K8S / "cluster"), "token", str(directory), f"system:node:{NODE}", "system:nodes"],
                    check=True, capture_output=True)
-    kubeconfig = subprocess.run([str(K8S / "cluster"), "up", str(directory), "--nfd-master"], check=True,
-                                capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    kubeconfig = subprocess.run([str(K8S / "cluster"), "up", str(directory), "--nfd-master", "--scheduler"],
+                                check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     try:
         _node_up(directory)
         configuration = client.Configuration()
         config.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
                                 client_configuration=configuration)
         api = client.ApiClient(configuration)
-        yield Cluster(directory, kubeconfig, api, client.CoreV1Api(api), _env(directory / "env"))
+        core = client.CoreV1Api(api)
+        # Where the pod runner binds the Pod objects of pods it runs itself: a Node, so that the
+        # controller-manager's pod garbage collector does not delete them (and their tokens) as orphans.
+        core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=POD_RUNNER, labels={}, annotations={})))
+        yield Cluster(directory, kubeconfig, api, core, _env(directory / "env"))
     finally:
         subprocess.run([str(K8S / "node"), "down", str(directory)], check=False, capture_output=True)
         subprocess.run([str(K8S / "cluster"), "down", str(directory)], check=False, capture_output=True)

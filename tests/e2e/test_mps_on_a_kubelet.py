@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.conftest import ROOT, Cluster, render
+from tests.e2e.conftest import POD_RUNNER, ROOT, Cluster, render
 from tests.e2e.podrunner import BIN, PodRunner
 from tests.helpers import eventually
 
@@ -42,9 +42,9 @@ def mps_pods(cluster: Cluster) -> Iterator[tuple[PodRunner, PodRunner, Path]]:
     templates = {o["metadata"]["name"]: o["spec"]["template"] for o in objects if o["kind"] == "DaemonSet"}
     shared = (str(root), f"{root}/shm")
     daemon = PodRunner(cluster.core, templates[DAEMON], f"{DAEMON}-e2e", NS, "gpu-node-1", cluster.api_port,
-                       cluster.ca_file, real_host_paths=shared, pod_node="pod-runner")
+                       cluster.ca_file, real_host_paths=shared, pod_node=POD_RUNNER)
     plugin = PodRunner(cluster.core, templates[PLUGIN], f"{PLUGIN}-e2e", NS, "gpu-node-1", cluster.api_port,
-                       cluster.ca_file, real_host_paths=(DEVICE_PLUGINS, *shared), pod_node="pod-runner")
+                       cluster.ca_file, real_host_paths=(DEVICE_PLUGINS, *shared), pod_node=POD_RUNNER)
     try:
         for runner, init in ((daemon, "mps-control-daemon-mounts"), (daemon, "mps-control-daemon-init"),
                              (plugin, "nvidia-device-plugin-init")):

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gfd.discovery.simulated.profiles import load_profile
 from plugin.api.podresources_pb2 import ListPodResourcesRequest
 from plugin.api.podresources_pb2_grpc import PodResourcesListerStub
-from tests.e2e.conftest import K8S, NODE, Cluster, render
+from tests.e2e.conftest import K8S, NODE, POD_RUNNER, Cluster, render
 from tests.e2e.podrunner import PodRunner
 from tests.helpers import eventually, http_get
 
@@ -45,7 +45,7 @@ def plugin_pod(cluster: Cluster) -> Iterator[PodRunner]:
     kubelet_dir = os.path.dirname(cluster.node_env["POD_RESOURCES_SOCKET"])
     subprocess.run(["mount", "--bind", kubelet_dir, POD_RESOURCES], check=True)
     runner = PodRunner(cluster.core, template["spec"]["template"], f"{DAEMONSET}-e2e", NS, NODE, cluster.api_port,
-                       cluster.ca_file, real_host_paths=(DEVICE_PLUGINS, POD_RESOURCES), pod_node="pod-runner")
+                       cluster.ca_file, real_host_paths=(DEVICE_PLUGINS, POD_RESOURCES), pod_node=POD_RUNNER)
     runner.start("nvidia-device-plugin-ctr", SIMULATE)
     yield runner
     runner.stop()
