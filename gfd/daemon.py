@@ -22,9 +22,10 @@ from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
 from gfd.discovery.session import NodeSource
 from gfd.doctor.checks import Context
 from gfd.doctor.startup import check_at_start
+from gfd.httpserver import AddressError, Health, serve
 from gfd.labelling import label_node, lost_summary
 from gfd.labels.compose import Labels
-from gfd.metrics import AddressError, Metrics, serve
+from gfd.metrics import Metrics
 from gfd.model import DeviceModel
 from gfd.outputs import Output, OutputError
 from gfd.outputs.choose import make_output, removed_on_stop
@@ -83,7 +84,7 @@ class Daemon:
         self.resync_requested = True
         self.wake.set()
 
-    def healthy(self) -> tuple[bool, str]:
+    def healthy(self) -> Health:
         """Fails when no cycle has produced and published labels within a few intervals."""
         interval = self.config.sleep_interval_ns
         grace = float("inf") if interval == INFINITE_NS else max(self.health_min_s, HEALTH_INTERVALS * interval / 1e9)
@@ -91,8 +92,8 @@ class Daemon:
         age = time.monotonic() - since
         if age <= grace or (interval == INFINITE_NS and self.last_success is not None):
             # A lost GPU needs a node reboot, not a restart of this pod: reported, not failed.
-            return True, f"ok; degraded: {self.lost}" if self.lost else "ok"
-        return False, f"no successful labelling cycle for {age:.0f}s"
+            return Health(True, f"ok; degraded: {self.lost}" if self.lost else "ok")
+        return Health(False, f"no successful labelling cycle for {age:.0f}s")
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -102,7 +103,7 @@ class Daemon:
             log.error(str(e))  # a setup problem (no cluster credentials, no node name): not retried
             return 1
         try:
-            server = serve(self.metrics.registry, self.config.metrics_address, self.healthy) \
+            server = serve(self.config.metrics_address, self.metrics.registry, self.healthy) \
                 if self.config.metrics_address else None
         except AddressError as e:
             log.error(str(e))
@@ -123,7 +124,8 @@ class Daemon:
             # Labels are removed only on a deliberate, clean stop: never on a crash path.
             self._finish(run, remove=clean)
             if server is not None:
-                server.shutdown()
+                server.stop()
+                server.join()
         log.info("Exiting")
         return 0
 

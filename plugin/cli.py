@@ -13,6 +13,7 @@ import structlog
 from gfd import signals
 from gfd.config import ConfigError
 from gfd.doctor.subcommand import with_doctor
+from gfd.httpserver import AddressError, Health, serve
 from gfd.program import configured
 from plugin.config import PLUGIN_OPTIONS, PluginConfig, load_plugin_config, node_source, reload_or_keep
 
@@ -65,36 +66,32 @@ class DevicePlugin:
         self.stop_event.set()
         self.registrar_stop.set()
 
-    def healthy(self) -> tuple[bool, str]:
+    def healthy(self) -> Health:
         """/healthz: serving, registered with the kubelet, and the health loop running (or switched off)."""
         plugins = self.current
         if plugins is None:
-            return (True, "ok; no devices to serve") if self.waiting else (False, "starting")
+            return Health(True, "ok; no devices to serve") if self.waiting else Health(False, "starting")
         registrar, checker = plugins.registrar, plugins.checker
         if registrar.blocked:
-            return False, "a resource's socket is served by another process"
+            return Health(False, "a resource's socket is served by another process")
         if registrar.pending:
-            return False, "not registered with the kubelet yet"
+            return Health(False, "not registered with the kubelet yet")
         if checker.policy.enabled and not checker.is_alive():
-            return False, "the device health loop is not running"
-        return True, "ok"
+            return Health(False, "the device health loop is not running")
+        return Health(True, "ok")
 
     def run(self) -> int:
-        from gfd.metrics import AddressError, serve
-
         servers = []
         try:
             if self.config.metrics_address:
-                servers.append(serve(self.metrics.registry, self.config.metrics_address, self.healthy))
+                servers.append(serve(self.config.metrics_address, self.metrics.registry, self.healthy))
             if self.config.gpu_metrics_address:
                 self.telemetry = self._telemetry()
-                servers.append(serve(self.telemetry.render, self.config.gpu_metrics_address,
-                                     lambda: (True, "ok") if self.telemetry and self.telemetry.collections
-                                     else (False, "no collection yet")))
+                servers.append(serve(self.config.gpu_metrics_address, self.telemetry.render, self.telemetry.healthy))
         except AddressError as e:
             log.error(f"error starting plugins: {e}")
             for server in servers:
-                server.shutdown()
+                server.stop()
             return 1
         if self.telemetry is not None:
             self.telemetry.start()
@@ -119,7 +116,8 @@ class DevicePlugin:
                     self.config = reload_or_keep(load_plugin_config, self.argv, self.environ, self.config)
         finally:
             for server in servers:
-                server.shutdown()
+                server.stop()
+                server.join()
             if self.telemetry is not None:
                 self.telemetry.stop()
         log.info("Exiting")

@@ -13,6 +13,7 @@ import structlog
 
 from gfd import signals
 from gfd.config.loader import load, parse_command_line
+from gfd.httpserver import AddressError, serve
 from gfd.program import configured, process_arguments
 from plugin.config import PLUGIN_OPTIONS, PluginConfig, node_source
 
@@ -43,7 +44,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def run(config: PluginConfig, host: str) -> int:
     from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
-    from gfd.metrics import AddressError, serve
     from gfd.model import DeviceModel
     from plugin.telemetry.collector import TelemetryCollector
 
@@ -65,8 +65,7 @@ def run(config: PluginConfig, host: str) -> int:
     collector = TelemetryCollector(model, config.collect_interval_ns / 1e9, config.pod_resources_socket, host)
     stop = threading.Event()
     try:
-        server = serve(collector.render, config.gpu_metrics_address,
-                       lambda: (True, "ok") if collector.collections else (False, "no collection yet"))
+        server = serve(config.gpu_metrics_address, collector.render, collector.healthy)
     except AddressError as e:
         log.error(str(e))
         source.close()
@@ -78,7 +77,8 @@ def run(config: PluginConfig, host: str) -> int:
     stop.wait()
     collector.stop()
     collector.join(5)
-    server.shutdown()
+    server.stop()
+    server.join()
     source.close()
     log.info("Exiting")
     return 0

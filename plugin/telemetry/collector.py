@@ -14,6 +14,7 @@ from prometheus_client.core import Metric
 from gfd.discovery import nvml, telemetry
 from gfd.discovery.errors import GpuLost
 from gfd.discovery.nvml import NVMLError, error_name
+from gfd.httpserver import Health
 from gfd.model import DeviceModel, Gpu, LostGpu
 from plugin.telemetry.podresources import Holder, PodResourcesError, holders
 from plugin.telemetry.snapshot import Collection, DeviceSample, families
@@ -94,6 +95,9 @@ class TelemetryCollector(threading.Thread):
 
     def render(self) -> bytes:
         return self.exposition
+
+    def healthy(self) -> Health:
+        return Health(True, "ok") if self.collections else Health(False, "no collection yet")
 
     def _holders(self) -> dict[str, list[Holder]]:
         try:
