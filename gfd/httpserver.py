@@ -37,6 +37,8 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from gfd.lifecycle import Scope
+
 log = structlog.get_logger("gfd.http")
 
 MAX_HEADER_BYTES = 32 << 10  # Go's net/http allows 1 MB; a scraper or a probe sends a few hundred bytes
@@ -129,7 +131,7 @@ def _not_found(_request: Request) -> Response:
 
 class HttpServer:
     """One listening address and its routes. Binds at construction (AddressError when it cannot), serves
-    from `start()` until `stop()` on one thread running an asyncio loop."""
+    from `start(scope)` on one thread of that scope running an asyncio loop, until the scope stops."""
 
     def __init__(self, address: str, *, max_connections: int = MAX_CONNECTIONS,
                  max_header_bytes: int = MAX_HEADER_BYTES, request_deadline_s: float = REQUEST_DEADLINE_S,
@@ -142,7 +144,6 @@ class HttpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
     @property
@@ -154,25 +155,17 @@ class HttpServer:
     def route(self, path: str, handler: Handler) -> None:
         self.routes[path] = handler
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"http {self.address}", daemon=True)
-        self._thread.start()
+    def start(self, scope: Scope) -> None:
+        """Serve on a thread of `scope`; when it stops, the server stops listening and closes every
+        connection (a scrape being answered is cut)."""
+        scope.callback(f"http {self.address} socket", self._sock.close)  # after the thread has ended
+        scope.start_thread(f"http {self.address}", self._run, wake=self._stop)
         self._ready.wait(5)
 
-    def stop(self) -> None:
-        """Stop listening and close every connection (a scrape being answered is cut)."""
+    def _stop(self) -> None:
         if self._loop is not None and self._stopping is not None:
             with contextlib.suppress(RuntimeError):  # the loop has already ended
                 self._loop.call_soon_threadsafe(self._stopping.set)
-        elif self._thread is None:
-            self._sock.close()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """True when the server's thread has ended."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
-        return True
 
     # -- the loop ---------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -180,7 +173,6 @@ class HttpServer:
             asyncio.run(self._serve())
         finally:
             self._ready.set()
-            self._sock.close()
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -258,13 +250,15 @@ class HttpServer:
                 await _send(conn, writer, False, Response(status, why.encode("ascii", "replace")[:200] + b"\n"))
 
 
-def serve(address: str, metrics: CollectorRegistry | Callable[[], bytes], healthy: HealthCheck) -> HttpServer:
-    """A started server with a program's two routes: /metrics (and /) and /healthz."""
+def serve(scope: Scope, address: str, metrics: CollectorRegistry | Callable[[], bytes],
+          healthy: HealthCheck) -> HttpServer:
+    """A program's endpoint, served on a thread of `scope`: /metrics (and /) and /healthz. AddressError
+    (one line) when the address cannot be served."""
     server = HttpServer(address)
     server.route("/metrics", metrics_handler(metrics))
     server.route("/", server.routes["/metrics"])
     server.route("/healthz", health_handler(healthy))
-    server.start()
+    server.start(scope)
     return server
 
 

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from gfd.httpserver import Health, HttpServer, health_handler, metrics_handler, serve
+from gfd.lifecycle import Scope
 from tests.helpers import eventually, free_port, http_get
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +104,8 @@ def test_slow_clients_are_cut_at_the_whole_request_deadline() -> None:
     """One header byte every 0.2 s never lets a per-read timeout fire; the whole-request deadline does."""
     server = HttpServer("127.0.0.1:0", request_deadline_s=1.0)
     server.route("/healthz", health_handler(lambda: Health(True, "ok")))
-    server.start()
+    scope = Scope("test")
+    server.start(scope)
     port = server.bound[1]
     closed_after: list[float] = []
 
@@ -128,8 +130,8 @@ def test_slow_clients_are_cut_at_the_whole_request_deadline() -> None:
             t.join(15)
         assert len(closed_after) == 50 and min(closed_after) > 0.9 and max(closed_after) < 3.0, sorted(closed_after)
     finally:
-        server.stop()
-        assert server.join(5)
+        scope.close()
+    assert not scope.hung
 
 
 def test_a_thousand_slow_clients_do_not_make_a_thousand_threads(program: Program) -> None:
@@ -212,8 +214,8 @@ def test_idle_and_early_closing_clients_leave_no_traceback(program: Program) -> 
 def test_metrics_are_negotiated_as_client_python_does() -> None:
     registry = CollectorRegistry()
     Counter("things", "Things", registry=registry).inc()
-    server = serve("127.0.0.1:0", registry, lambda: Health(False, "not yet"))
-    port = server.bound[1]
+    scope = Scope("test")
+    port = serve(scope, "127.0.0.1:0", registry, lambda: Health(False, "not yet")).bound[1]
     try:
         text = raw(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert b"text/plain; version=0.0.4" in text and b"things_total 1.0" in text
@@ -225,16 +227,14 @@ def test_metrics_are_negotiated_as_client_python_does() -> None:
         assert http_get(f"http://127.0.0.1:{port}/healthz") == (503, "not yet")
         assert http_get(f"http://127.0.0.1:{port}/nope") == (404, "not found: try /metrics or /healthz")
     finally:
-        server.stop()
-        assert server.join(5)
+        scope.close()
+    assert not scope.hung
 
 
 def test_a_prepared_exposition_is_sent_as_it_is() -> None:
     server = HttpServer("127.0.0.1:0")
     server.route("/metrics", metrics_handler(lambda: b"gpu 1\n"))
-    server.start()
-    try:
+    with Scope("test") as scope:
+        server.start(scope)
         assert http_get(f"http://127.0.0.1:{server.bound[1]}/metrics") == (200, "gpu 1")
-    finally:
-        server.stop()
-        assert server.join(5)
+    assert not scope.hung and not scope.alive()

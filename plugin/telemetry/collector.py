@@ -22,19 +22,18 @@ from plugin.telemetry.snapshot import Collection, DeviceSample, families
 log = structlog.get_logger("plugin.telemetry")
 
 
-class TelemetryCollector(threading.Thread):
+class TelemetryCollector:
     def __init__(self, model: Callable[[], DeviceModel | None], interval_s: float, pod_resources_socket: str,
                  hostname: str, xids: bool = False) -> None:
         """`model`: the device model to sample (read again each time by the standalone exporter).
-        `xids`: an XID source feeds `record_xid` (the plugin's health stream)."""
-        super().__init__(name="gpu-telemetry", daemon=True)
+        `xids`: an XID source feeds `record_xid` (the plugin's health stream). `run` is a thread of the
+        program's lifecycle."""
         self.model, self.interval_s = model, interval_s
         self.socket, self.hostname = pod_resources_socket, hostname
         self.xids: dict[str, int] | None = {} if xids else None
         self.snapshot: list[Metric] = []
         self.exposition = b""  # the snapshot rendered once per collection: what a scrape sends
         self.collections = 0
-        self.stopped = threading.Event()
         self._reported: set[tuple[str, str, str]] = set()  # (UUID, metric, what) logged once
         self._pod_error: str | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -48,17 +47,14 @@ class TelemetryCollector(threading.Thread):
         if self.xids is not None:
             self.xids[gpu_uuid] = xid
 
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
             started = time.monotonic()
             try:
                 self.collect_once()
             except Exception:  # a bug must not end telemetry: the last snapshot stays, the next try comes
                 log.exception("telemetry collection failed")
-            self.stopped.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+            stopping.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     def collect_once(self) -> None:
         model = self.model()
