@@ -225,7 +225,7 @@ class Daemon:
         try:
             result = label_node(run.source, run.config, run.started_at)
         except DiscoveryError as e:
-            self.metrics.nvml_errors.labels(call=e.call or "unknown", error=str(e).rsplit(": ", 1)[-1]).inc()
+            self.metrics.nvml_errors.labels(call=e.call or "unknown", error=e.error or "unknown").inc()
             log.error("labelling pass failed; keeping the published labels and re-initialising NVML",
                       error=str(e))
             run.source.close_nvml()
@@ -275,7 +275,7 @@ class Daemon:
             self.nvml_retry_at = time.monotonic() + delay
             event = log.warning if self.nvml_backoff.failures == 1 else log.debug
             event("NVML unavailable; retrying", error=run.source.init_failure(e), retry_in_s=round(delay, 1))
-            self.metrics.nvml_errors.labels(call="nvmlInit", error=str(e)).inc()
+            self.metrics.nvml_errors.labels(call="nvmlInit", error=e.error).inc()
             return
         log.info("NVML initialised", after_failures=self.nvml_backoff.failures)
         self.nvml_backoff.reset()

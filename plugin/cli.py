@@ -137,12 +137,12 @@ class DevicePlugin:
         try:
             source = run.enter("NVML", node_source(config))
         except ConfigError as e:
-            raise StartError(str(e)) from None
+            raise StartError(str(e)) from e
         try:
             source.open()
         except NvmlUnavailable as e:
             if config.fail_on_init_error:
-                raise StartError(f"nvml init failed: {e}") from None
+                raise StartError(f"nvml init failed: {e}") from e
             log.warning(f"nvml init failed: {e}; if this is a GPU node, did you set the container runtime to "
                         "nvidia?")
             log.info("No devices found. Waiting indefinitely.")
@@ -155,7 +155,7 @@ class DevicePlugin:
                 classes = publish(model, config, node.imex_channels, node.mig_cap_minors, source.host_root)
                 node = replace(node, cdi_classes=classes)
         except (DiscoveryError, ResourceError, CdiError) as e:
-            raise StartError(str(e)) from None
+            raise StartError(str(e)) from e
         if not self.setup_checked:  # once per process: the node's set-up, from inside this container
             self.setup_checked = True
             check_at_start(model, self.metrics.setup_check,
@@ -186,7 +186,7 @@ class DevicePlugin:
         try:
             registrar.start()
         except (ServeError, OSError) as e:
-            raise StartError(str(e) if isinstance(e, ServeError) else f"cannot serve: {e}") from None
+            raise StartError(str(e) if isinstance(e, ServeError) else f"cannot serve: {e}") from e
         health_loop = run.start_thread("health", functools.partial(checker.run, run.stopping))
         if mps:
             watch = MpsWatch(mps_root, mps, state)

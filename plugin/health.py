@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from gfd.discovery.events import ALL_INSTANCES, EventWatcher, WatchError, XidEvent, probe, probe_fully
+from gfd.discovery.errors import WatchError
+from gfd.discovery.events import ALL_INSTANCES, EventWatcher, XidEvent, probe, probe_fully
 from gfd.model import Gpu
 from plugin.resources import PluginDevice, Resource
 

@@ -15,7 +15,7 @@ from typing import Any
 import pynvml
 
 from gfd.discovery.errors import GpuLost
-from gfd.discovery.nvml import NVMLError, error_name
+from gfd.discovery.nvml import NVMLError, error_name, translated
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,13 @@ class Sample:
 
 
 def mig_handle(gpu: Any, index: int) -> Any:
-    return pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, index)
+    """DiscoveryError (GpuLost when the GPU is lost) for NVML's refusal."""
+    try:
+        return pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, index)
+    except pynvml.NVMLError_GpuIsLost as e:
+        raise GpuLost("nvmlDeviceGetMigDeviceHandleByIndex", e.value) from e
+    except NVMLError as e:
+        raise translated(e, "nvmlDeviceGetMigDeviceHandleByIndex", f"error getting MIG device {index}") from e
 
 
 def sample(handle: Any, mig: bool = False) -> Sample:
@@ -117,7 +123,7 @@ def sample(handle: Any, mig: bool = False) -> Sample:
             values[field.name] = float(field.read(handle))
         except NVMLError as e:
             if isinstance(e, pynvml.NVMLError_GpuIsLost):
-                raise GpuLost(field.call) from None
+                raise GpuLost(field.call, e.value) from e
             if getattr(e, "value", None) in UNSUPPORTED:
                 unsupported.add(field.name)
             else:

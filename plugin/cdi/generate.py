@@ -111,7 +111,7 @@ def _mig_nodes(gpu: Gpu, mig: MigDevice, minors: dict[str, int], roots: Roots) -
     try:
         caps = mig_cap_nodes(gpu.minor_number, mig, minors)
     except ResourceError as e:
-        raise CdiError(f"failed to create CDI spec: {e}") from None
+        raise CdiError(f"failed to create CDI spec: {e}") from e
     return gpu_node, *(_required(path, roots) for path in caps)
 
 

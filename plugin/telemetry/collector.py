@@ -12,8 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
 from gfd.discovery import nvml, telemetry
-from gfd.discovery.errors import GpuLost
-from gfd.discovery.nvml import NVMLError, error_name
+from gfd.discovery.errors import DiscoveryError, GpuLost
 from gfd.httpserver import Health
 from gfd.model import DeviceModel, Gpu, LostGpu
 from plugin.telemetry.podresources import Holder, PodResourcesError, holders
@@ -72,8 +71,8 @@ class TelemetryCollector:
             except GpuLost as e:
                 lost.append(_lost(gpu, e.call))
                 continue
-            except NVMLError as e:
-                self._once(gpu.uuid, "handle", "error", "GPU not sampled", error=error_name(e))
+            except DiscoveryError as e:
+                self._once(gpu.uuid, "handle", "error", "GPU not sampled", error=e.error)
                 lost.append(_lost(gpu, "nvmlDeviceGetHandleByIndex"))
                 continue
             devices += found
