@@ -144,6 +144,7 @@ class HttpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
+        self._stop_requested = False
         self._connections: set[asyncio.Task[None]] = set()
 
     @property
@@ -163,9 +164,11 @@ class HttpServer:
         self._ready.wait(5)
 
     def _stop(self) -> None:
-        if self._loop is not None and self._stopping is not None:
+        self._stop_requested = True
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
             with contextlib.suppress(RuntimeError):  # the loop has already ended
-                self._loop.call_soon_threadsafe(self._stopping.set)
+                loop.call_soon_threadsafe(stopping.set)
 
     # -- the loop ---------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -175,11 +178,13 @@ class HttpServer:
             self._ready.set()
 
     async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._loop.set_exception_handler(_quiet)
-        self._stopping = asyncio.Event()
         server = await asyncio.start_server(self._connection, sock=self._sock, backlog=self.backlog)
         self._ready.set()
+        if self._stop_requested:  # stopped before the loop ran
+            self._stopping.set()
         async with server:
             await self._stopping.wait()
             server.close()
@@ -239,7 +244,11 @@ class HttpServer:
         target = urlsplit(event.target.decode("ascii", "replace"))
         request = Request(method, target.path, parse_qs(target.query),
                           {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers})
-        return self.routes.get(target.path, _not_found)(request)
+        try:
+            return self.routes.get(target.path, _not_found)(request)
+        except Exception:  # a bug in a route (a health check, a collector): 500, and its traceback logged
+            log.exception("HTTP route failed", path=target.path)
+            return Response(500, b"internal error: see the program's log\n")
 
     async def _refuse(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, why: str) -> None:
         """A status line and a one-line reason for a request h11 refused (as long as we may still answer)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from gfd.httpserver import Health, HttpServer, health_handler, metrics_handler, serve
+from gfd.httpserver import Health, HttpServer, Response, health_handler, metrics_handler, serve
 from gfd.lifecycle import Scope
 from tests.helpers import eventually, free_port, http_get
 
@@ -238,3 +238,17 @@ def test_a_prepared_exposition_is_sent_as_it_is() -> None:
         server.start(scope)
         assert http_get(f"http://127.0.0.1:{server.bound[1]}/metrics") == (200, "gpu 1")
     assert not scope.hung and not scope.alive()
+
+
+def test_a_failing_route_is_a_500_and_the_server_goes_on(capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(_request: object) -> Response:
+        raise RuntimeError("a bug")
+
+    server = HttpServer("127.0.0.1:0")
+    server.route("/healthz", broken)
+    server.route("/metrics", metrics_handler(lambda: b"gpu 1\n"))
+    with Scope("test") as scope:
+        server.start(scope)
+        assert http_get(f"http://127.0.0.1:{server.bound[1]}/healthz") == (500, "internal error: see the program's log")
+        assert http_get(f"http://127.0.0.1:{server.bound[1]}/metrics") == (200, "gpu 1")
+    assert "HTTP route failed" in capsys.readouterr().err

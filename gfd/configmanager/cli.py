@@ -90,7 +90,7 @@ class ConfigManager:
             self.apply(label)
         except SelectError as e:
             log.error(f"{e}; keeping the current config")
-        except LookupError as e:
+        except (LookupError, OSError) as e:  # no process to signal; the link cannot be written: next event
             log.error(str(e))
 
 
