@@ -57,15 +57,14 @@ def feed(simulate: Any) -> Iterator[tuple[Any, HealthFeed, HealthBoard, list[tai
     feed = HealthFeed(state, xid_policy(("48",)), allocatable_devices(model), board, changes.append)
     checker = HealthChecker(model.gpus, state, feed.policy, 0.1, wait_ms=50, xid_seen=feed.xid_seen)
     stopping = threading.Event()
-    thread = threading.Thread(target=feed.run, args=(stopping,), daemon=True)
-    thread.start()
-    checker.start()
+    threads = [threading.Thread(target=run, args=(stopping,), daemon=True) for run in (feed.run, checker.run)]
+    for thread in threads:
+        thread.start()
     yield sim, feed, board, changes
-    checker.stop()
     stopping.set()
     feed.wake()
-    checker.join(5)
-    thread.join(5)
+    for thread in threads:
+        thread.join(5)
     source.close()
 
 
