@@ -68,7 +68,7 @@ def test_the_image_provides_every_entry_point_the_chart_runs() -> None:
     scripts = {line.split("=")[0].strip() for line in parser["options.entry_points"]["console_scripts"].splitlines()
                if line.strip()}
     assert scripts == {"gpu-feature-discovery", "nvidia-device-plugin", "config-manager", "mps-control-daemon",
-                       "gpu-metrics-exporter"}
+                       "gpu-metrics-exporter", "nvidia-dra-plugin"}
     rendered = helm_python.Chart.load(str(ROOT / "helm")).render(
         {"gfd": {"enabled": True}, "config": {"map": {"default": "version: v1\n"}}}, name="nvdp", namespace="ns")
     pods = [d["spec"]["template"]["spec"] for text in rendered.values() for d in yaml.safe_load_all(text)
@@ -76,8 +76,9 @@ def test_the_image_provides_every_entry_point_the_chart_runs() -> None:
     commands = {c["command"][0] for pod in pods for c in pod["containers"] + pod.get("initContainers", [])}
     assert commands <= scripts  # every workload runs a command the image has
     # ... and every program is deployed, but the standalone exporter (for nodes with another device plugin;
-    # with this chart's plugin, devicePlugin.gpuMetrics serves the same from the plugin's pod).
-    assert scripts - commands == {"gpu-metrics-exporter"}
+    # with this chart's plugin, devicePlugin.gpuMetrics serves the same from the plugin's pod) and the DRA
+    # driver (the chart's dra.enabled mode, not rendered here).
+    assert scripts - commands == {"gpu-metrics-exporter", "nvidia-dra-plugin"}
     copied = {rest.split()[0] for k, rest in stages()[0] if k == "COPY"}
     assert {"gfd", "plugin"} <= copied
 

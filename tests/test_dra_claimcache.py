@@ -4,13 +4,14 @@ another of the same name is never answered from a stale copy."""
 
 from __future__ import annotations
 
-import threading
+import functools
 from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
 
 from gfd.kube.client import Kube, connect
+from gfd.lifecycle import Scope
 from plugin.dra import claimcache
 from plugin.dra.claimcache import ClaimCache
 from plugin.dra.claims import ClaimRef
@@ -67,14 +68,11 @@ def delete_claim(api: client.ApiClient, name: str) -> None:
 @pytest.fixture
 def watching(kube: tuple[Kube, Counted]) -> Iterator[ClaimCache]:
     cache = ClaimCache(kube[0], NODE)
-    stopping = threading.Event()
-    thread = threading.Thread(target=cache.run, args=(stopping,), daemon=True)
-    thread.start()
-    eventually(cache.synced.is_set, timeout=10)
-    yield cache
-    stopping.set()
-    kube[0].cancel()
-    thread.join(10)
+    with Scope("claims") as scope:
+        scope.on_stop(kube[0].cancel)
+        scope.start_thread("claims", functools.partial(cache.run, scope.stopping))
+        eventually(cache.synced.is_set, timeout=10)
+        yield cache
 
 
 def test_a_claim_allocated_here_is_read_without_a_request(api: client.ApiClient, kube: tuple[Kube, Counted],

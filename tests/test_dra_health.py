@@ -4,13 +4,14 @@ plugin's health checker, to a tainted device, a kubelet health answer, and recov
 
 from __future__ import annotations
 
-import threading
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from gfd.discovery.session import NodeSource
+from gfd.lifecycle import Scope
 from plugin.dra import taints
 from plugin.dra.devices import allocatable_devices
 from plugin.dra.health import HealthFeed, device_health, xid_policy
@@ -56,15 +57,10 @@ def feed(simulate: Any) -> Iterator[tuple[Any, HealthFeed, HealthBoard, list[tai
     changes: list[taints.DeviceHealth] = []
     feed = HealthFeed(state, xid_policy(("48",)), allocatable_devices(model), board, changes.append)
     checker = HealthChecker(model.gpus, state, feed.policy, 0.1, wait_ms=50, xid_seen=feed.xid_seen)
-    stopping = threading.Event()
-    threads = [threading.Thread(target=run, args=(stopping,), daemon=True) for run in (feed.run, checker.run)]
-    for thread in threads:
-        thread.start()
-    yield sim, feed, board, changes
-    stopping.set()
-    feed.wake()
-    for thread in threads:
-        thread.join(5)
+    with Scope("health") as scope:
+        scope.start_thread("health", functools.partial(checker.run, scope.stopping))
+        scope.start_thread("health taints", functools.partial(feed.run, scope.stopping), wake=feed.wake)
+        yield sim, feed, board, changes
     source.close()
 
 

@@ -4,7 +4,7 @@ slices the pool no longer needs removed, taints compared without the server's ti
 
 from __future__ import annotations
 
-import threading
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -14,6 +14,7 @@ from kubernetes import client
 
 from gfd.kube.client import Kube, connect
 from gfd.kube.errors import ServerError
+from gfd.lifecycle import Scope
 from plugin.dra import taints
 from plugin.dra.publisher import SlicePublisher
 from plugin.dra.slices import Pool, pool
@@ -50,20 +51,12 @@ def start(dra_api: tuple[client.ApiClient, str]) -> Iterator[Callable[[], Runnin
         writes: list[str] = []
         publisher = SlicePublisher(kube, NODE, writes.append)
         publisher.backoff.initial = 0.05
-        stopping = threading.Event()
-        threads = [threading.Thread(target=loop, args=(stopping,), daemon=True)
-                   for loop in (publisher.run, publisher.watch)]
-        for thread in threads:
-            thread.start()
-
-        def stop() -> None:
-            stopping.set()
-            publisher.wake()
-            kube.cancel()
-            for thread in threads:
-                thread.join(10)
-            kube.close()
-
+        scope = Scope("publisher")
+        scope.on_stop(kube.cancel)
+        scope.callback("client", kube.close)
+        scope.start_thread("resourceslices watch", functools.partial(publisher.watch, scope.stopping))
+        scope.start_thread("resourceslices", functools.partial(publisher.run, scope.stopping), wake=publisher.wake)
+        stop = scope.close
         stops.append(stop)
         return Running(publisher, writes, requests, stop)
 

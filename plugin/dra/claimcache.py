@@ -50,8 +50,8 @@ class ClaimCache:
         try:
             obj = self.kube.request("get", self.api.get_namespaced_custom_object_with_http_info, GROUP, VERSION,
                                     ref.namespace, PLURAL, ref.name)
-        except NotFound:
-            raise LookupError(f'{PLURAL}.{GROUP} "{ref.name}" not found') from None  # client-go's wording
+        except NotFound as e:
+            raise LookupError(f'{PLURAL}.{GROUP} "{ref.name}" not found') from e  # client-go's wording
         return parse_claim(obj)
 
     def __len__(self) -> int:

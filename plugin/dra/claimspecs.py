@@ -48,10 +48,10 @@ def prepare_cdi_root(path: str) -> None:
     directory."""
     try:
         os.makedirs(path, mode=0o750, exist_ok=True)
-    except FileExistsError:
-        raise CdiError(f"path for cdi file generation is not a directory: '{path}'") from None
+    except FileExistsError as e:
+        raise CdiError(f"path for cdi file generation is not a directory: '{path}'") from e
     except OSError as e:
-        raise CdiError(f"cannot create the CDI directory '{path}': {e.strerror or e}") from None
+        raise CdiError(f"cannot create the CDI directory '{path}': {e.strerror or e}") from e
 
 
 def hook_path(configured: str, plugin_dir: str) -> str:
@@ -71,7 +71,7 @@ def hook_path(configured: str, plugin_dir: str) -> str:
         os.chmod(temporary, 0o755)
         os.replace(temporary, target)
     except OSError as e:
-        raise CdiError(f"cannot copy {IMAGE_HOOK} to {target}: {e.strerror or e}") from None
+        raise CdiError(f"cannot copy {IMAGE_HOOK} to {target}: {e.strerror or e}") from e
     return target
 
 
@@ -115,7 +115,7 @@ class ClaimSpecFiles:
             write_atomically(os.path.join(self.cdi_root, claim_spec_file(claim_uid, SPEC_EXTENSIONS[0])),
                              spec.to_json(), SPEC_MODE)
         except OutputError as e:
-            raise CdiError(str(e)) from None
+            raise CdiError(str(e)) from e
 
     def remove(self, claim_uid: str) -> None:
         for extension in SPEC_EXTENSIONS:
