@@ -16,7 +16,7 @@ from gfd.discovery.events import EventWatcher, WatchError
 from gfd.discovery.nvml import NVMLError, error_name
 from gfd.model import DeviceModel, Gpu, LostGpu
 from plugin.telemetry.exposition import render
-from plugin.telemetry.podresources import Holder, PodResourcesError, holders
+from plugin.telemetry.podresources import Holder, PodResourcesError, dra_device_uuids, holders
 from plugin.telemetry.snapshot import MAX_HOLDERS, Collection, DeviceSample, families
 
 log = structlog.get_logger("plugin.telemetry")
@@ -90,16 +90,16 @@ class TelemetryCollector(threading.Thread):
                                     "metric query failed; left out", error=error)
         self.sampler.keep({d.mig.uuid if d.mig else d.gpu.uuid for d in devices})
         self.snapshot = families(Collection(devices, lost + list(model.lost_gpus), self.hostname,
-                                            model.driver_version, self._holders(), dict(self.xids)))
+                                            model.driver_version, self._holders(model), dict(self.xids)))
         self.exposition = render(self.snapshot)
         self.collections += 1
 
     def render(self) -> bytes:
         return self.exposition
 
-    def _holders(self) -> dict[str, list[Holder]]:
+    def _holders(self, model: DeviceModel) -> dict[str, list[Holder]]:
         try:
-            found = holders(self.socket)
+            found = holders(self.socket, dra_devices=dra_device_uuids(model))
         except PodResourcesError as e:
             if str(e) != self._pod_error:
                 log.warning("no pod attribution: the kubelet's PodResources API did not answer", error=str(e))
