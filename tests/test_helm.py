@@ -544,6 +544,7 @@ def test_dra_rbac_is_its_own_and_least_privilege(chart: Any) -> None:
     assert rules(objects, "ClusterRole", "nvdp-nvidia-device-plugin-dra") == [
         (("resource.k8s.io",), ("resourceslices",), ("list", "watch", "create", "update", "delete")),
         (("resource.k8s.io",), ("resourceclaims",), ("get", "list", "watch")),
+        (("resource.k8s.io",), ("deviceclasses",), ("get",)),
         (("",), ("nodes",), ("get",))]
     binding = objects[("ClusterRoleBinding", "nvdp-nvidia-device-plugin-dra")]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NS}]

@@ -121,9 +121,8 @@ def token(world: World, account: str, pod: Any) -> str:
     return str(world.core.create_namespaced_service_account_token(account, NS, request).status.token)
 
 
-def kube_with(world: World, bearer: str, tmp_path: Path, answers: list[tuple[str, str]] | None = None) -> Kube:
-    """gfd/kube's client from a kubeconfig holding `bearer`, as the driver builds it; `answers` records each
-    request's (verb, status)."""
+def token_kubeconfig(world: World, bearer: str, tmp_path: Path) -> Path:
+    """A kubeconfig holding `bearer`, as an operator (or the driver, for doctor) would pass one."""
     kubeconfig = tmp_path / f"token-{len(list(tmp_path.glob('token-*')))}.kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "driver",
@@ -131,7 +130,12 @@ def kube_with(world: World, bearer: str, tmp_path: Path, answers: list[tuple[str
                                                   "certificate-authority": str(world.dir / "pki" / "serving.crt")}}],
         "users": [{"name": "driver", "user": {"token": bearer}}],
         "contexts": [{"name": "driver", "context": {"cluster": "test", "user": "driver"}}]}))
-    return connect(str(kubeconfig), "nvidia-dra-plugin",
+    return kubeconfig
+
+
+def kube_with(world: World, bearer: str, tmp_path: Path, answers: list[tuple[str, str]] | None = None) -> Kube:
+    """gfd/kube's client with `bearer`, as the driver builds it; `answers` records each request's (verb, status)."""
+    return connect(str(token_kubeconfig(world, bearer, tmp_path)), "nvidia-dra-plugin",
                    count=None if answers is None else lambda verb, code: answers.append((verb, code)))
 
 
@@ -227,6 +231,7 @@ def test_what_the_driver_must_not_do_is_refused(world: World, tmp_path: Path) ->
         refused(lambda: kube.request("patch", core.patch_node_with_http_info, "dra-node",
                                      {"metadata": {"labels": {LABEL: "false"}}}))
         refused(lambda: kube.request("delete", resource.delete_device_class_with_http_info, "gpu.nvidia.com"))
+        refused(lambda: kube.request("list", resource.list_device_class_with_http_info))  # get only (doctor's)
     finally:
         kube.close()
         world.resource.delete_resource_slice(others.metadata.name)
@@ -356,3 +361,41 @@ def test_an_unchanged_gpu_pod_is_served_through_dra_on_dra_nodes(world: World) -
         return any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in conditions)
 
     eventually(unschedulable, timeout=30)
+
+
+def test_doctor_reads_the_dra_set_up_from_the_api(world: World, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`nvidia-dra-plugin doctor` with the driver's own token (as in its pod): resource.k8s.io/v1 served, the
+    chart's DeviceClasses, and the node's slices against the GPUs it finds."""
+    import json
+
+    from gfd.doctor.checks import DRA as DRA_DRIVER
+    from gfd.doctor.cli import main as doctor
+    from plugin.dra.config import DRA_OPTIONS
+
+    path = token_kubeconfig(world, token(world, DRA_ACCOUNT, driver_pod(world, "dra-node")), tmp_path)
+    world.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name="doctor-node", labels={},
+                                                                      annotations={})))
+
+    def api_checks() -> dict[str, tuple[str, str]]:
+        doctor("nvidia-dra-plugin", DRA_OPTIONS, ["--simulate=dgx-a100", "--output=json", f"--kubeconfig={path}",
+                                                  "--node-name=doctor-node"], {}, DRA_DRIVER)
+        checks = json.loads(capsys.readouterr().out)["checks"]
+        return {c["id"]: (c["verdict"], c["evidence"]) for c in checks if c["id"].startswith("dra.")
+                and c["id"] != "dra.kubelet-plugin"}
+
+    assert api_checks() == {
+        "dra.api": ("ok", "resource.k8s.io served in v1"),  # 1.36 serves no beta version by default
+        "dra.device-classes": ("ok", "DeviceClass gpu.nvidia.com (extendedResourceName nvidia.com/gpu), "
+                                     "mig.nvidia.com"),
+        "dra.resourceslices": ("failed", "no ResourceSlice of gpu.nvidia.com for node doctor-node")}
+    spec = pool(simulated_model("dgx-a100"), "doctor-node").specs(1)[0]
+    spec["devices"] = [d for d in spec["devices"] if d["name"] != "gpu-7"]  # one GPU not published
+    partial = world.resource.create_resource_slice({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+                                                    "metadata": {"generateName": "doctor-node-"}, "spec": spec})
+    assert api_checks()["dra.resourceslices"] == (
+        "warning", "1 ResourceSlices of gpu.nvidia.com for node doctor-node, 7 devices; not published: gpu-7")
+    world.resource.delete_resource_slice(partial.metadata.name)
+    world.resource.create_resource_slice(slice_body("doctor-node"))
+    assert api_checks()["dra.resourceslices"] == (
+        "ok", "1 ResourceSlices of gpu.nvidia.com for node doctor-node, 8 devices")
