@@ -75,6 +75,7 @@ def world() -> Iterator[World]:
         with client.ApiClient(configuration) as api:
             world = World(directory, env, api, render({"dra": {"enabled": True}, "gfd": {"enabled": True}}))
             _set_up(world)
+            _wait_for_the_policy(world, Path(tempfile.mkdtemp(dir=directory)))
             yield world
     finally:
         subprocess.run([str(cluster), "down", str(directory)], check=False, capture_output=True, timeout=180)
@@ -102,6 +103,26 @@ def _set_up(world: World) -> None:
         if name == "plugin-node":
             room["nvidia.com/gpu"] = "8"  # what the device plugin's registration gives the node
         core.patch_node_status(name, {"status": {"capacity": room, "allocatable": room}})
+
+
+def _wait_for_the_policy(world: World, tmp_path: Path) -> None:
+    """A new admission policy takes a moment to be enforced: until the driver's write of another node's slice
+    is refused by it."""
+    kube = kube_with(world, token(world, DRA_ACCOUNT, driver_pod(world, "dra-node")), tmp_path)
+    resource = client.ResourceV1Api(kube.api_client)
+
+    def enforced() -> bool:
+        try:
+            made = kube.request("create", resource.create_resource_slice_with_http_info, slice_body("cpu-node"))
+        except Forbidden:
+            return True
+        world.resource.delete_resource_slice(made.metadata.name)
+        return False
+
+    try:
+        eventually(enforced, timeout=30)
+    finally:
+        kube.close()
 
 
 def driver_pod(world: World, node: str, account: str = DRA_ACCOUNT) -> Any:
