@@ -16,12 +16,12 @@ from gfd.discovery.sysfs import GPU_NODE, REQUIRED_CONTROL_DEVICES, device_root,
 from gfd.doctor.hostfiles import HostFileError, get, load_json, name
 from gfd.doctor.runtime import read_runtime_configs
 from gfd.model import DeviceModel
+from plugin.dra.config import DRIVER_NAME
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
 # Which node-level GPU driver doctor runs for: its checks differ (gfd's are the device plugin's).
 DEVICE_PLUGIN, DRA = "device-plugin", "dra"
-DRA_DRIVER = "gpu.nvidia.com"  # the DRA driver's name (plugin/dra/config.py DRIVER_NAME)
-DEVICE_CLASSES = ("gpu.nvidia.com", "mig.nvidia.com")
+DEVICE_CLASSES = ("gpu.nvidia.com", "mig.nvidia.com")  # NVIDIA's, which the chart installs
 # Upstream GFD and device plugin README, "Prerequisites": NVIDIA drivers >= 384.81.
 MIN_DRIVER = "384.81"
 TOOLKIT = ("usr/bin/nvidia-container-runtime", "usr/bin/nvidia-ctk", "usr/local/nvidia/toolkit/nvidia-ctk")
@@ -306,8 +306,8 @@ def dra_kubelet_plugin(c: Context) -> Finding:
     """The DRA driver serves its registration socket where the kubelet's plugin watcher looks, and its DRA
     socket; a socket file nobody answers is a driver that died."""
     registry = c.host(c.dra_registrar_dir)
-    sockets = (os.path.join(registry, f"{DRA_DRIVER}-reg.sock"),
-               os.path.join(c.host(c.dra_plugins_dir), DRA_DRIVER, "dra.sock"))
+    sockets = (os.path.join(registry, f"{DRIVER_NAME}-reg.sock"),
+               os.path.join(c.host(c.dra_plugins_dir), DRIVER_NAME, "dra.sock"))
     if not os.path.isdir(registry):
         return Finding(FAILED, f"{registry} does not exist (the kubelet is not running here, or uses another "
                                "--root-dir)", "check `systemctl status kubelet` and its --root-dir; set the "
@@ -448,7 +448,7 @@ def _device_classes(api: Any) -> tuple[str, str, str]:
         selectors = " ".join(s.cel.expression for s in (spec.selectors or []) if s.cel is not None)
         mapped = f" (extendedResourceName {spec.extended_resource_name})" if spec.extended_resource_name else ""
         found.append(class_name + mapped)
-        if f"'{DRA_DRIVER}'" not in selectors and f'"{DRA_DRIVER}"' not in selectors:
+        if f"'{DRIVER_NAME}'" not in selectors and f'"{DRIVER_NAME}"' not in selectors:
             foreign.append(class_name)
     evidence = "; ".join(filter(None, (f"DeviceClass {', '.join(found)}" if found else "",
                                        f"no DeviceClass {', '.join(missing)}" if missing else "")))
@@ -456,7 +456,7 @@ def _device_classes(api: Any) -> tuple[str, str, str]:
         return FAILED, evidence, "install the chart with dra.enabled=true and dra.deviceClasses=true (claims name " \
                                  "these classes)"
     if foreign:
-        return WARNING, f"{evidence}; {', '.join(foreign)} selects no device of driver {DRA_DRIVER}", \
+        return WARNING, f"{evidence}; {', '.join(foreign)} selects no device of driver {DRIVER_NAME}", \
             "let the chart own the classes (dra.deviceClasses=true): claims of that class get other devices"
     return OK, evidence, ""
 
@@ -466,13 +466,13 @@ def _slices(api: Any, node: str, model: DeviceModel | None) -> tuple[str, str, s
 
     items = client.ResourceV1Api(api).list_resource_slice(field_selector=f"spec.nodeName={node}",
                                                           _request_timeout=3).items or []
-    ours = [s for s in items if s.spec.driver == DRA_DRIVER]
+    ours = [s for s in items if s.spec.driver == DRIVER_NAME]
     names = {d.name for s in ours for d in (s.spec.devices or [])}
     if not ours:
-        return FAILED, f"no ResourceSlice of {DRA_DRIVER} for node {node}", \
+        return FAILED, f"no ResourceSlice of {DRIVER_NAME} for node {node}", \
             "the DRA driver is not registered with the kubelet (it deletes a driver's slices when it goes) or " \
             "cannot publish: read the driver pod's log"
-    evidence = f"{len(ours)} ResourceSlices of {DRA_DRIVER} for node {node}, {len(names)} devices"
+    evidence = f"{len(ours)} ResourceSlices of {DRIVER_NAME} for node {node}, {len(names)} devices"
     if model is not None:
         from plugin.dra.devices import allocatable_devices  # the names the driver publishes for this model
 
