@@ -11,6 +11,7 @@ uses (each allowed), and what it must not do is refused. The real scheduler then
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -79,6 +80,7 @@ def world() -> Iterator[World]:
             yield world
     finally:
         subprocess.run([str(cluster), "down", str(directory)], check=False, capture_output=True, timeout=180)
+        shutil.rmtree(directory, ignore_errors=True)  # `down` leaves the logs
 
 
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
