@@ -17,7 +17,8 @@ import urllib.request
 
 from bench.common import machine
 from gfd.discovery.session import NodeSource
-from gfd.metrics import serve
+from gfd.httpserver import Health, serve
+from gfd.lifecycle import Scope
 from plugin.telemetry.collector import TelemetryCollector
 from tests.helpers import free_port
 from tests.kubelet import KubeletStandIn
@@ -58,15 +59,15 @@ def measure(profile: str, collections: int, scrapes: int) -> dict[str, float]:
             wall.append(time.perf_counter() - w)
             nvml.append(sum(calls.values()) - n)
         port = free_port()
-        server = serve(collector.render, f"127.0.0.1:{port}", lambda: (True, "ok"))
         latencies = []
         size = 0
-        for _ in range(scrapes):
-            t = time.perf_counter()
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
-                size = len(r.read())
-            latencies.append(time.perf_counter() - t)
-        server.shutdown()
+        with Scope("bench") as scope:
+            serve(scope, f"127.0.0.1:{port}", collector.render, lambda: Health(True, "ok"))
+            for _ in range(scrapes):
+                t = time.perf_counter()
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+                    size = len(r.read())
+                latencies.append(time.perf_counter() - t)
         added = rss_mib() - before
         kubelet.stop()
         series = sum(len(m.samples) for m in collector.snapshot)

@@ -12,7 +12,10 @@ from gfd import logs
 from gfd.config import Config, ConfigError, load_config, parse_command_line
 from gfd.config.model import GFD_OPTIONS
 from gfd.config.options import running_config
+from gfd.discovery.session import NodeSource
+from gfd.discovery.simulated.profiles import builtin_names, load_profile
 from gfd.doctor.subcommand import with_doctor
+from gfd.labelling import PassError, oneshot_labels
 from gfd.outputs import OutputError
 from gfd.outputs.choose import make_output, writes_node_feature
 
@@ -37,15 +40,14 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     log.info("Running with config", **_loggable(config))
     if config.oneshot:
         return oneshot(config)
+    # Imported here: the daemon's HTTP server and metrics (asyncio, h11, prometheus_client) are ~40 ms of
+    # a oneshot run's start-up (python -X importtime), which it never uses (tests/test_cli.py).
     from gfd.daemon import run
 
     return run(cmdline, config)
 
 
 def oneshot(config: Config) -> int:
-    from gfd.discovery.session import NodeSource
-    from gfd.labelling import PassError, oneshot_labels
-
     try:
         source = NodeSource.for_gfd(config)
     except ConfigError as e:
@@ -69,8 +71,6 @@ def _loggable(config: Config) -> dict[str, object]:
 
 
 def _list_profiles() -> int:
-    from gfd.discovery.simulated.profiles import builtin_names, load_profile
-
     for name in builtin_names():
         print(f"{name}\t{load_profile(name).description}")
     return 0

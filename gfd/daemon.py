@@ -22,10 +22,12 @@ from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
 from gfd.discovery.session import NodeSource
 from gfd.doctor.checks import Context
 from gfd.doctor.startup import check_at_start
+from gfd.httpserver import AddressError, Health, serve
 from gfd.labelling import label_node, lost_summary
 from gfd.labels.compose import Labels
 from gfd.labels.system import TIMESTAMP
-from gfd.metrics import AddressError, Metrics, serve
+from gfd.lifecycle import Lifecycle, Scope
+from gfd.metrics import Metrics
 from gfd.model import DeviceModel
 from gfd.outputs import Output, OutputError
 from gfd.outputs.choose import make_output, removed_on_stop
@@ -39,9 +41,11 @@ HEALTH_MIN_S = 30.0
 
 @dataclass
 class _Run:
-    """What one config load owns: a SIGHUP starts a new run with a new timestamp."""
+    """What one config load owns, entered into its scope: a SIGHUP closes it and starts a new run with a
+    new timestamp."""
 
     config: Config
+    scope: Scope
     source: NodeSource
     output: Output
     started_at: int = field(default_factory=lambda: int(time.time()))
@@ -52,8 +56,9 @@ class Daemon:
         self.cmdline = cmdline
         self.config = config
         self.metrics = metrics or Metrics()
+        self.life = Lifecycle("gpu-feature-discovery", main="labelling loop")
         self.wake = threading.Event()
-        self.stop_requested = False
+        self.life.on_stop(self.wake.set)
         self.reload_requested = False
         self.resync_requested = False
         self.nvml_backoff = Backoff(initial=1.0, cap=NVML_RETRY_CAP_S)
@@ -77,15 +82,18 @@ class Daemon:
         self.wake.set()
 
     def stop(self) -> None:
-        self.stop_requested = True
-        self.wake.set()
+        self.life.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self.life.stopping.is_set()
 
     def request_resync(self) -> None:
         """What was published is gone (someone deleted the NodeFeature object): write it again now."""
         self.resync_requested = True
         self.wake.set()
 
-    def healthy(self) -> tuple[bool, str]:
+    def healthy(self) -> Health:
         """Fails when no cycle has produced and published labels within a few intervals."""
         interval = self.config.sleep_interval_ns
         grace = float("inf") if interval == INFINITE_NS else max(self.health_min_s, HEALTH_INTERVALS * interval / 1e9)
@@ -93,45 +101,49 @@ class Daemon:
         age = time.monotonic() - since
         if age <= grace or (interval == INFINITE_NS and self.last_success is not None):
             # A lost GPU needs a node reboot, not a restart of this pod: reported, not failed.
-            return True, f"ok; degraded: {self.lost}" if self.lost else "ok"
-        return False, f"no successful labelling cycle for {age:.0f}s"
+            return Health(True, f"ok; degraded: {self.lost}" if self.lost else "ok")
+        return Health(False, f"no successful labelling cycle for {age:.0f}s")
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
+        with self.life:
+            status = self._loop(self.life)
+        log.info("Exiting")
+        return self.life.exit_status(status)
+
+    def _loop(self, life: Lifecycle) -> int:
         try:
             run = self._start_run(self.config)
         except (ConfigError, OutputError) as e:
             log.error(str(e))  # a setup problem (no cluster credentials, no node name): not retried
             return 1
         try:
-            server = serve(self.metrics.registry, self.config.metrics_address, self.healthy) \
-                if self.config.metrics_address else None
+            if self.config.metrics_address:
+                serve(life, self.config.metrics_address, self.metrics.registry, self.healthy)
         except AddressError as e:
             log.error(str(e))
-            self._finish(run, remove=False)
             return 1
         clean = False
         try:
-            while not self.stop_requested:
+            while not self.stopping:
                 cycle_start = time.monotonic()
                 self.cycle(run)
                 if run.config.oneshot:
                     break
                 self._wait(cycle_start + run.config.sleep_interval_ns / 1e9)
-                if self.reload_requested and not self.stop_requested:
+                if self.reload_requested and not self.stopping:
                     run = self._reload(run)
             clean = True
+        except _NoRun:
+            return 1
         finally:
             # Labels are removed only on a deliberate, clean stop: never on a crash path.
-            self._finish(run, remove=clean)
-            if server is not None:
-                server.shutdown()
-        log.info("Exiting")
+            self._finish(self.current, remove=clean)
         return 0
 
     def _wait(self, deadline: float) -> None:
         """Sleep until the interval ends, a retry is due, or a signal arrives."""
-        while not (self.stop_requested or self.reload_requested or self.resync_requested):
+        while not (self.stopping or self.reload_requested or self.resync_requested):
             wake_at = min([deadline] + [t for t in (self.nvml_retry_at, self.output_retry_at) if t])
             remaining = wake_at - time.monotonic()
             if remaining <= 0:
@@ -140,14 +152,17 @@ class Daemon:
             self.wake.clear()
 
     def _start_run(self, config: Config) -> _Run:
-        self.config = config
-        source = NodeSource.for_gfd(config)
+        """NVML's source, then the output, entered into a new scope (closed again if the output fails)."""
+        scope = self.life.scope("run")
         try:
-            output = make_output(config, self.metrics, self.request_resync)
-        except OutputError:
-            source.close()
+            source = scope.enter("NVML", NodeSource.for_gfd(config))
+            output = make_output(config, scope, self.metrics, self.request_resync)
+            scope.callback("output", output.close)
+        except BaseException:
+            scope.close()
             raise
-        run = _Run(config, source, output)
+        self.config = config
+        run = _Run(config, scope, source, output)
         self.current = run
         self.published = None
         self.nvml_retry_at = self.output_retry_at = 0.0
@@ -163,8 +178,8 @@ class Daemon:
                       else f"{type(e).__name__}: {e}")
             return run
         # The old run lets go of NVML (and a simulation) before the new one takes it.
-        run.output.close()
-        run.source.close()
+        run.scope.close()
+        self.current = None
         try:
             new_run = self._start_run(config)
         except Exception as e:  # the daemon goes on as it was; an unforeseen failure with its traceback
@@ -173,13 +188,18 @@ class Daemon:
                 log.error("reload failed; keeping the running config", error=str(e))
             else:
                 log.exception("reload failed unexpectedly; keeping the running config")
-            return self._start_run(run.config)
+            try:
+                return self._start_run(run.config)
+            except (ConfigError, OutputError) as again:  # what started before cannot now (credentials gone)
+                log.error("the running config cannot be started again; exiting", error=str(again))
+                raise _NoRun from again
         log.info("config reloaded", config_file=config.config_file)
         return new_run
 
-    def _finish(self, run: _Run, remove: bool) -> None:
-        run.output.close()
-        run.source.close()
+    def _finish(self, run: _Run | None, remove: bool) -> None:
+        if run is None:
+            return
+        run.scope.close()
         if remove and removed_on_stop(run.config):
             run.output.remove()
 
@@ -207,7 +227,7 @@ class Daemon:
         try:
             result = label_node(run.source, run.config, run.started_at)
         except DiscoveryError as e:
-            self.metrics.nvml_errors.labels(call=e.call or "unknown", error=str(e).rsplit(": ", 1)[-1]).inc()
+            self.metrics.nvml_errors.labels(call=e.call or "unknown", error=e.error or "unknown").inc()
             log.error("labelling pass failed; keeping the published labels and re-initialising NVML",
                       error=str(e))
             run.source.close_nvml()
@@ -257,7 +277,7 @@ class Daemon:
             self.nvml_retry_at = time.monotonic() + delay
             event = log.warning if self.nvml_backoff.failures == 1 else log.debug
             event("NVML unavailable; retrying", error=run.source.init_failure(e), retry_in_s=round(delay, 1))
-            self.metrics.nvml_errors.labels(call="nvmlInit", error=str(e)).inc()
+            self.metrics.nvml_errors.labels(call="nvmlInit", error=e.error).inc()
             return
         log.info("NVML initialised", after_failures=self.nvml_backoff.failures)
         self.nvml_backoff.reset()
@@ -274,10 +294,11 @@ class Daemon:
         if time.monotonic() < self.output_retry_at:
             return False
         try:
-            self._write_interruptibly(run.output, labels)
-        except _Stopped:
-            return False
+            run.output.write(labels)  # a stop completes a write, or cancels its API request (gfd.kube)
         except OutputError as e:
+            if self.stopping:
+                log.info("writing labels interrupted by the stop", error=str(e))
+                return False
             delay = max(self.output_backoff.next_delay(), e.retry_after or 0.0)
             self.output_retry_at = time.monotonic() + delay
             self.metrics.write_errors.labels(output=name).inc()
@@ -291,28 +312,6 @@ class Daemon:
         self.metrics.labels.set(len(labels))
         return True
 
-    def _write_interruptibly(self, output: Output, labels: Labels) -> None:
-        """Write on a helper thread so a stop request is honoured even while an API call hangs (up to
-        its timeout); an abandoned write dies with the process."""
-        outcome: list[BaseException | None] = []
-
-        def write() -> None:
-            try:
-                output.write(labels)
-                outcome.append(None)
-            except BaseException as e:  # handed to the loop's thread below
-                outcome.append(e)
-            self.wake.set()
-
-        threading.Thread(target=write, name="output-write", daemon=True).start()
-        while not outcome:
-            if self.stop_requested:
-                raise _Stopped
-            self.wake.wait(0.05)
-            self.wake.clear()
-        if outcome[0] is not None:
-            raise outcome[0]
-
     def _log_changes(self, labels: Labels) -> None:
         # Against the set last published, before a reload too: a SIGHUP that changes nothing says so.
         old, self.last_logged = self.last_logged, labels
@@ -323,11 +322,11 @@ class Daemon:
         log.info("labels published", changed=said, count=len(labels))
 
 
-class _Stopped(Exception):
-    """A stop request interrupted a write."""
+class _NoRun(Exception):
+    """Neither the reloaded config nor the running one could be started again."""
 
 
 def run(cmdline: CommandLine, config: Config) -> int:
     daemon = Daemon(cmdline, config)
-    signals.install(daemon.stop, daemon.request_reload)
+    signals.install(daemon.life, daemon.request_reload)
     return daemon.run()

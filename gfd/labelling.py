@@ -47,12 +47,12 @@ def oneshot_labels(source: NodeSource, config: Config, started_at: int) -> Label
         source.open()
     except NvmlUnavailable as e:
         if config.fail_on_init_error:
-            raise PassError(source.init_failure(e)) from None
+            raise PassError(source.init_failure(e)) from e
         log.warning("Failed to initialize resource manager; using empty manager", error=str(e))
     try:
         result = label_node(source, config, started_at)
     except DiscoveryError as e:
-        raise PassError(str(e)) from None
+        raise PassError(str(e)) from e
     finally:
         source.close_nvml()
     if result.model.lost_gpus:  # upstream's oneshot fails on a lost GPU; its exit status is kept

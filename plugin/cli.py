@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from threading import Thread
 
 import structlog
 
 from gfd import signals
 from gfd.config import ConfigError
+from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
+from gfd.discovery.session import NodeSource
+from gfd.doctor.checks import Context
+from gfd.doctor.startup import check_at_start
 from gfd.doctor.subcommand import with_doctor
+from gfd.httpserver import AddressError, Health, serve
+from gfd.lifecycle import Lifecycle, Scope
+from gfd.model import DeviceModel
 from gfd.program import configured
+from plugin.cdi import CdiError
+from plugin.cdi.store import publish
 from plugin.config import PLUGIN_OPTIONS, PluginConfig, load_plugin_config, loggable, node_source, reload_or_keep
-
-if TYPE_CHECKING:
-    from gfd.discovery.session import NodeSource
-    from gfd.model import DeviceModel
-    from plugin.health import HealthChecker
-    from plugin.kubelet import KubeletRegistrar
-    from plugin.mps.readiness import MpsWatch
-    from plugin.telemetry.collector import TelemetryCollector
+from plugin.health import HealthChecker, HealthState, Rediscovery, XidPolicy
+from plugin.host import read_node_devices
+from plugin.kubelet import KubeletRegistrar
+from plugin.metrics import PluginMetrics
+from plugin.mps.readiness import MpsWatch, wait_until_ready
+from plugin.mps.root import MpsRoot
+from plugin.resources import ResourceError, build_resources, lost_placeholders
+from plugin.server import DevicePluginService, ResourceServer, ServeError
+from plugin.telemetry.cli import hostname
+from plugin.telemetry.collector import TelemetryCollector
 
 log = structlog.get_logger("plugin")
 
@@ -33,23 +44,21 @@ class StartError(Exception):
 
 @dataclass
 class _Plugins:
-    """Everything one start owns; a SIGHUP stops it and builds a new one."""
+    """What one start serves; a SIGHUP stops its scope and builds a new one."""
 
     source: NodeSource
     checker: HealthChecker
+    health_loop: Thread
     registrar: KubeletRegistrar
-    mps_watch: MpsWatch | None = None
 
 
 class DevicePlugin:
     def __init__(self, argv: Sequence[str], environ: Mapping[str, str], config: PluginConfig) -> None:
-        from plugin.metrics import PluginMetrics
-
         self.argv, self.environ, self.config = argv, environ, config
         self.metrics = PluginMetrics()
-        self.stop_event = threading.Event()
+        self.life = Lifecycle("nvidia-device-plugin", main="kubelet registration loop")
         self.reload = False
-        self.registrar_stop = threading.Event()
+        self.run_scope: Scope | None = None
         self.current: _Plugins | None = None
         self.waiting = False  # started with nothing to serve (no GPUs, or NVML absent and allowed)
         self.model: DeviceModel | None = None  # the last start's, for GPU telemetry
@@ -59,107 +68,81 @@ class DevicePlugin:
     def request_reload(self) -> None:
         """A full restart: stop serving, reload the config, rediscover, serve and register again."""
         self.reload = True
-        self.registrar_stop.set()
+        if self.run_scope is not None:
+            self.run_scope.stop()
 
     def stop(self) -> None:
-        self.stop_event.set()
-        self.registrar_stop.set()
+        self.life.stop()
 
-    def healthy(self) -> tuple[bool, str]:
+    def healthy(self) -> Health:
         """/healthz: serving, registered with the kubelet, and the health loop running (or switched off)."""
         plugins = self.current
         if plugins is None:
-            return (True, "ok; no devices to serve") if self.waiting else (False, "starting")
-        registrar, checker = plugins.registrar, plugins.checker
+            return Health(True, "ok; no devices to serve") if self.waiting else Health(False, "starting")
+        registrar = plugins.registrar
         if registrar.blocked:
-            return False, "a resource's socket is served by another process"
+            return Health(False, "a resource's socket is served by another process")
         if registrar.pending:
-            return False, "not registered with the kubelet yet"
-        if checker.policy.enabled and not checker.is_alive():
-            return False, "the device health loop is not running"
-        return True, "ok"
+            return Health(False, "not registered with the kubelet yet")
+        if plugins.checker.policy.enabled and not plugins.health_loop.is_alive():
+            return Health(False, "the device health loop is not running")
+        return Health(True, "ok")
 
     def run(self) -> int:
-        from gfd.metrics import AddressError, serve
+        with self.life:
+            status = self._serve(self.life)
+        log.info("Exiting")
+        return self.life.exit_status(status)
 
-        servers = []
+    def _serve(self, life: Lifecycle) -> int:
+        """The endpoints and GPU telemetry for the whole process, then one run per config until a stop."""
         try:
             if self.config.metrics_address:
-                servers.append(serve(self.metrics.registry, self.config.metrics_address, self.healthy))
+                serve(life, self.config.metrics_address, self.metrics.registry, self.healthy)
             if self.config.gpu_metrics_address:
-                self.telemetry = self._telemetry()
-                servers.append(serve(self.telemetry.render, self.config.gpu_metrics_address,
-                                     lambda: (True, "ok") if self.telemetry and self.telemetry.collections
-                                     else (False, "no collection yet")))
+                self.telemetry = telemetry = self._telemetry()
+                serve(life, self.config.gpu_metrics_address, telemetry.render, telemetry.healthy)
+                life.start_thread("gpu-telemetry", functools.partial(telemetry.run, life.stopping))
         except AddressError as e:
             log.error(f"error starting plugins: {e}")
-            for server in servers:
-                server.shutdown()
             return 1
-        if self.telemetry is not None:
-            self.telemetry.start()
-        try:
-            while not self.stop_event.is_set():
-                self.registrar_stop.clear()
+        while not life.stopping.is_set():
+            with life.scope("plugins") as run:
+                self.run_scope = run
                 try:
-                    plugins = self.start()
+                    plugins = self.start(run)
                 except StartError as e:
                     log.error(f"error starting plugins: {e}")
                     return 1
                 self.waiting = plugins is None
-                try:
-                    if plugins is None:
-                        self.registrar_stop.wait()  # nothing to serve: wait for a signal
-                    else:
-                        plugins.registrar.run(self.registrar_stop)
-                finally:
-                    self.shutdown(plugins)
-                if self.reload and not self.stop_event.is_set():
-                    self.reload = False
-                    self.config = reload_or_keep(load_plugin_config, self.argv, self.environ, self.config)
-        finally:
-            for server in servers:
-                server.shutdown()
-            if self.telemetry is not None:
-                self.telemetry.stop()
-        log.info("Exiting")
+                if plugins is None:
+                    run.stopping.wait()  # nothing to serve: wait for a signal
+                else:
+                    plugins.registrar.run(run.stopping)
+            if self.reload and not life.stopping.is_set():
+                self.reload = False
+                self.config = reload_or_keep(load_plugin_config, self.argv, self.environ, self.config)
         return 0
 
     def _telemetry(self) -> TelemetryCollector:
         """Samples the GPUs of the last start on its own thread (started once its address is served); the
         health stream feeds it XIDs."""
-        from plugin.telemetry.cli import hostname
-        from plugin.telemetry.collector import TelemetryCollector
-
         return TelemetryCollector(lambda: self.model, self.config.collect_interval_ns / 1e9,
                                   self.config.pod_resources_socket, hostname(self.environ or os.environ), xids=True)
 
-    def start(self) -> _Plugins | None:
-        """Discover, build resources, serve and register. None: no devices, wait for signals."""
-        from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
-        from gfd.doctor.checks import Context
-        from gfd.doctor.startup import check_at_start
-        from plugin.cdi import CdiError
-        from plugin.cdi.store import publish
-        from plugin.health import HealthChecker, HealthState, Rediscovery, XidPolicy
-        from plugin.host import read_node_devices
-        from plugin.kubelet import KubeletRegistrar
-        from plugin.mps.readiness import MpsWatch, wait_until_ready
-        from plugin.mps.root import MpsRoot
-        from plugin.resources import ResourceError, build_resources, lost_placeholders
-        from plugin.server import DevicePluginService, ResourceServer, ServeError
-
+    def start(self, run: Scope) -> _Plugins | None:
+        """Discover, build resources, serve and register, each entered into `run` (closed in reverse when
+        it stops, or here on a failure). None: no devices, wait for signals."""
         config = self.config
         try:
-            source = node_source(config)
+            source = run.enter("NVML", node_source(config))
         except ConfigError as e:
-            raise StartError(str(e)) from None
+            raise StartError(str(e)) from e
         try:
             source.open()
         except NvmlUnavailable as e:
-            source.close()
             if config.fail_on_init_error:
-                raise StartError(f"nvml init failed: {e} ({source.explain(e)})") from None
+                raise StartError(f"nvml init failed: {e} ({source.explain(e)})") from e
             log.warning(f"nvml init failed: {e}; if this is a GPU node, did you set the container runtime to "
                         "nvidia?")
             log.info("No devices found. Waiting indefinitely.")
@@ -172,8 +155,7 @@ class DevicePlugin:
                 classes = publish(model, config, node.imex_channels, node.mig_cap_minors, source.host_root)
                 node = replace(node, cdi_classes=classes)
         except (DiscoveryError, ResourceError, CdiError) as e:
-            source.close()
-            raise StartError(str(e)) from None
+            raise StartError(str(e)) from e
         if not self.setup_checked:  # once per process: the node's set-up, from inside this container
             self.setup_checked = True
             check_at_start(model, self.metrics.setup_check,
@@ -182,9 +164,8 @@ class DevicePlugin:
             log.info("No devices found. Waiting indefinitely.")
         mps = [r for r in resources if r.mps]
         mps_root = MpsRoot(config.mps_container_root)
-        if mps and not wait_until_ready(mps_root, mps, self.registrar_stop):
-            source.close()  # stopped or reloading while waiting
-            return None
+        if mps and not wait_until_ready(mps_root, mps, run.stopping):
+            return None  # stopped or reloading while waiting
         state = HealthState(config.health_recovery_ns / 1e9)
         lost = lost_placeholders(model)
         for gpu in lost:
@@ -201,30 +182,17 @@ class DevicePlugin:
         services = [DevicePluginService(r, config, node, state, model.links, self.metrics) for r in resources]
         registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir) for s in services], config.kubelet_socket,
                                      self.metrics)
-        watch = MpsWatch(mps_root, mps, state) if mps else None
-        self.current = plugins = _Plugins(source, checker, registrar, watch)
+        run.callback("kubelet sockets", registrar.stop)
         try:
             registrar.start()
         except (ServeError, OSError) as e:
-            registrar.stop()
-            source.close()
-            self.current = None
-            raise StartError(str(e) if isinstance(e, ServeError) else f"cannot serve: {e}") from None
-        checker.start()
-        if watch is not None:
-            watch.start()
+            raise StartError(str(e) if isinstance(e, ServeError) else f"cannot serve: {e}") from e
+        health_loop = run.start_thread("health", functools.partial(checker.run, run.stopping))
+        if mps:
+            watch = MpsWatch(mps_root, mps, state)
+            run.start_thread("mps-watch", functools.partial(watch.run, run.stopping))
+        self.current = plugins = _Plugins(source, checker, health_loop, registrar)
         return plugins
-
-    @staticmethod
-    def shutdown(plugins: _Plugins | None) -> None:
-        if plugins is None:
-            return
-        plugins.registrar.stop()
-        plugins.checker.stop()
-        plugins.checker.join(2)
-        if plugins.mps_watch is not None:
-            plugins.mps_watch.stop()
-        plugins.source.close()
 
 
 @with_doctor("nvidia-device-plugin", lambda: PLUGIN_OPTIONS)
@@ -234,5 +202,5 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
         return 1
     log.info("Running with config", **loggable(config))
     plugin = DevicePlugin(argv, environ, config)
-    signals.install(plugin.stop, plugin.request_reload)
+    signals.install(plugin.life, plugin.request_reload)
     return plugin.run()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from gfd.discovery.events import ALL_INSTANCES, EventWatcher, WatchError, XidEvent, probe, probe_fully
+from gfd.discovery.errors import WatchError
+from gfd.discovery.events import ALL_INSTANCES, EventWatcher, XidEvent, probe, probe_fully
 from gfd.model import Gpu
 from plugin.resources import PluginDevice, Resource
 
@@ -123,34 +124,30 @@ class HealthState:
         self.changed.notify_all()
 
 
-class HealthChecker(threading.Thread):
-    """Watches XID events and probes GPUs; owns nothing but the watcher and the state it updates."""
+class HealthChecker:
+    """Watches XID events and probes GPUs; owns nothing but the watcher and the state it updates. `run`
+    is a thread of the plugin's run scope, until its `stopping` is set."""
 
     def __init__(self, gpus: tuple[Gpu, ...], state: HealthState, policy: XidPolicy, probe_s: float,
                  wait_ms: int = 500, rediscover: Rediscovery | None = None,
                  xid_seen: Callable[[str, int], None] | None = None) -> None:
         """`xid_seen`: told of every XID, critical or not (GPU telemetry reports the last one)."""
-        super().__init__(name="health", daemon=True)
         self.rediscover, self.xid_seen = rediscover, xid_seen
         self.gpus, self.state, self.policy = gpus, state, policy
         self.probe_s, self.wait_ms = probe_s, wait_ms
-        self.stopped = threading.Event()
         self.by_uuid = {g.uuid: g for g in gpus}
 
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def run(self) -> None:
+    def run(self, stopping: threading.Event) -> None:
         if not self.policy.enabled:
             log.info("health checks disabled (DP_DISABLE_HEALTHCHECKS)")
             return
-        while not self.stopped.is_set():
+        while not stopping.is_set():
             watcher = self._start_watcher()
             if watcher is None:
-                self.stopped.wait(1.0)  # retried: devices recover once a watcher runs again
+                stopping.wait(1.0)  # retried: devices recover once a watcher runs again
                 continue
             try:
-                self._watch(watcher)
+                self._watch(watcher, stopping)
             except WatchError as e:
                 self.state.fault_all(str(e))
             finally:
@@ -169,9 +166,9 @@ class HealthChecker(threading.Thread):
             self.state.fault((uuid, -1, -1), f"cannot register for events: {error}")
         return watcher
 
-    def _watch(self, watcher: EventWatcher) -> None:
+    def _watch(self, watcher: EventWatcher, stopping: threading.Event) -> None:
         next_probe = 0.0
-        while not self.stopped.is_set():
+        while not stopping.is_set():
             if time.monotonic() >= next_probe:
                 self.probe_all()
                 next_probe = time.monotonic() + self.probe_s

@@ -152,10 +152,12 @@ def test_bad_files_name_file_field_and_problem(write_yaml: Any, doc: Any, field:
 
 
 def test_missing_and_unparsable_files(tmp_path: Any, write_yaml: Any) -> None:
-    with pytest.raises(ConfigError, match="error opening config file: No such file or directory"):
+    with pytest.raises(ConfigError, match="error opening config file: No such file or directory") as absent:
         load(["--config-file", str(tmp_path / "absent.yaml")])
-    with pytest.raises(ConfigError, match=r"not valid YAML at line 3, column 3: "):
+    assert isinstance(absent.value.__cause__, FileNotFoundError)  # one line, its cause kept
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 3, column 3: ") as bad:
         load(["--config-file", write_yaml("flags:\n  - a\n  b: [\n")])
+    assert isinstance(bad.value.__cause__, yaml.YAMLError)
 
 
 _yaml_values = st.recursive(

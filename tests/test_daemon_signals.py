@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import eventually, read_labels
+from tests.apiserver import FakeApiServer
+from tests.helpers import eventually, kill_all, read_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,3 +110,45 @@ def test_node_feature_mode_without_cluster_credentials_is_one_clear_error() -> N
                           env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1
     assert "failed to create clientsets" in proc.stderr and "Traceback" not in proc.stderr
+
+
+NODE_FEATURE = "/apis/nfd.k8s-sigs.io/v1alpha1/namespaces/ns/nodefeatures"
+
+
+def node_feature_daemon(apiserver: FakeApiServer, tmp_path: Path) -> subprocess.Popen[bytes]:
+    log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "gfd", "--simulate=t4", "--log-format=json", "--node-name=node1", "--namespace=ns",
+         f"--kubeconfig={apiserver.kubeconfig(str(tmp_path / 'kubeconfig'))}"],
+        stdout=log, stderr=log, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)})
+
+
+def test_sigterm_during_an_api_write_completes_it(apiserver: FakeApiServer, tmp_path: Path) -> None:
+    apiserver.fail("POST", NODE_FEATURE, status=0, delay=0.3)  # the create takes 0.3 s to be answered
+    proc = node_feature_daemon(apiserver, tmp_path)
+    try:
+        eventually(lambda: len(apiserver.requests("POST")) == 1, timeout=20)  # the write is in flight
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        kill_all([proc])
+    events = [json.loads(line)["event"] for line in log_text(tmp_path).splitlines()]
+    assert events.index("Received signal, shutting down") < events.index("labels published") < \
+        events.index("Exiting")
+    assert apiserver.get_object(f"{NODE_FEATURE}/nvidia-features-for-node1") is not None
+
+
+def test_sigterm_during_a_hung_api_write_cancels_it_and_exits_0_at_once(apiserver: FakeApiServer,
+                                                                                 tmp_path: Path) -> None:
+    apiserver.fail("GET", f"{NODE_FEATURE}/", status=0, delay=8.0)  # hung (the client's read timeout: 10 s)
+    proc = node_feature_daemon(apiserver, tmp_path)
+    try:
+        eventually(lambda: len(apiserver.requests("GET")) == 1, timeout=20)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - sent < 2.0  # the grace (0.5 s) and the exit, not the request's 10 s timeout
+    finally:
+        kill_all([proc])
+    assert "writing labels interrupted by the stop" in log_text(tmp_path)
+    assert "Traceback" not in log_text(tmp_path)

@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pynvml
 import pytest
 
 from gfd.discovery import nvml
 from gfd.discovery.errors import DiscoveryError, GpuLost
+from gfd.discovery.simulated.profiles import Fault
+from gfd.discovery.sysfs import PciFacts
 from gfd.model import Gpu
 
 
@@ -38,3 +41,33 @@ def test_pending_states_say_what_waits_for_a_reset(a100: tuple[Any, tuple[Gpu, .
     assert (states[0].mig_current, states[0].mig_pending) == (1, 0)
     assert (states[1].mig_current, states[1].mig_pending) == (1, 1)
     assert states[0].rows_pending is False and states[0].remap_failed is False
+
+
+def test_nvml_errors_are_translated_with_their_answer_kept_as_data(a100: tuple[Any, tuple[Gpu, ...]]) -> None:
+    """Issue 22: NVML's code is data on the error (the daemon used to parse it back out of the message),
+    the pynvml error is the cause, and none leaves gfd/discovery raw."""
+    sim, _gpus = a100
+    sim.node.gpus[1].lost = True
+    with pytest.raises(DiscoveryError) as lost:  # GpuLost is a DiscoveryError
+        nvml.gpu_handle(1)
+    assert isinstance(lost.value, GpuLost) and isinstance(lost.value.__cause__, pynvml.NVMLError_GpuIsLost)
+    assert (lost.value.error, lost.value.code) == ("ERROR_GPU_IS_LOST", pynvml.NVML_ERROR_GPU_IS_LOST)
+    sim.node.faults.append(Fault("nvmlDeviceSetComputeMode", pynvml.NVML_ERROR_NO_PERMISSION))
+    with pytest.raises(DiscoveryError) as refused:
+        nvml.set_compute_mode(0, "EXCLUSIVE_PROCESS")
+    assert str(refused.value) == "error setting compute mode EXCLUSIVE_PROCESS on GPU 0: ERROR_NO_PERMISSION"
+    assert (refused.value.call, refused.value.error, refused.value.code) == \
+        ("nvmlDeviceSetComputeMode", "ERROR_NO_PERMISSION", pynvml.NVML_ERROR_NO_PERMISSION)
+    assert isinstance(refused.value.__cause__, pynvml.NVMLError)
+    with pytest.raises(DiscoveryError) as absent:  # not a raw pynvml error for the callers outside a read
+        nvml.gpu_handle(99)
+    assert absent.value.call == "nvmlDeviceGetHandleByIndex" and absent.value.error == "ERROR_INVALID_ARGUMENT"
+
+
+def test_a_fatal_query_in_a_read_keeps_an_unnamed_code_as_data(a100: tuple[Any, tuple[Gpu, ...]]) -> None:
+    sim, _gpus = a100
+    sim.node.faults.append(Fault("nvmlDeviceGetCount_v2", 123))  # a code this pynvml has no name for
+    with pytest.raises(DiscoveryError) as failed:
+        nvml.NvmlReader().read_gpus(PciFacts(sim.host_root))
+    assert str(failed.value) == "error getting devices: ERROR_123"
+    assert (failed.value.call, failed.value.error, failed.value.code) == ("nvmlDeviceGetCount", "ERROR_123", 123)

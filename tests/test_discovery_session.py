@@ -58,14 +58,19 @@ def test_without_nvml_the_failure_is_worded_as_upstream_by_strategy_then_explain
         assert source.read().gpus == ()  # NVML closed: a GPU-less model (upstream's null manager)
 
 
+def _refused(name: str) -> NvmlUnavailable:
+    """nvmlInit's refusal as discovery raises it (gfd.discovery.nvml.translated)."""
+    return NvmlUnavailable(name, "nvmlInit", name)
+
+
 def test_a_missing_library_names_the_driver_root_it_was_looked_for_in(tmp_path: Path) -> None:
     source = NodeSource("auto", driver_root=str(tmp_path))
-    explained = source.explain(NvmlUnavailable("ERROR_LIBRARY_NOT_FOUND"))
+    explained = source.explain(_refused("ERROR_LIBRARY_NOT_FOUND"))
     assert explained.startswith(f"no libnvidia-ml.so.1 under the driver root {tmp_path} (--driver-root-ctr-path) "
                                 "or on the library search path")
-    assert NodeSource("auto", driver_root="/").explain(NvmlUnavailable("ERROR_LIBRARY_NOT_FOUND")).startswith(
+    assert NodeSource("auto", driver_root="/").explain(_refused("ERROR_LIBRARY_NOT_FOUND")).startswith(
         "no libnvidia-ml.so.1 on the library search path")  # `/` is the container's own root: not a mount
-    assert source.explain(NvmlUnavailable("ERROR_DRIVER_NOT_LOADED")) == \
+    assert source.explain(_refused("ERROR_DRIVER_NOT_LOADED")) == \
         "the NVIDIA kernel module is not loaded on this node"
 
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +22,8 @@ from plugin.dra.sharing import ConsumableShares
 from plugin.dra.slices import pool
 from tests import builders
 from tests.helpers import simulated_model
+from tests.requirements import require_commands, require_shared
 
-ROOT = Path(__file__).resolve().parent.parent
-CLUSTER = ROOT.parent / "shared" / "k8s" / "cluster"
 NODE = "gpu-node-1"
 GROUP, VERSION = "resource.k8s.io", "v1"
 KINDS = {"resourceslices": "ResourceSlice", "deviceclasses": "DeviceClass", "resourceclaims": "ResourceClaim"}
@@ -34,13 +31,11 @@ KINDS = {"resourceslices": "ResourceSlice", "deviceclasses": "DeviceClass", "res
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[client.ApiClient]:
-    if not CLUSTER.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the shared control plane is missing at {CLUSTER}")
-        pytest.skip(f"no shared control plane at {CLUSTER}")
+    cluster = require_shared("k8s", "cluster") / "cluster"
+    require_commands("etcd", "openssl", "curl", "xz")
     directory = tempfile.mkdtemp(prefix="k8s-dra-")
     try:
-        kubeconfig = subprocess.run([str(CLUSTER), "up", directory], check=True, capture_output=True, text=True,
+        kubeconfig = subprocess.run([str(cluster), "up", directory], check=True, capture_output=True, text=True,
                                     timeout=120).stdout.strip().splitlines()[-1]
         configuration = client.Configuration()
         config.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
@@ -50,7 +45,7 @@ def api() -> Iterator[client.ApiClient]:
                 client.V1Node(metadata=client.V1ObjectMeta(name=NODE, labels={}, annotations={})))
             yield api_client
     finally:
-        subprocess.run([str(CLUSTER), "down", directory], check=False, capture_output=True, timeout=120)
+        subprocess.run([str(cluster), "down", directory], check=False, capture_output=True, timeout=120)
 
 
 class Resources:

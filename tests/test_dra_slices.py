@@ -24,9 +24,9 @@ from plugin.dra.slices import Pool, pool, semver
 from plugin.dra.topology import pcie_root, pcie_roots
 from tests import builders
 from tests.helpers import simulated_model
+from tests.requirements import require_shared
 
 ROOT = Path(__file__).resolve().parent.parent
-MOCK = ROOT.parent / "shared" / "nvml-mock"
 PROFILES = sorted(p.stem for p in Path(PROFILE_DIR).glob("*.yaml") if p.stem not in ("no-library",))
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 GI = 1024**3
@@ -286,20 +286,17 @@ def test_on_nvidias_mock_nvml_the_devices_are_nvidias(config: str, tmp_path: Pat
     with the values derived from the mock's own profile."""
     import yaml
 
-    if not (MOCK / "libnvidia-ml.so.1").exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"NVIDIA's mock NVML is missing at {MOCK}")
-        pytest.skip(f"NVIDIA's mock NVML is not at {MOCK}")
+    mock = require_shared("nvml-mock", "libnvidia-ml.so.1", f"configs/{config}")
     lib = tmp_path / "driver-root" / "usr" / "lib64"
     lib.mkdir(parents=True)
-    (lib / "libnvidia-ml.so.1").symlink_to(MOCK / "libnvidia-ml.so.1")
+    (lib / "libnvidia-ml.so.1").symlink_to(mock / "libnvidia-ml.so.1")
     (tmp_path / "host").mkdir()
     proc = subprocess.run([sys.executable, "-c", MOCK_SCRIPT, str(tmp_path / "driver-root"), str(tmp_path / "host")],
                           capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
-                          env={"PATH": os.environ["PATH"], "MOCK_NVML_CONFIG": str(MOCK / "configs" / config)})
+                          env={"PATH": os.environ["PATH"], "MOCK_NVML_CONFIG": str(mock / "configs" / config)})
     assert proc.returncode == 0, proc.stderr
     specs = json.loads(proc.stdout.splitlines()[-1])
-    profile = yaml.safe_load((MOCK / "configs" / config).read_text())
+    profile = yaml.safe_load((mock / "configs" / config).read_text())
     defaults, system = profile["device_defaults"], profile["system"]
     cc = defaults["compute_capability"]
     assert len(specs) == 1

@@ -440,7 +440,7 @@ def test_an_idle_connection_does_not_block_healthz(daemon: Callable[..., Daemon]
 
 
 def test_ipv6_and_all_interface_addresses_are_served(tmp_path: Path) -> None:
-    from gfd.metrics import parse_address
+    from gfd.httpserver import parse_address
 
     assert parse_address(":9102") == ("", 9102)
     assert parse_address("localhost:9102") == ("localhost", 9102)

@@ -34,8 +34,9 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OutputError, match=r"error atomically writing file .*No space left on device"):
+    with pytest.raises(OutputError, match=r"error atomically writing file .*No space left on device") as e:
         write_atomically(str(target), b"new=1\n")
+    assert isinstance(e.value.__cause__, OSError)
     assert sorted(os.listdir(tmp_path)) == ["gfd"]
     assert target.read_text() == "old=1\n"
 

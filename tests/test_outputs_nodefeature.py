@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from gfd.config import load_config, parse_command_line
+from gfd.lifecycle import Scope
 from gfd.metrics import Metrics
 from gfd.outputs import OutputError
 from gfd.outputs.nodefeature import NodeFeatureOutput
@@ -27,13 +28,21 @@ LABELS = {"nvidia.com/gpu.count": "8", "nvidia.com/vgpu.present": "false"}
 
 
 def output(apiserver: FakeApiServer, tmp_path: Path, *extra: str, metrics: Metrics | None = None,
-           on_deleted: Callable[[], None] | None = None) -> NodeFeatureOutput:
+           on_deleted: Callable[[], None] | None = None, scope: Scope | None = None) -> NodeFeatureOutput:
+    """The output as the daemon builds it; with `on_deleted` and `scope` it watches for deletions."""
     kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
     config = load_config(parse_command_line(
         ["--kubeconfig", kubeconfig, "--namespace", NS, "--node-name", "node1", *extra], {}))
-    out = NodeFeatureOutput.from_config(config, metrics or Metrics(), on_deleted)
+    out = NodeFeatureOutput.from_config(config, metrics or Metrics(), on_deleted, scope)
     out.kube.timeout = (1.0, 0.5)
     return out
+
+
+@pytest.fixture
+def scope() -> Iterator[Scope]:
+    """Where the output's deletion watch runs, closed after the test."""
+    with Scope("test") as s:
+        yield s
 
 
 def daemonset_pod(apiserver: FakeApiServer) -> None:
@@ -172,16 +181,16 @@ def gaps(requests: list[Any]) -> list[float]:
     return [b.at - a.at for a, b in itertools.pairwise(requests)]
 
 
-def test_a_server_that_ends_every_watch_at_once_gets_one_watch_a_second_then_fewer(apiserver: FakeApiServer,
-                                                                                   tmp_path: Path) -> None:
+def test_a_server_that_ends_every_watch_at_once_gets_one_watch_a_second_then_fewer(
+        apiserver: FakeApiServer, tmp_path: Path, scope: Scope) -> None:
     """Issue 20.1: before, ~1 000 watch requests a second; client-go backs off a watch that ends too soon."""
     metrics = Metrics()
-    out = output(apiserver, tmp_path, metrics=metrics, on_deleted=lambda: None)
+    out = output(apiserver, tmp_path, metrics=metrics, on_deleted=lambda: None, scope=scope)
     apiserver.end_watches_at_once()
     out.write(LABELS)  # starts the deletion watch
     time.sleep(4.0)
-    out.close()
-    out.watcher.join(2)  # type: ignore[union-attr]
+    scope.close()
+    assert not scope.hung
     watches = apiserver.watches()
     # Backoff from 1 s, doubled each time, jittered into [d/2, d]: opened at 0, ~1, ~2.5 and maybe ~5 s.
     assert 2 <= len(watches) <= 4, gaps(watches)
@@ -189,46 +198,45 @@ def test_a_server_that_ends_every_watch_at_once_gets_one_watch_a_second_then_few
     assert api_count(metrics, "watch", "200") == len(watches)  # what the server answered, each once
 
 
-def test_a_watch_answered_429_waits_its_retry_after(apiserver: FakeApiServer, tmp_path: Path) -> None:
+def test_a_watch_answered_429_waits_its_retry_after(apiserver: FakeApiServer, tmp_path: Path, scope: Scope) -> None:
     metrics = Metrics()
-    out = output(apiserver, tmp_path, metrics=metrics, on_deleted=lambda: None)
+    out = output(apiserver, tmp_path, metrics=metrics, on_deleted=lambda: None, scope=scope)
     apiserver.fail("GET", "watch=true", status=429, retry_after=2)
     apiserver.end_watches_at_once()
     out.write(LABELS)
-    eventually(lambda: len(apiserver.watches()) == 2, timeout=5)
-    out.close()
+    eventually(lambda: api_count(metrics, "watch", "200") == 1, timeout=5)
+    scope.close()
     assert gaps(apiserver.watches())[0] >= 1.95  # the backoff alone would have been at most 1 s
-    assert api_count(metrics, "watch", "429") == 1 and api_count(metrics, "watch", "200") == 1
+    assert api_count(metrics, "watch", "429") == 1
 
 
-def test_a_watch_is_counted_when_the_server_answers_not_before(apiserver: FakeApiServer, tmp_path: Path) -> None:
+def test_a_watch_is_counted_when_the_server_answers_not_before(apiserver: FakeApiServer, tmp_path: Path,
+                                                              scope: Scope) -> None:
     metrics = Metrics()
-    out = output(apiserver, tmp_path, metrics=metrics, on_deleted=lambda: None)
+    out = output(apiserver, tmp_path, metrics=metrics, on_deleted=lambda: None, scope=scope)
     apiserver.fail("GET", "watch=true", status=0, delay=1.0)  # answered after a second
     out.write(LABELS)
     eventually(lambda: len(apiserver.watches()) == 1)
     assert api_count(metrics, "watch", "200") == 0
     eventually(lambda: api_count(metrics, "watch", "200") == 1, timeout=3)
-    out.close()
 
 
-def test_close_ends_a_watch_in_progress_at_once(apiserver: FakeApiServer, tmp_path: Path) -> None:
-    out = output(apiserver, tmp_path, on_deleted=lambda: None)
+def test_a_stop_ends_a_watch_in_progress_at_once(apiserver: FakeApiServer, tmp_path: Path, scope: Scope) -> None:
+    out = output(apiserver, tmp_path, on_deleted=lambda: None, scope=scope)
     out.write(LABELS)
     eventually(lambda: len(apiserver.watches()) == 1)
     time.sleep(0.2)  # the watch is open and waiting for events
     started = time.monotonic()
-    out.close()
-    out.watcher.join(2)  # type: ignore[union-attr]
-    assert not out.watcher.is_alive() and time.monotonic() - started < 1.0  # type: ignore[union-attr]
+    scope.close()
+    assert not scope.hung and not scope.alive() and time.monotonic() - started < 1.0
 
 
-def test_a_deletion_seen_while_a_write_is_answered_is_not_overwritten_by_that_answer(apiserver: FakeApiServer,
-                                                                                       tmp_path: Path) -> None:
+def test_a_deletion_seen_while_a_write_is_answered_is_not_overwritten_by_that_answer(
+        apiserver: FakeApiServer, tmp_path: Path, scope: Scope) -> None:
     """The watch thread and the write thread share what was last written: a deletion the watch sees while
     a write is in flight must leave the object to be written again, not be lost under the write's answer."""
     deletions = []
-    out = output(apiserver, tmp_path, on_deleted=lambda: deletions.append(1))
+    out = output(apiserver, tmp_path, on_deleted=lambda: deletions.append(1), scope=scope)
     out.kube.timeout = (1.0, 5.0)
     out.write(LABELS)
     eventually(lambda: len(apiserver.watches()) == 1)
@@ -245,16 +253,15 @@ def test_a_deletion_seen_while_a_write_is_answered_is_not_overwritten_by_that_an
     eventually(lambda: bool(deletions))
     out.write(changed)  # the same labels: written again because the object is gone
     assert apiserver.get_object(OBJECT)["spec"]["labels"] == changed  # type: ignore[index]
-    out.close()
 
 
-def test_writes_racing_deletions_stress(apiserver: FakeApiServer, tmp_path: Path) -> None:
+def test_writes_racing_deletions_stress(apiserver: FakeApiServer, tmp_path: Path, scope: Scope) -> None:
     """Many writes, each answered while its object is being deleted (the watch thread and the write thread
     race for what was last written): after each, once the watch has seen the deletion, writing the same
     labels again puts them back on the server (never a stale 'already written')."""
     seen: list[int] = []
     out = output(apiserver, tmp_path, "--kube-api-qps=1000", "--kube-api-burst=1000",
-                 on_deleted=lambda: seen.append(1))
+                 on_deleted=lambda: seen.append(1), scope=scope)
     out.kube.timeout = (1.0, 5.0)
     out.write(LABELS)
     eventually(lambda: len(apiserver.watches()) == 1)
@@ -267,4 +274,3 @@ def test_writes_racing_deletions_stress(apiserver: FakeApiServer, tmp_path: Path
         eventually(lambda: len(seen) > before)  # noqa: B023 - waited for inside the iteration
         out.write(labels)
         assert apiserver.get_object(OBJECT)["spec"]["labels"] == labels, n  # type: ignore[index]
-    out.close()

@@ -129,3 +129,15 @@ def test_the_readmes_profile_mixes_its_two_models_as_upstream_does(tmp_path: Pat
     assert warning.get("from_other_models") == \
         ({"nvidia.com/gpu.memory": "NVIDIA A100-SXM4-80GB"} if memory_fault else None)
 
+
+def test_contributing_names_modules_that_exist_and_the_architecture_shows_the_cross_cutting_ones() -> None:
+    """CONTRIBUTING.md says which module to use (to start and stop, talk to the API, serve HTTP, raise
+    errors): each module it names exists, and the README's architecture shows the same ones."""
+    contributing = (ROOT / "CONTRIBUTING.md").read_text()
+    named = set(re.findall(r"\b(?:gfd|plugin|tests)/[\w/]*\w(?:\.py|/)?(?![\w<*])", contributing))
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, missing
+    architecture = README.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    for module in ("gfd/lifecycle.py", "gfd/signals.py", "gfd/kube/", "gfd/kube/errors.py", "gfd/httpserver.py",
+                   "gfd/discovery/errors.py"):
+        assert module in named and module in architecture, module

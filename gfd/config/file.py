@@ -40,7 +40,7 @@ def read_config_file(path: str, options: Sequence[Option] = GFD_OPTIONS) -> tupl
         try:
             opt.check_value(values[opt.dest])
         except ValueError as e:
-            raise ConfigError(source, field, str(e), opt.accepted) from None
+            raise ConfigError(source, field, str(e), opt.accepted) from e
 
     _validate_resources(_lookup(doc, "resources"), source)
     sharing = parse_sharing(_lookup(doc, "sharing"), source)
@@ -74,7 +74,7 @@ def _convert(raw: Any, kind: str, field: str, source: str, accepted: str) -> Any
             try:
                 return parse_duration(raw)
             except ValueError as e:
-                raise ConfigError(source, field, str(e), accepted) from None
+                raise ConfigError(source, field, str(e), accepted) from e
         raise ConfigError(source, field, f"expected a duration, got {short(raw)}", accepted)
     expected = _TYPES[kind]
     if (isinstance(raw, bool) and kind != "bool") or not isinstance(raw, expected):

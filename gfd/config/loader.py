@@ -145,7 +145,7 @@ def _convert(opt: Option, text: str, source: str) -> Any:
     try:
         return opt.parse_text(text)
     except ValueError as e:
-        raise ConfigError(source, opt.name, str(e), opt.accepted) from None
+        raise ConfigError(source, opt.name, str(e), opt.accepted) from e
 
 
 def load_config(cmdline: CommandLine) -> Config:

@@ -29,7 +29,7 @@ def read_text(path: str, source: str, limit: int = MAX_FILE_BYTES, what: str = "
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(source, "", f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}",
-                          "UTF-8 text") from None
+                          "UTF-8 text") from e
 
 
 def read_bytes(path: str, source: str, limit: int = MAX_FILE_BYTES, what: str = "file") -> bytes:
@@ -38,7 +38,7 @@ def read_bytes(path: str, source: str, limit: int = MAX_FILE_BYTES, what: str = 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise ConfigError(source, "", f"error opening {what}: {e.strerror or e}") from None
+        raise ConfigError(source, "", f"error opening {what}: {e.strerror or e}") from e
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ConfigError(source, "", "not a regular file", "a regular file")
@@ -49,7 +49,7 @@ def read_bytes(path: str, source: str, limit: int = MAX_FILE_BYTES, what: str = 
                 break
             data += chunk
     except OSError as e:
-        raise ConfigError(source, "", f"cannot read: {e.strerror or e}") from None
+        raise ConfigError(source, "", f"cannot read: {e.strerror or e}") from e
     finally:
         os.close(fd)
     if len(data) > limit:
@@ -66,7 +66,7 @@ def load_yaml(text: str, source: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(source, "", f"not valid YAML{where}: {problem}") from None
+        raise ConfigError(source, "", f"not valid YAML{where}: {problem}") from e
 
 
 def _check_limits(text: str, source: str) -> None:

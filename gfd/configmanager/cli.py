@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from kubernetes import client
 
+from gfd import signals
 from gfd.config.loader import load, parse_command_line
 from gfd.configmanager.apply import link_target, point, send
 from gfd.configmanager.options import CONFIG_MANAGER_OPTIONS, Settings
@@ -24,6 +25,7 @@ from gfd.configmanager.selection import SelectError, available_configs, select
 from gfd.kube.client import Kube, connect
 from gfd.kube.errors import CredentialsError, KubeError
 from gfd.kube.watch import Watch
+from gfd.lifecycle import Lifecycle
 from gfd.program import configured, process_arguments
 
 log = structlog.get_logger("config-manager")
@@ -88,7 +90,7 @@ class ConfigManager:
             self.apply(label)
         except SelectError as e:
             log.error(f"{e}; keeping the current config")
-        except LookupError as e:
+        except (LookupError, OSError) as e:  # no process to signal; the link cannot be written: next event
             log.error(str(e))
 
 
@@ -117,8 +119,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     manager = ConfigManager(settings, kube)
     if settings.oneshot:
         return manager.run_once()
-    manager.watch()
-    return 0
+    with Lifecycle("config-manager", main="node watch") as life:
+        life.on_stop(kube.cancel)
+        life.callback("API client", kube.close)
+        signals.install(life)
+        manager.watch(life.stopping)
+    return life.exit_status(0)
 
 
 if __name__ == "__main__":

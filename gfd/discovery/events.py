@@ -9,7 +9,8 @@ from typing import Any
 
 import pynvml
 
-from gfd.discovery.nvml import NVMLError, error_name
+from gfd.discovery.errors import WatchError
+from gfd.discovery.nvml import NVMLError, error_name, translated
 from gfd.model import Gpu
 
 XID_CRITICAL = pynvml.nvmlEventTypeXidCriticalError
@@ -24,10 +25,6 @@ class XidEvent:
     ci_id: int = ALL_INSTANCES
 
 
-class WatchError(Exception):
-    """Waiting for events failed (not a timeout): upstream then marks every device unhealthy."""
-
-
 class EventWatcher:
     """Registers XID critical-error events for the given GPUs and waits for them."""
 
@@ -37,7 +34,7 @@ class EventWatcher:
         try:
             self._set = pynvml.nvmlEventSetCreate()
         except NVMLError as e:
-            raise WatchError(f"error creating the NVML event set: {error_name(e)}") from None
+            raise translated(e, "nvmlEventSetCreate", "error creating the NVML event set", WatchError) from e
         self._uuids: dict[int, str] = {}
         for gpu in gpus:
             try:
@@ -59,7 +56,7 @@ class EventWatcher:
         except pynvml.NVMLError_Timeout:
             return None
         except NVMLError as e:
-            raise WatchError(f"error waiting for NVML events: {error_name(e)}") from None
+            raise translated(e, "nvmlEventSetWait_v2", "error waiting for NVML events", WatchError) from e
         if data.eventType != XID_CRITICAL:
             return None
         uuid = self._uuids.get(_address(data.device), "")

@@ -30,7 +30,7 @@ def _model(gpus: tuple[Gpu, ...], driver: str, cuda: int, host_root: str, machin
     try:
         vgpu = scan_vgpu(host_root)
     except VgpuParseError as e:
-        raise DiscoveryError(f"error creating vGPU labeler: {e}") from None
+        raise DiscoveryError(f"error creating vGPU labeler: {e}") from e
     return DeviceModel(
         driver_version=driver,
         cuda_driver_version=cuda,

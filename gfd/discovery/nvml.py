@@ -43,7 +43,14 @@ _PCIE_LEVELS = {0: "internal", 10: "single", 20: "multiple", 30: "hostbridge", 4
 _MAX_NVLINKS = 18  # upstream caps the links counted per GPU
 _DRIVER_VERSION = re.compile(r"[0-9]{1,6}\.[0-9]{1,6}(\.[0-9]{1,6})?")
 
-NVMLError = pynvml.NVMLError  # pynvml is untyped: annotations below use Exception
+NVMLError = pynvml.NVMLError  # pynvml is untyped: annotations below use Exception. Never leaves gfd/discovery.
+
+
+def translated(e: Exception, call: str, what: str = "", kind: type[DiscoveryError] = DiscoveryError) -> DiscoveryError:
+    """NVML's error as ours: the message `what: ERROR_NAME` (the name alone without `what`), with the call,
+    the name and the number kept as data. Raise it `from e`."""
+    name = error_name(e)
+    return kind(f"{what}: {name}" if what else name, call, name, getattr(e, "value", None))
 
 
 # Where a driver root keeps libnvidia-ml.so.1 (upstream's lookup under --driver-root-ctr-path).
@@ -81,7 +88,7 @@ def init(driver_root: str = "") -> str:
     try:
         pynvml.nvmlInit()
     except NVMLError as e:
-        raise NvmlUnavailable(error_name(e), "nvmlInit") from None
+        raise translated(e, "nvmlInit", kind=NvmlUnavailable) from e
     return path if path is not None else f"{LIBRARY} (ordinary library search)"
 
 
@@ -98,24 +105,27 @@ COMPUTE_MODES = {"DEFAULT": pynvml.NVML_COMPUTEMODE_DEFAULT,
 
 def gpu_handle(index: int) -> Any:
     """The NVML handle of the GPU at `index`, for the callers outside a read (telemetry, MPS, doctor):
-    GpuLost when it fell off the bus, as the reader reports it; any other NVMLError as NVML raised it."""
+    GpuLost when it fell off the bus, as the reader reports it; DiscoveryError for any other answer."""
     try:
         return pynvml.nvmlDeviceGetHandleByIndex(index)
-    except pynvml.NVMLError_GpuIsLost:
-        raise GpuLost("nvmlDeviceGetHandleByIndex") from None
+    except pynvml.NVMLError_GpuIsLost as e:
+        raise GpuLost("nvmlDeviceGetHandleByIndex", e.value) from e
+    except NVMLError as e:
+        raise translated(e, "nvmlDeviceGetHandleByIndex", f"error getting the handle of GPU {index}") from e
 
 
 def set_compute_mode(index: int, mode: str) -> None:
     """nvmlDeviceSetComputeMode on the GPU at `index` (what `nvidia-smi -i <gpu> -c <mode>` does);
     DiscoveryError naming NVML's answer (NO_PERMISSION without root, NOT_SUPPORTED, ...)."""
+    what = f"error setting compute mode {mode} on GPU {index}"
     try:
-        pynvml.nvmlDeviceSetComputeMode(gpu_handle(index), COMPUTE_MODES[mode])
-    except GpuLost:
-        raise DiscoveryError(f"error setting compute mode {mode} on GPU {index}: ERROR_GPU_IS_LOST",
-                             "nvmlDeviceGetHandleByIndex") from None
+        handle = gpu_handle(index)
+    except DiscoveryError as e:
+        raise DiscoveryError(f"{what}: {e.error}", e.call, e.error, e.code) from e
+    try:
+        pynvml.nvmlDeviceSetComputeMode(handle, COMPUTE_MODES[mode])
     except NVMLError as e:
-        raise DiscoveryError(f"error setting compute mode {mode} on GPU {index}: {error_name(e)}",
-                             "nvmlDeviceSetComputeMode") from None
+        raise translated(e, "nvmlDeviceSetComputeMode", what) from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +145,7 @@ def pending_states(gpus: Iterable[Gpu]) -> dict[int, PendingState]:
     for gpu in gpus:
         try:
             states[gpu.index] = _pending_state(gpu_handle(gpu.index))
-        except (NVMLError, GpuLost):
+        except DiscoveryError:
             continue
     return states
 
@@ -193,14 +203,14 @@ class NvmlReader:
         """Every failed query: recorded (for metrics); GpuLost when the GPU is lost, whatever the call."""
         self.errors.append((call, error_name(e)))
         if isinstance(e, pynvml.NVMLError_GpuIsLost):
-            raise GpuLost(call) from None
+            raise GpuLost(call, e.value) from e
 
     def _fatal(self, what: str, call: Callable[..., T], *args: Any) -> T:
         try:
             return call(*args)
         except NVMLError as e:
             self._failed(call.__name__, e)
-            raise DiscoveryError(f"{what}: {error_name(e)}", call.__name__) from None
+            raise translated(e, call.__name__, what) from e
 
     def _recorded(self, call: Callable[..., T], *args: Any) -> T:
         """Call and, on an NVML error, record which function failed before re-raising."""
@@ -356,7 +366,7 @@ class NvmlReader:
             if _unsupported(e):
                 return False, False
             self._failed("nvmlDeviceGetMigMode", e)
-            raise DiscoveryError(f"error getting MIG mode: {error_name(e)}", "nvmlDeviceGetMigMode") from None
+            raise translated(e, "nvmlDeviceGetMigMode", "error getting MIG mode") from e
         return True, current == pynvml.NVML_DEVICE_MIG_ENABLE
 
     def _read_mig_devices(self, parent: Any, product: str, parent_memory_mib: int | None) -> tuple[MigDevice, ...]:
@@ -445,8 +455,7 @@ class NvmlReader:
             if _unsupported(e):
                 return None
             self._failed("nvmlDeviceGetGpuFabricInfoV", e)
-            raise DiscoveryError(f"error getting GPU fabric info: {error_name(e)}",
-                                 "nvmlDeviceGetGpuFabricInfoV") from None
+            raise translated(e, "nvmlDeviceGetGpuFabricInfoV", "error getting GPU fabric info") from e
         cluster = bytes(info.clusterUuid)
         if info.state != _FABRIC_COMPLETED or info.status != pynvml.NVML_SUCCESS or not any(cluster):
             return None

@@ -106,7 +106,7 @@ class NodeSource:
                      if nvml.mounted_driver_root(self.driver_root) else "")
             return (f"no {nvml.LIBRARY} {where}on the library search path: no NVIDIA driver here, or its root not "
                     "mounted; `--simulate list` names simulated nodes to run on")
-        return _NVML_INIT_CAUSES.get(str(error), "see `doctor` for the driver's state")
+        return _NVML_INIT_CAUSES.get(error.error, "see `doctor` for the driver's state")
 
 
 # What nvmlInit's other refusals mean on a Kubernetes node.

@@ -24,7 +24,7 @@ from typing import Any
 import pynvml
 
 from gfd.discovery.errors import GpuLost
-from gfd.discovery.nvml import NVMLError, error_name
+from gfd.discovery.nvml import NVMLError, error_name, translated
 
 MIB = 1 << 20
 ALL_LINKS = 0xFFFFFFFF  # nvml.h: a field value's scopeId for the sum over every NVLink
@@ -239,7 +239,13 @@ _FIELDS_OF = {call: tuple(f.name for f in FIELDS if f.call == call) for call in 
 
 
 def mig_handle(gpu: Any, index: int) -> Any:
-    return pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, index)
+    """DiscoveryError (GpuLost when the GPU is lost) for NVML's refusal."""
+    try:
+        return pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, index)
+    except pynvml.NVMLError_GpuIsLost as e:
+        raise GpuLost("nvmlDeviceGetMigDeviceHandleByIndex", e.value) from e
+    except NVMLError as e:
+        raise translated(e, "nvmlDeviceGetMigDeviceHandleByIndex", f"error getting MIG device {index}") from e
 
 
 @dataclass
@@ -260,7 +266,7 @@ class Sampler:
                 reading = QUERIES[call](handle, state)
             except NVMLError as e:
                 if isinstance(e, pynvml.NVMLError_GpuIsLost):
-                    raise GpuLost(call) from None
+                    raise GpuLost(call, e.value) from e
                 if call == GPM:  # new buffers, a new window (a sample of another NVML session is refused)
                     _free(state)
                 if getattr(e, "value", None) in UNSUPPORTED:

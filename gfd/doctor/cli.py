@@ -131,7 +131,7 @@ def context(config: DoctorConfig, environ: Mapping[str, str], source: NodeSource
             c.nvml_library = nvml.locate_library(config.container_driver_root) or ""
         c.model = source.read()
         c.pending = nvml.pending_states(c.model.gpus)
-    except (NvmlUnavailable, DiscoveryError, nvml.NVMLError) as e:
+    except DiscoveryError as e:
         c.nvml_error = source.init_failure(e) if isinstance(e, NvmlUnavailable) else str(e)
     finally:
         source.close_nvml()

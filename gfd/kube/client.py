@@ -121,6 +121,8 @@ class Kube:
                     kind, obj = event["type"], event["object"]
                 except (ValueError, KeyError, TypeError) as e:
                     raise KubeError(f"malformed watch event: {type(e).__name__}: {str(e)[:200]}") from e
+                if not isinstance(obj, dict) or not isinstance(obj.get("metadata") or {}, dict):
+                    raise KubeError("malformed watch event: its object is not a Kubernetes object")
                 if kind == "ERROR":
                     raise from_api_exception(_Status(obj))
                 yield {"type": kind, "object": obj}

@@ -9,8 +9,11 @@ from gfd.config import Config
 from gfd.config.duration import INFINITE_NS
 from gfd.config.model import STDOUT
 from gfd.outputs import Output, OutputError
+from gfd.outputs.featurefile import FeatureFile
+from gfd.outputs.stdout import Stdout
 
 if TYPE_CHECKING:
+    from gfd.lifecycle import Scope
     from gfd.metrics import Metrics
 
 
@@ -40,20 +43,20 @@ def removed_on_stop(config: Config) -> bool:
     return not (config.keep_output_on_exit or config.oneshot or config.sleep_interval_ns == INFINITE_NS)
 
 
-def make_output(config: Config, metrics: Metrics | None = None,
+def make_output(config: Config, scope: Scope | None = None, metrics: Metrics | None = None,
                 on_deleted: Callable[[], None] | None = None) -> Output:
-    """`on_deleted`: called when someone deletes what was written (the NodeFeature object), so that a
-    daemon writes it again at once."""
-    from gfd.outputs.featurefile import FeatureFile
-    from gfd.outputs.stdout import Stdout
-
+    """`scope`: where an output starts what it runs in the background (the NodeFeature deletion watch) and
+    is stopped. `on_deleted`: called when someone deletes what was written (the NodeFeature object), so
+    that a daemon writes it again at once."""
     if config.output_file in (STDOUT, ""):
         return Stdout()
     if writes_node_feature(config):
+        # Imported here: the kubernetes client takes ~220 ms to import (python -X importtime), which a
+        # feature-file or stdout run never needs.
         from gfd.outputs.nodefeature import NodeFeatureOutput
 
         try:
-            return NodeFeatureOutput.from_config(config, metrics, on_deleted)
+            return NodeFeatureOutput.from_config(config, metrics, on_deleted, scope)
         except OutputError as e:  # upstream's line first (scripts grep it), then the way out
-            raise OutputError(f"{e} ({NODE_FEATURE_NEEDS})", e.retry_after) from None
+            raise OutputError(f"{e} ({NODE_FEATURE_NEEDS})", e.retry_after) from e
     return FeatureFile(config.output_file)

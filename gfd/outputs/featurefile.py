@@ -35,12 +35,12 @@ def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
     except FileNotFoundError:
         pass
     except OSError as e:
-        raise OutputError(f"error atomically writing file '{path}': {e}") from None
+        raise OutputError(f"error atomically writing file '{path}': {e}") from e
     try:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=directory)
     except OSError as e:
-        raise OutputError(f"error atomically writing file '{path}': {e}") from None
+        raise OutputError(f"error atomically writing file '{path}': {e}") from e
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
@@ -51,7 +51,7 @@ def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise OutputError(f"error atomically writing file '{path}': {e}") from None
+        raise OutputError(f"error atomically writing file '{path}': {e}") from e
 
 
 class FeatureFile:

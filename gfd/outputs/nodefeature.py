@@ -9,6 +9,7 @@ a deletion by someone else is noticed through gfd.kube's watch loop.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from gfd.kube.watch import Watch
 from gfd.outputs import OutputError
 
 if TYPE_CHECKING:
+    from gfd.lifecycle import Scope
     from gfd.metrics import Metrics
 
 log = structlog.get_logger("gfd.outputs")
@@ -35,7 +37,10 @@ _CONFLICT_RETRIES = 3
 
 class NodeFeatureOutput:
     def __init__(self, kube: Kube, namespace: str, node_name: str, pod_name: str = "",
-                 resync_seconds: float = 3600.0, on_deleted: Callable[[], None] | None = None) -> None:
+                 resync_seconds: float = 3600.0, on_deleted: Callable[[], None] | None = None,
+                 scope: Scope | None = None) -> None:
+        """`on_deleted` and `scope`: a deletion by someone else is watched for (on a thread of `scope`, whose
+        stop also cancels this output's API requests) and reported through `on_deleted`."""
         if not node_name:
             raise OutputError("failed to create label outputer: required flag node-name not set")
         if not namespace:
@@ -56,12 +61,14 @@ class NodeFeatureOutput:
         # A deleted object is noticed through a watch (one open request, no polling) and written again at
         # once instead of at the next resync.
         self.on_deleted = on_deleted
-        self.stopping = threading.Event()
+        self.scope = scope
         self.watcher: threading.Thread | None = None
+        if scope is not None:
+            scope.on_stop(kube.cancel)
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics | None = None,
-                    on_deleted: Callable[[], None] | None = None) -> NodeFeatureOutput:
+                    on_deleted: Callable[[], None] | None = None, scope: Scope | None = None) -> NodeFeatureOutput:
         count = None if metrics is None else \
             (lambda verb, code: metrics.api_requests.labels(verb=verb, code=code).inc())
         try:
@@ -69,7 +76,7 @@ class NodeFeatureOutput:
         except CredentialsError as e:
             raise OutputError(f"failed to create clientsets: {e}") from e
         return cls(kube, config.namespace, config.node_name, config.pod_name, config.node_feature_resync_ns / 1e9,
-                   on_deleted)
+                   on_deleted, scope)
 
     # -- the Output interface ---------------------------------------------------------------------
     def needs_resync(self) -> bool:
@@ -85,8 +92,7 @@ class NodeFeatureOutput:
         """The CR stays on exit (as upstream); owner references let GC remove it with the DaemonSet."""
 
     def close(self) -> None:
-        self.stopping.set()
-        self.kube.cancel()
+        self.kube.close()
 
     # -- internals --------------------------------------------------------------------------------
     def _write(self, labels: dict[str, str]) -> None:
@@ -102,15 +108,15 @@ class NodeFeatureOutput:
                           f"{_CONFLICT_RETRIES} attempts")
 
     def _start_watch(self) -> None:
-        if self.on_deleted is not None and self.watcher is None and not self.stopping.is_set():
-            with self.lock:
-                version = (self.known or {}).get("metadata", {}).get("resourceVersion")
-            watch = Watch(self.kube, self.name, self.custom.list_namespaced_custom_object, GROUP, VERSION,
-                          self.namespace, PLURAL, field_selector=f"metadata.name={self.name}",
-                          on_event=self._on_event, relist=self._relist, resource_version=version)
-            self.watcher = threading.Thread(target=watch.run, args=(self.stopping,), name="nodefeature-watch",
-                                            daemon=True)
-            self.watcher.start()
+        scope = self.scope
+        if self.on_deleted is None or scope is None or self.watcher is not None or scope.stopping.is_set():
+            return
+        with self.lock:
+            version = (self.known or {}).get("metadata", {}).get("resourceVersion")
+        watch = Watch(self.kube, self.name, self.custom.list_namespaced_custom_object, GROUP, VERSION,
+                      self.namespace, PLURAL, field_selector=f"metadata.name={self.name}",
+                      on_event=self._on_event, relist=self._relist, resource_version=version)
+        self.watcher = scope.start_thread("nodefeature-watch", functools.partial(watch.run, scope.stopping))
 
     def _on_event(self, kind: str, _obj: dict[str, Any]) -> None:
         if kind == "DELETED":

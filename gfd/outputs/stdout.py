@@ -20,7 +20,7 @@ class Stdout:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
-            raise OutputError(f"error writing labels to standard output: {e.strerror or e}") from None
+            raise OutputError(f"error writing labels to standard output: {e.strerror or e}") from e
 
     def needs_resync(self) -> bool:
         return False

@@ -37,7 +37,7 @@ def write_specs(specs: list[Spec], spec_dir: str) -> frozenset[str]:
         try:
             write_atomically(path, spec.to_json(), SPEC_MODE)
         except OutputError as e:
-            raise CdiError(f"failed to save CDI spec: {e}") from None
+            raise CdiError(f"failed to save CDI spec: {e}") from e
         log.info("CDI spec written", path=path, devices=len(spec.devices))
         written.add(spec.file_name)
     for name in _ours(spec_dir) - written:

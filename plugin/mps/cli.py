@@ -20,6 +20,7 @@ import structlog
 from gfd import signals
 from gfd.config import ConfigError
 from gfd.config.loader import load, parse_command_line
+from gfd.lifecycle import Lifecycle, Scope
 from gfd.program import configured, process_arguments
 from plugin.config import PLUGIN_OPTIONS, PluginConfig, node_source, reload_or_keep, validate
 from plugin.mps import MpsError
@@ -45,39 +46,44 @@ def load_daemon_config(argv: Sequence[str], environ: Mapping[str, str]) -> Plugi
 class MpsControlDaemon:
     def __init__(self, argv: Sequence[str], environ: Mapping[str, str], config: PluginConfig) -> None:
         self.argv, self.environ, self.config = argv, environ, config
-        self.stopping = threading.Event()
-        self.wake = threading.Event()  # set by stop and reload
+        self.life = Lifecycle(PROG, main="MPS daemon supervision")
+        self.run_scope: Scope | None = None
         self.reload = False
         self.daemons: list[ResourceDaemon] = []
         self.source: NodeSource | None = None
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.wake.set()
+        self.life.stop()
 
     def request_reload(self) -> None:
         self.reload = True
-        self.wake.set()
+        if self.run_scope is not None:
+            self.run_scope.stop()
 
     @property
     def root(self) -> MpsRoot:
         return MpsRoot(self.config.mps_container_root)
 
     def run(self) -> int:
-        while not self.stopping.is_set():
-            self.wake.clear()
-            try:
-                self.start()
-                self.supervise()
-            except (MpsError, ConfigError) as e:
-                log.error(str(e))
-                return 1
-            finally:
-                self.shutdown()
-            if self.reload and not self.stopping.is_set():
+        with self.life as life:
+            status = self._supervised(life)
+        log.info("Exiting")
+        return life.exit_status(status)
+
+    def _supervised(self, life: Lifecycle) -> int:
+        while not life.stopping.is_set():
+            with life.scope("MPS daemons") as run:
+                self.run_scope = run
+                run.callback("MPS daemons", self.shutdown)
+                try:
+                    self.start()
+                    self.supervise(run.stopping)
+                except (MpsError, ConfigError) as e:
+                    log.error(str(e))
+                    return 1
+            if self.reload and not life.stopping.is_set():
                 self.reload = False
                 self.config = reload_or_keep(load_daemon_config, self.argv, self.environ, self.config)
-        log.info("Exiting")
         return 0
 
     def start(self) -> None:
@@ -107,9 +113,9 @@ class MpsControlDaemon:
             pass
         log.info("MPS daemons started", resources=[d.name for d in self.daemons])
 
-    def supervise(self) -> None:
+    def supervise(self, stopping: threading.Event) -> None:
         """Until a signal: a daemon that stops answering is stopped and started again."""
-        while not self.wake.wait(CHECK_S):
+        while not stopping.wait(CHECK_S):
             for daemon in self.daemons:
                 reason = answers(self.root, daemon.name)
                 if reason is None:
@@ -152,5 +158,5 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log.info("mounted the MPS shm tmpfs", path=MpsRoot(config.mps_container_root).shm, size=size)
         return 0
     daemon = MpsControlDaemon(args, env, config)
-    signals.install(daemon.stop, daemon.request_reload)
+    signals.install(daemon.life, daemon.request_reload)
     return daemon.run()

@@ -5,6 +5,7 @@ client limited to its share of memory and SMs, and `.started` written for the pl
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import threading
@@ -13,6 +14,7 @@ import structlog
 
 from gfd.discovery import nvml
 from gfd.discovery.errors import DiscoveryError
+from gfd.lifecycle import Scope
 from gfd.model import Gpu
 from plugin.mps import MpsError
 from plugin.mps.control import send, start_daemon
@@ -60,7 +62,7 @@ def check_replicas(resource: Resource) -> None:
 class ResourceDaemon:
     def __init__(self, resource: Resource, root: MpsRoot) -> None:
         self.resource, self.root, self.name = resource, root, resource.name
-        self.tails: list[LogTail] = []
+        self.tails = Scope(f"MPS logs of {resource.name}")
 
     def start(self) -> None:
         for gpu in gpus_of(self.resource):
@@ -71,10 +73,10 @@ class ResourceDaemon:
         _label_for_containers(self.root.pipe_dir(self.name))
         start_daemon(self.root, self.name, [g.uuid for g in gpus_of(self.resource)])
         # What MPS writes (control.log, and server.log once a client has started a server) shows in our log.
-        self.tails = [LogTail(os.path.join(self.root.log_dir(self.name), f), self.name)
-                      for f in ("control.log", "server.log")]
-        for tail in self.tails:
-            tail.start()
+        self.tails = Scope(f"MPS logs of {self.name}")
+        for f in ("control.log", "server.log"):
+            tail = LogTail(os.path.join(self.root.log_dir(self.name), f), self.name)
+            self.tails.start_thread("mps-log", functools.partial(tail.run, self.tails.stopping))
         for index, limit in sorted(pinned_memory_limits(self.resource).items()):
             send(self.root, self.name, f"set_default_device_pinned_mem_limit {index} {limit}")
         send(self.root, self.name, f"set_default_active_thread_percentage {active_thread_percentage(self.resource)}")
@@ -90,9 +92,7 @@ class ResourceDaemon:
             log.info("Shut down MPS", resource=self.name)
         except MpsError as e:
             log.warning("MPS daemon did not take quit", resource=self.name, error=str(e))
-        for tail in self.tails:
-            tail.stop()
-        self.tails = []
+        self.tails.close()
         for gpu in gpus_of(self.resource):
             try:
                 _set_compute_mode(gpu, "DEFAULT")
@@ -101,21 +101,16 @@ class ResourceDaemon:
         shutil.rmtree(self.root.log_dir(self.name), ignore_errors=True)
 
 
-class LogTail(threading.Thread):
+class LogTail:
     """Follows an MPS log file into ours, so `kubectl logs` shows what MPS said."""
 
     def __init__(self, path: str, resource: str) -> None:
-        super().__init__(name="mps-log", daemon=True)
         self.path, self.resource = path, resource
-        self.stopped = threading.Event()
 
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def run(self) -> None:
+    def run(self, stopping: threading.Event) -> None:
         offset = 0
         partial = b""
-        while not self.stopped.wait(0.2):
+        while not stopping.wait(0.2):
             try:
                 with open(self.path, "rb") as f:
                     f.seek(offset)

@@ -40,17 +40,15 @@ def wait_until_ready(root: MpsRoot, resources: list[Resource], stop: threading.E
     return True
 
 
-class MpsWatch(threading.Thread):
+class MpsWatch:
+    """Reports an MPS resource's devices unhealthy while its daemon does not answer; `run` is a thread of
+    the plugin's run scope."""
+
     def __init__(self, root: MpsRoot, resources: list[Resource], state: HealthState) -> None:
-        super().__init__(name="mps-watch", daemon=True)
         self.root, self.resources, self.state = root, resources, state
-        self.stopped = threading.Event()
 
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def run(self) -> None:
-        while not self.stopped.wait(CHECK_S):
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.wait(CHECK_S):
             for resource in self.resources:
                 reason = not_ready(self.root, resource)
                 if reason is None:

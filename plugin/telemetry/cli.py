@@ -4,8 +4,8 @@ collector the device plugin runs with `--gpu-metrics-address`; it takes XIDs fro
 
 from __future__ import annotations
 
+import functools
 import socket
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -13,8 +13,13 @@ import structlog
 
 from gfd import signals
 from gfd.config.loader import load, parse_command_line
+from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
+from gfd.httpserver import AddressError, serve
+from gfd.lifecycle import Lifecycle
+from gfd.model import DeviceModel
 from gfd.program import configured, process_arguments
 from plugin.config import PLUGIN_OPTIONS, PluginConfig, node_source
+from plugin.telemetry.collector import TelemetryCollector
 
 log = structlog.get_logger("plugin.telemetry")
 PROG = "gpu-metrics-exporter"
@@ -42,17 +47,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def run(config: PluginConfig, host: str) -> int:
-    from gfd.discovery.errors import DiscoveryError, NvmlUnavailable
-    from gfd.metrics import AddressError, serve
-    from gfd.model import DeviceModel
-    from plugin.telemetry.collector import TelemetryCollector
+    life = Lifecycle(PROG, main="waiting for a stop signal")
+    with life:
+        status = _serve(life, config, host)
+    log.info("Exiting")
+    return life.exit_status(status)
 
-    source = node_source(config)
+
+def _serve(life: Lifecycle, config: PluginConfig, host: str) -> int:
+    source = life.enter("NVML", node_source(config))
     try:
         source.open()
     except NvmlUnavailable as e:
         log.error(f"NVML unavailable: {e}")
-        source.close()
         return 1
 
     def model() -> DeviceModel | None:
@@ -63,22 +70,14 @@ def run(config: PluginConfig, host: str) -> int:
             return None
 
     collector = TelemetryCollector(model, config.collect_interval_ns / 1e9, config.pod_resources_socket, host)
-    stop = threading.Event()
     try:
-        server = serve(collector.render, config.gpu_metrics_address,
-                       lambda: (True, "ok") if collector.collections else (False, "no collection yet"))
+        serve(life, config.gpu_metrics_address, collector.render, collector.healthy)
     except AddressError as e:
         log.error(str(e))
-        source.close()
         return 1
-    signals.install(stop.set, lambda: None)
-    collector.start()
+    signals.install(life)
+    life.start_thread("gpu-telemetry", functools.partial(collector.run, life.stopping))
     log.info("serving GPU telemetry", address=config.gpu_metrics_address,
              interval_s=config.collect_interval_ns / 1e9)
-    stop.wait()
-    collector.stop()
-    collector.join(5)
-    server.shutdown()
-    source.close()
-    log.info("Exiting")
+    life.stopping.wait()
     return 0

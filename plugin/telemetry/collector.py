@@ -11,9 +11,9 @@ import structlog
 from prometheus_client.core import Metric
 
 from gfd.discovery import nvml, telemetry
-from gfd.discovery.errors import GpuLost
-from gfd.discovery.events import EventWatcher, WatchError
-from gfd.discovery.nvml import NVMLError, error_name
+from gfd.discovery.errors import DiscoveryError, GpuLost, WatchError
+from gfd.discovery.events import EventWatcher
+from gfd.httpserver import Health
 from gfd.model import DeviceModel, Gpu, LostGpu
 from plugin.telemetry.exposition import render
 from plugin.telemetry.podresources import Holder, PodResourcesError, dra_device_uuids, holders
@@ -23,13 +23,13 @@ log = structlog.get_logger("plugin.telemetry")
 MAX_EVENTS = 1000  # NVML events taken per collection: a storm of them cannot hold a collection up
 
 
-class TelemetryCollector(threading.Thread):
+class TelemetryCollector:
     def __init__(self, model: Callable[[], DeviceModel | None], interval_s: float, pod_resources_socket: str,
                  hostname: str, xids: bool = False) -> None:
         """`model`: the device model to sample (read again each time by the standalone exporter).
         `xids`: an XID source feeds `record_xid` (the plugin's health stream); without one the collector takes
-        XIDs from NVML events itself at each collection (the standalone exporter)."""
-        super().__init__(name="gpu-telemetry", daemon=True)
+        XIDs from NVML events itself at each collection (the standalone exporter). `run` is a thread of the
+        program's lifecycle."""
         self.model, self.interval_s = model, interval_s
         self.socket, self.hostname = pod_resources_socket, hostname
         self.xids: dict[str, int] = {}
@@ -39,24 +39,20 @@ class TelemetryCollector(threading.Thread):
         self.snapshot: list[Metric] = []
         self.exposition = b""  # the snapshot rendered once per collection: what a scrape sends
         self.collections = 0
-        self.stopped = threading.Event()
         self._reported: set[tuple[str, str, str]] = set()  # (UUID, metric, what) logged once
         self._pod_error: str | None = None
 
     def record_xid(self, gpu_uuid: str, xid: int) -> None:
         self.xids[gpu_uuid] = xid
 
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
             started = time.monotonic()
             try:
                 self.collect_once()
             except Exception:  # a bug must not end telemetry: the last snapshot stays, the next try comes
                 log.exception("telemetry collection failed")
-            self.stopped.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+            stopping.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     def collect_once(self) -> None:
         model = self.model()
@@ -76,8 +72,8 @@ class TelemetryCollector(threading.Thread):
             except GpuLost as e:
                 lost.append(_lost(gpu, e.call))
                 continue
-            except NVMLError as e:
-                self._once(gpu.uuid, "handle", "error", "GPU not sampled", error=error_name(e))
+            except DiscoveryError as e:
+                self._once(gpu.uuid, "handle", "error", "GPU not sampled", error=e.error)
                 lost.append(_lost(gpu, "nvmlDeviceGetHandleByIndex"))
                 continue
             devices += found
@@ -96,6 +92,9 @@ class TelemetryCollector(threading.Thread):
 
     def render(self) -> bytes:
         return self.exposition
+
+    def healthy(self) -> Health:
+        return Health(True, "ok") if self.collections else Health(False, "no collection yet")
 
     def _holders(self, model: DeviceModel) -> dict[str, list[Holder]]:
         try:

@@ -162,6 +162,7 @@ class SimulatedLibrary:
         try:
             return self.__dict__["_functions"][name]
         except KeyError:
+            # from None: attribute lookup's own answer; the dict's KeyError would read as a bug here
             raise AttributeError(name) from None
 
     # -- handles: opaque non-zero integers that map back to simulation objects ---------------------

@@ -158,7 +158,7 @@ def build_node(doc: Any, source: str) -> SimNode:
         return _build_node(doc, source, src)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise ConfigError(src, "", f"malformed profile ({type(e).__name__}: {short(str(e))})",
-                          "see the built-in profiles for the shape") from None
+                          "see the built-in profiles for the shape") from e
 
 
 MAX_GPUS = 256  # per simulated node: far above any real one (16), low enough to build in milliseconds

@@ -78,9 +78,9 @@ def _pattern(value: Any, field_name: str, src: str) -> Pattern:
     try:
         period = float(args["period_s"] if "period_s" in args else args.get("every_s", 1))
         pattern.at(0.0, 0.0)
-    except (TypeError, ValueError, IndexError, ZeroDivisionError, KeyError):
+    except (TypeError, ValueError, IndexError, ZeroDivisionError, KeyError) as e:
         raise ConfigError(src, f"{field_name}.{kind}", f"not numbers: {short(args)}",
-                          ", ".join(sorted(needed))) from None
+                          ", ".join(sorted(needed))) from e
     if not period > 0:
         raise ConfigError(src, f"{field_name}.{kind}", "the period must be positive", "a number of seconds > 0")
     return pattern
