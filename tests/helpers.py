@@ -1,5 +1,5 @@
 """Small helpers the test modules share: waiting, reading a feature file, a free port, an HTTP GET, shared objects
-and linker caches built by the real toolchain, a simulated node's device model."""
+and linker caches built by the real toolchain, a simulated node's device model, a fake host root for doctor."""
 
 from __future__ import annotations
 
@@ -125,3 +125,34 @@ def ldconfig_print(cache: Path) -> set[tuple[str, str]]:
     printed = subprocess.run(["ldconfig", "-p", "-C", str(cache)], capture_output=True, check=True).stdout.decode(
         errors="surrogateescape")
     return {(line.split(" (")[0].strip(), line.split(" => ")[1]) for line in printed.splitlines() if " => " in line}
+
+
+class FakeHostRoot:
+    """A host root for doctor's checks: files written under it, the GPUs' device nodes, and unix sockets that
+    really listen (keep `root` short: a socket path has at most 107 bytes)."""
+
+    def __init__(self, root: Path, gpus: int = 8) -> None:
+        self.root = root
+        self.sockets: list[socket.socket] = []
+        for node in ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", *(f"nvidia{i}" for i in range(gpus))]:
+            self.write(f"dev/{node}", "")
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> Path:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
+        return target
+
+    def listen(self, path: str) -> socket.socket:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(str(target))
+        listening.listen(1)
+        self.sockets.append(listening)
+        return listening
+
+    def close(self) -> None:
+        for listening in self.sockets:
+            listening.close()

@@ -1,5 +1,6 @@
 """A kubelet stand-in: the Registration service on kubelet.sock, the kubelet's calls into plugins, and
-its PodResources API (`pod-resources/kubelet.sock` beside the plugin directory) listing what it allocated.
+its PodResources API (`pod-resources/kubelet.sock` beside the plugin directory) listing what it allocated:
+device-plugin devices, and the devices of DRA claims a container uses (`dynamic_resources`).
 
 Like the kubelet it validates Register, dials the plugin's socket and calls GetDevicePluginOptions
 before Register returns, then follows ListAndWatch in the background. `restart()` does what a kubelet
@@ -37,14 +38,21 @@ class _PodResources(podresources_pb2_grpc.PodResourcesListerServicer):
         self.kubelet = kubelet
 
     def List(self, request: Any, context: Any) -> Any:
-        pods: dict[tuple[str, str], dict[str, list[Any]]] = {}
+        pods: dict[tuple[str, str], dict[str, tuple[list[Any], list[Any]]]] = {}
+
+        def lists(namespace: str, pod: str, container: str) -> tuple[list[Any], list[Any]]:
+            return pods.setdefault((namespace, pod), {}).setdefault(container, ([], []))
+
         with self.kubelet.changed:
             for (namespace, pod, container), (resource, ids) in self.kubelet.assigned.items():
-                pods.setdefault((namespace, pod), {}).setdefault(container, []).append(
+                lists(namespace, pod, container)[0].append(
                     podresources_pb2.ContainerDevices(resource_name=resource, device_ids=ids))
+            for (namespace, pod, container), claims in self.kubelet.claimed.items():
+                lists(namespace, pod, container)[1].extend(claims)
         return podresources_pb2.ListPodResourcesResponse(pod_resources=[
             podresources_pb2.PodResources(name=pod, namespace=namespace, containers=[
-                podresources_pb2.ContainerResources(name=c, devices=d) for c, d in containers.items()])
+                podresources_pb2.ContainerResources(name=c, devices=d, dynamic_resources=claims)
+                for c, (d, claims) in containers.items()])
             for (namespace, pod), containers in pods.items()])
 
 
@@ -86,6 +94,8 @@ class KubeletStandIn:
         self.server: grpc.Server | None = None
         # (namespace, pod, container) -> (resource, device IDs), as the kubelet's PodResources API lists them
         self.assigned: dict[tuple[str, str, str], tuple[str, list[str]]] = {}
+        # (namespace, pod, container) -> the DRA claims it uses (podresources_pb2.DynamicResource)
+        self.claimed: dict[tuple[str, str, str], list[Any]] = {}
         pod_resources = os.path.join(os.path.dirname(directory), "pod-resources")
         os.makedirs(pod_resources, exist_ok=True)
         self.pod_resources_socket = os.path.join(pod_resources, "kubelet.sock")
@@ -159,9 +169,22 @@ class KubeletStandIn:
             self.assigned[(namespace, pod, container)] = (resource, list(ids))
         return response
 
+    def run_claim_pod(self, namespace: str, pod: str, container: str, claim: str, claim_uid: str,
+                      devices: list[tuple[str, str, str]]) -> None:
+        """List a container using the claim `claim` (in the pod's namespace) whose allocation is `devices`
+        ((driver, pool, device) each), prepared as our DRA driver answers (one CDI device per device), as the
+        kubelet does once the claim is prepared and the container started."""
+        resources = [podresources_pb2.ClaimResource(
+            cdi_devices=[podresources_pb2.CDIDevice(name=f"k8s.{driver}/claim={claim_uid}-{device}")],
+            driver_name=driver, pool_name=pool, device_name=device) for driver, pool, device in devices]
+        with self.changed:
+            self.claimed.setdefault((namespace, pod, container), []).append(podresources_pb2.DynamicResource(
+                claim_name=claim, claim_namespace=namespace, claim_resources=resources))
+
     def delete_pod(self, namespace: str, pod: str) -> None:
         with self.changed:
             self.assigned = {k: v for k, v in self.assigned.items() if k[:2] != (namespace, pod)}
+            self.claimed = {k: v for k, v in self.claimed.items() if k[:2] != (namespace, pod)}
 
     def preferred(self, resource: str, available: list[str], must: list[str], size: int) -> list[str]:
         request = api_pb2.PreferredAllocationRequest(container_requests=[api_pb2.ContainerPreferredAllocationRequest(

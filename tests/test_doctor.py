@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import pytest
 from gfd.config.model import GFD_OPTIONS
 from gfd.doctor.cli import main as doctor
 from plugin.config import PLUGIN_OPTIONS
+from tests.helpers import FakeHostRoot
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -43,29 +43,16 @@ runtime_type = "oci"
 DOCKER = {"default-runtime": "nvidia", "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}}
 
 
-class Host:
+class Host(FakeHostRoot):
     """A fake host root, as a correct GPU node has it; `kubelet.sock` is a real listening socket."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        for node in ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", *(f"nvidia{i}" for i in range(8))]:
-            self.write(f"dev/{node}", "")
+        super().__init__(root)
         self.write("etc/containerd/config.toml", CONTAINERD)
         for tool in ("usr/bin/nvidia-container-runtime", "usr/bin/nvidia-ctk"):
             self.write(tool, "#!/bin/sh\n", 0o755)
         (root / "etc/kubernetes/node-feature-discovery/features.d").mkdir(parents=True)
-        plugins = root / "var/lib/kubelet/device-plugins"
-        plugins.mkdir(parents=True)
-        self.kubelet = socket.socket(socket.AF_UNIX)
-        self.kubelet.bind(str(plugins / "kubelet.sock"))
-        self.kubelet.listen(1)
-
-    def write(self, path: str, text: str, mode: int = 0o644) -> Path:
-        target = self.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        target.chmod(mode)
-        return target
+        self.kubelet = self.listen("var/lib/kubelet/device-plugins/kubelet.sock")
 
 
 @pytest.fixture
@@ -73,7 +60,7 @@ def host() -> Iterator[Host]:
     root = Path(tempfile.mkdtemp(prefix="host-", dir="/tmp"))  # short: kubelet.sock must fit a socket path
     h = Host(root)
     yield h
-    h.kubelet.close()
+    h.close()
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -102,6 +89,7 @@ def test_a_correct_node_is_all_ok(host: Host, capsys: pytest.CaptureFixture[str]
     assert {k for k, v in verdicts(checks).items() if v == "ok"} == LOCAL_OK
     # What needs the API or a CDI strategy says why it did not run.
     assert {k: c["evidence"] for k, c in checks.items() if c["verdict"] == "skipped"} == {
+        "runtime.cdi": "no CDI device names for the runtime (cdi-cri strategy or DRA driver)",
         "cdi.specs": "no CDI device list strategy chosen",
         "k8s.runtimeclass": "the chart sets no runtimeClassName",
         "k8s.node-labels": "no node name (set NODE_NAME or --node-name)"}
@@ -272,8 +260,8 @@ def test_api_checks_on_a_loopback_api_server(host: Host, capsys: pytest.CaptureF
 
 def test_the_programs_run_it_as_a_subcommand(host: Host) -> None:
     # GFD publishes through the NodeFeature API by default: without credentials its NFD check is skipped.
-    for program, summary in (("gpu-feature-discovery", "10 ok, 0 warning, 0 failed, 4 skipped"),
-                             ("nvidia-device-plugin", "11 ok, 0 warning, 0 failed, 3 skipped")):
+    for program, summary in (("gpu-feature-discovery", "10 ok, 0 warning, 0 failed, 5 skipped"),
+                             ("nvidia-device-plugin", "11 ok, 0 warning, 0 failed, 4 skipped")):
         proc = subprocess.run([str(BIN / program), "doctor", "--simulate=dgx-a100", f"--host-root={host.root}"],
                               capture_output=True, text=True, timeout=60, check=False,
                               env={"PATH": os.environ["PATH"], "NO_COLOR": "1"})

@@ -221,3 +221,24 @@ def test_fuzz_cdi_spec_never_a_false_ok(doc: Any) -> None:
 @given(st.sampled_from([CONTAINERD, CRIO, DOCKER, CDI_SPEC]), st.binary(max_size=200) | st.text(max_size=200))
 def test_fuzz_any_bytes_at_any_path_is_a_verdict(path: str, data: bytes | str) -> None:
     _fuzzed(path, data, "cdi.specs" if path == CDI_SPEC else "runtime.nvidia", cdi=True, cdi_spec_dir="/var/run/cdi")
+
+
+_DIRS = st.lists(st.sampled_from(["/etc/cdi", "/var/run/cdi", "/opt/cdi"]) | _junk(False), max_size=3) | _junk(False)
+_CDI_CRI = _level({"enable_cdi": st.booleans() | _junk(False), "cdi_spec_dirs": _DIRS,
+                   "containerd": _level({"runtimes": _runtimes()})})
+_CONTAINERD_CDI_DOCS = st.fixed_dictionaries({}, optional={
+    "version": st.sampled_from([2, 3]) | _junk(False),
+    "plugins": _level({"io.containerd.grpc.v1.cri": _CDI_CRI, "io.containerd.cri.v1.runtime": _CDI_CRI})})
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CONTAINERD_CDI_DOCS)
+def test_fuzz_containerd_cdi_never_a_false_ok(doc: dict[str, Any]) -> None:
+    """ok only when the containerd the config is for injects CDI devices from where the specs are written."""
+    result = _fuzzed(CONTAINERD, toml(doc), "runtime.cdi", driver="dra", cdi_spec_dir="/etc/cdi")
+    given_version = doc.get("version")
+    version: int = given_version if isinstance(given_version, int) else 1
+    cri = "io.containerd.cri.v1.runtime" if version >= 3 else "io.containerd.grpc.v1.cri"
+    enabled, dirs = _at(doc, "plugins", cri, "enable_cdi"), _at(doc, "plugins", cri, "cdi_spec_dirs")
+    assert result.verdict != "ok" or ((enabled is True or (enabled is None and version >= 3))
+                                      and (dirs is None or "/etc/cdi" in dirs)), result

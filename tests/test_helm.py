@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from tests.requirements import require_shared
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm"
 NS = "nvidia-device-plugin"
-K8S_VERSION = "1.33.0"
+K8S_VERSION = "1.36.0"  # the shared API server's; it knows DeviceClass and ValidatingAdmissionPolicy
 UPSTREAM_AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
     {"matchExpressions": [{"key": "feature.node.kubernetes.io/pci-10de.present", "operator": "In",
                            "values": ["true"]}]},
@@ -51,11 +52,17 @@ def env(c: dict[str, Any]) -> dict[str, Any]:
 
 PLUGIN, GFD = "nvdp-nvidia-device-plugin", "nvdp-nvidia-device-plugin-gpu-feature-discovery"
 MPS = "nvdp-nvidia-device-plugin-mps-control-daemon"
+DRA = "nvdp-nvidia-device-plugin-dra-kubelet-plugin"
+DRA_ONLY = {"dra": {"enabled": True}, "devicePlugin": {"enabled": False}, "gfd": {"enabled": True}}
 MODES = {
     "plugin only (default)": ({}, {PLUGIN, MPS}),
     "combined": ({"gfd": {"enabled": True}}, {PLUGIN, GFD, MPS}),
     "standalone GFD": ({"gfd": {"enabled": True}, "devicePlugin": {"enabled": False}}, {GFD}),
     "nothing but RBAC (upstream README's standalone command)": ({"devicePlugin": {"enabled": False}}, set()),
+    "DRA driver and GFD": (DRA_ONLY, {DRA, GFD}),
+    "DRA driver alone": ({"dra": {"enabled": True}, "devicePlugin": {"enabled": False}}, {DRA}),
+    "device plugin and DRA driver, split by node label": ({"dra": {"enabled": True}, "gfd": {"enabled": True}},
+                                                          {PLUGIN, MPS, GFD, DRA}),
 }
 
 
@@ -406,3 +413,189 @@ def test_metrics_are_off_by_default_and_a_local_bind_has_no_probes(chart: Any) -
 def test_chart_version_is_ours() -> None:
     meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert meta["version"] != "0.20.0" and meta["appVersion"] == meta["version"]
+
+
+# The DRA driver's mode (issue 23 items 5 and 6).
+DRA_CTR = "nvidia-dra-plugin-ctr"
+
+
+def dra_env(objects: dict[tuple[str, str], Any]) -> dict[str, str]:
+    return {k: v for k, v in env(container(objects, DRA, DRA_CTR)).items() if isinstance(v, str)}
+
+
+def test_dra_daemonset_passes_what_nvidias_chart_passes_gpu_kubelet_plugin(chart: Any) -> None:
+    """NVIDIA's kubeletplugin.yaml gives gpu-kubelet-plugin these env vars (where ours has the same setting),
+    and the plugin's config, loaded from the rendered env alone, finds every directory where the chart mounts
+    the host's."""
+    from plugin.dra.config import load_dra_config
+
+    objects = render(chart, {**DRA_ONLY, "nvidiaDriverRoot": "/run/nvidia/driver",
+                             "cdi": {"nvidiaHookPath": "/usr/local/nvidia/toolkit/nvidia-cdi-hook"},
+                             "dra": {"enabled": True, "consumableShares": "memory",
+                                     "featureGates": {"ConsumableShares": True, "NVMLDeviceHealthCheck": False}}})
+    ctr = container(objects, DRA, DRA_CTR)
+    assert ctr["command"] == ["nvidia-dra-plugin"] and ctr["securityContext"] == {"privileged": True}
+    assert env(ctr) == {
+        "NODE_NAME": {"fieldRef": {"fieldPath": "spec.nodeName"}}, "NVIDIA_DRIVER_ROOT": "/run/nvidia/driver",
+        "NVIDIA_VISIBLE_DEVICES": "void", "CDI_ROOT": "/var/run/cdi",
+        "KUBELET_REGISTRAR_DIRECTORY_PATH": "/var/lib/kubelet/plugins_registry",
+        "KUBELET_PLUGINS_DIRECTORY_PATH": "/var/lib/kubelet/plugins",
+        "NVIDIA_CDI_HOOK_PATH": "/usr/local/nvidia/toolkit/nvidia-cdi-hook", "CONSUMABLE_SHARES": "memory",
+        "FEATURE_GATES": "ConsumableShares=true,NVMLDeviceHealthCheck=false", "HTTP_ENDPOINT": ":9104",
+        "METRICS_PATH": "/metrics"}
+    config = load_dra_config([], {**dra_env(objects), "NODE_NAME": "gpu-node-1"})
+    assert config.shares.enabled and config.gates["ConsumableShares"] and config.ignored == ()
+    pod = objects[("DaemonSet", DRA)]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "nvdp-nvidia-device-plugin-dra-service-account"
+    host = {v["name"]: v["hostPath"] for v in pod["volumes"]}
+    mounted = {m["mountPath"]: host[m["name"]]["path"] for m in ctr["volumeMounts"]}
+    # The kubelet's directories at the same paths inside (the registration answer names the socket's host path).
+    assert mounted[config.kubelet_registrar_directory_path] == config.kubelet_registrar_directory_path
+    assert mounted[config.kubelet_plugins_directory_path] == config.kubelet_plugins_directory_path
+    assert host["plugins-registry"]["type"] == host["plugins"]["type"] == "Directory"
+    assert mounted[config.cdi_root] == "/var/run/cdi"  # containerd's CDI directory (spec dirs /etc/cdi, /var/run/cdi)
+    assert mounted[config.container_driver_root] == config.nvidia_driver_root == "/run/nvidia/driver"
+    driver_mount = next(m for m in ctr["volumeMounts"] if m["name"] == "driver-root")
+    assert driver_mount["readOnly"] and driver_mount["mountPropagation"] == "HostToContainer"
+    assert config.metrics_address == ":9104" and ctr["ports"] == [{"name": "metrics", "containerPort": 9104,
+                                                                    "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert ctr[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # Defaults: the host's / is the driver root, as NVIDIA's chart's nvidiaDriverRoot "/".
+    defaults = render(chart, DRA_ONLY)
+    assert dra_env(defaults)["NVIDIA_DRIVER_ROOT"] == "/" and "FEATURE_GATES" not in dra_env(defaults)
+    assert {v["name"]: v.get("hostPath") for v in defaults[("DaemonSet", DRA)]["spec"]["template"]["spec"][
+        "volumes"]}["driver-root"] == {"path": "/", "type": "Directory"}
+
+
+def node_requirements(objects: dict[tuple[str, str], Any], daemonset: str) -> list[list[dict[str, Any]]]:
+    """Each node selector term's match expressions (terms are OR-ed)."""
+    affinity = objects[("DaemonSet", daemonset)]["spec"]["template"]["spec"]["affinity"]
+    return [t.get("matchExpressions", []) for t in
+            affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]]
+
+
+LABEL = "nvidia.com/gpu.deploy.dra-driver"
+UPSTREAM_TERMS = [t["matchExpressions"] for t in
+                  UPSTREAM_AFFINITY["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+                      "nodeSelectorTerms"]]
+
+
+def test_one_driver_per_node_the_label_splits_the_nodes(chart: Any) -> None:
+    """Both drivers on: every term of the DRA driver's affinity needs the label `true`, every term of the
+    device plugin's and its MPS daemon's excludes it; GFD keeps labelling every GPU node. (The real scheduler
+    places them so in tests/test_helm_dra_cluster.py.)"""
+    objects = render(chart, {"dra": {"enabled": True}, "gfd": {"enabled": True}})
+    dra_only = {"key": LABEL, "operator": "In", "values": ["true"]}
+    not_dra = {"key": LABEL, "operator": "NotIn", "values": ["true"]}
+    assert node_requirements(objects, DRA) == [[*term, dra_only] for term in UPSTREAM_TERMS]
+    for daemonset in (PLUGIN, MPS):
+        assert node_requirements(objects, daemonset) == [[*term, not_dra] for term in UPSTREAM_TERMS]
+    assert objects[("DaemonSet", GFD)]["spec"]["template"]["spec"]["affinity"] == UPSTREAM_AFFINITY
+    # Without DRA nothing changes for upstream's values.
+    assert render(chart)[("DaemonSet", PLUGIN)]["spec"]["template"]["spec"]["affinity"] == UPSTREAM_AFFINITY
+    # The DRA driver alone: every GPU node but those labelled `false` (the GPU Operator's opt-out).
+    alone = render(chart, DRA_ONLY)
+    assert node_requirements(alone, DRA) == [[*term, {"key": LABEL, "operator": "NotIn", "values": ["false"]}]
+                                             for term in UPSTREAM_TERMS]
+    # An affinity of the operator's own, and none at all.
+    by_name = [{"key": "metadata.name", "operator": "In", "values": ["gpu-1"]}]
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchFields": by_name}]}}, "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    mine = render(chart, {"dra": {"enabled": True, "nodeLabel": "example.com/dra"}, "affinity": own})
+    terms = mine[("DaemonSet", DRA)]["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchFields": by_name, "matchExpressions": [{**dra_only, "key": "example.com/dra"}]}]
+    assert "podAntiAffinity" in mine[("DaemonSet", DRA)]["spec"]["template"]["spec"]["affinity"]
+    bare = render(chart, {"dra": {"enabled": True}, "affinity": None})
+    assert node_requirements(bare, DRA) == [[dra_only]] and node_requirements(bare, PLUGIN) == [[not_dra]]
+    for obj in (*mine.values(), *bare.values()):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_both_drivers_without_a_label_to_split_them_is_refused(chart: Any) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as e:
+        render(chart, {"dra": {"enabled": True, "nodeLabel": ""}})
+    assert "'dra.enabled' and 'devicePlugin.enabled' are both true and 'dra.nodeLabel' is empty: both drivers " \
+           "would serve the same GPUs." in str(e.value)
+    render(chart, {"dra": {"enabled": True, "nodeLabel": ""}, "devicePlugin": {"enabled": False}})  # one driver
+
+
+def test_device_classes_are_nvidias_and_map_the_extended_resource(chart: Any) -> None:
+    objects = render(chart, DRA_ONLY)
+    gpu, mig = objects[("DeviceClass", "gpu.nvidia.com")], objects[("DeviceClass", "mig.nvidia.com")]
+    assert gpu["spec"] == {"selectors": [{"cel": {"expression": "device.driver == 'gpu.nvidia.com' && "
+                                                                "device.attributes['gpu.nvidia.com'].type == 'gpu'"}}],
+                           "extendedResourceName": "nvidia.com/gpu"}
+    assert mig["spec"] == {"selectors": [{"cel": {"expression": "device.driver == 'gpu.nvidia.com' && "
+                                                                "device.attributes['gpu.nvidia.com'].type == 'mig'"}}]}
+    assert "metadata" in gpu and "namespace" not in gpu["metadata"]  # cluster-scoped
+    unmapped = render(chart, {**DRA_ONLY, "dra": {"enabled": True, "extendedResourceName": ""}})
+    assert "extendedResourceName" not in unmapped[("DeviceClass", "gpu.nvidia.com")]["spec"]
+    assert not [k for k in render(chart, {**DRA_ONLY, "dra": {"enabled": True, "deviceClasses": False}})
+                if k[0] == "DeviceClass"]
+    assert not [k for k in render(chart) if k[0] == "DeviceClass"]
+
+
+def test_dra_rbac_is_its_own_and_least_privilege(chart: Any) -> None:
+    objects = render(chart, {"dra": {"enabled": True}, "gfd": {"enabled": True}})
+    account = "nvdp-nvidia-device-plugin-dra-service-account"
+    assert objects[("ServiceAccount", account)]["metadata"]["namespace"] == NS
+    assert rules(objects, "ClusterRole", "nvdp-nvidia-device-plugin-dra") == [
+        (("resource.k8s.io",), ("resourceslices",), ("list", "watch", "create", "update", "delete")),
+        (("resource.k8s.io",), ("resourceclaims",), ("get", "list", "watch")),
+        (("resource.k8s.io",), ("deviceclasses",), ("get",)),
+        (("",), ("nodes",), ("get",))]
+    binding = objects[("ClusterRoleBinding", "nvdp-nvidia-device-plugin-dra")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NS}]
+    # The other programs keep their own account, which gets nothing of this.
+    for daemonset in (PLUGIN, GFD):
+        assert objects[("DaemonSet", daemonset)]["spec"]["template"]["spec"]["serviceAccountName"] == \
+            "nvdp-nvidia-device-plugin-service-account"
+    policy = objects[("ValidatingAdmissionPolicy", "nvdp-nvidia-device-plugin-dra-own-node-slices")]
+    assert policy["spec"]["matchConditions"] == [{"name": "the-dra-driver", "expression": (
+        f'request.userInfo.username == "system:serviceaccount:{NS}:{account}"')}]
+    assert objects[("ValidatingAdmissionPolicyBinding", "nvdp-nvidia-device-plugin-dra-own-node-slices")]["spec"] == {
+        "policyName": "nvdp-nvidia-device-plugin-dra-own-node-slices", "validationActions": ["Deny"]}
+    assert not [k for k in render(chart) if "dra" in k[1]]
+
+
+def test_dra_metrics_service_monitor_and_gpu_telemetry(chart: Any) -> None:
+    from plugin.telemetry.cli import OPTIONS
+
+    objects = render(chart, {**DRA_ONLY, "dra": {"enabled": True, "gpuMetrics": {"enabled": True}},
+                             "serviceMonitor": {"enabled": True}})
+    service = objects[("Service", "nvdp-nvidia-device-plugin-metrics")]
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("metrics", 9102), ("gpu-metrics", 9101)]
+    pod = objects[("DaemonSet", DRA)]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    monitor = objects[("ServiceMonitor", "nvdp-nvidia-device-plugin")]
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics", "gpu-metrics"]
+    exporter = container(objects, DRA, "gpu-metrics-exporter-ctr")
+    assert exporter["command"] == ["gpu-metrics-exporter"]
+    assert exporter["ports"] == [{"name": "gpu-metrics", "containerPort": 9101, "protocol": "TCP"}]
+    # The exporter's config from the rendered env: its address, and the pod-resources socket and driver root
+    # where the chart mounts the host's.
+    from gfd.config.loader import load, parse_command_line
+    from plugin.config import PluginConfig
+
+    strings = {k: v for k, v in env(exporter).items() if isinstance(v, str)}
+    config = load(parse_command_line([], strings, OPTIONS, "gpu-metrics-exporter"), OPTIONS, PluginConfig)
+    mounts = {m["mountPath"]: m["name"] for m in exporter["volumeMounts"]}
+    assert config.gpu_metrics_address == ":9101"
+    assert mounts[os.path.dirname(config.pod_resources_socket)] == "pod-resources"
+    assert mounts[config.container_driver_root] == "driver-root"
+    off = render(chart, {**DRA_ONLY, "dra": {"enabled": True, "metrics": {"enabled": False}}})
+    assert not [k for k in off if k[0] == "Service"] and "ports" not in container(off, DRA, DRA_CTR)
+    assert "HTTP_ENDPOINT" not in dra_env(off)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"dra": {"consumableShares": "half"}}, "at '/dra/consumableShares'"),
+    ({"dra": {"featureGates": {"ConsumableShares": "yes"}}}, "at '/dra/featureGates/ConsumableShares'"),
+    ({"dra": {"extendedResourceName": "gpu"}}, "at '/dra/extendedResourceName'"),
+    ({"dra": {"enable": True}}, "additional properties 'enable' not allowed"),
+])
+def test_schema_rejects_mistyped_dra_values(chart: Any, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError, match=message):
+        render(chart, values)

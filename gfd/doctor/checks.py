@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import stat
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -15,8 +16,12 @@ from gfd.discovery.sysfs import GPU_NODE, REQUIRED_CONTROL_DEVICES, device_root,
 from gfd.doctor.hostfiles import HostFileError, get, load_json, name
 from gfd.doctor.runtime import read_runtime_configs
 from gfd.model import DeviceModel
+from plugin.dra.config import DRIVER_NAME
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
+# Which node-level GPU driver doctor runs for: its checks differ (gfd's are the device plugin's).
+DEVICE_PLUGIN, DRA = "device-plugin", "dra"
+DEVICE_CLASSES = ("gpu.nvidia.com", "mig.nvidia.com")  # NVIDIA's, which the chart installs
 # Upstream GFD and device plugin README, "Prerequisites": NVIDIA drivers >= 384.81.
 MIN_DRIVER = "384.81"
 TOOLKIT = ("usr/bin/nvidia-container-runtime", "usr/bin/nvidia-ctk", "usr/local/nvidia/toolkit/nvidia-ctk")
@@ -57,6 +62,10 @@ class Context:
     runtime_class: str = ""  # the chart's runtimeClassName, when it sets one
     api: Any = None  # a kubernetes ApiClient, when credentials were given
     node_name: str = ""
+    driver: str = DEVICE_PLUGIN
+    cdi_cri: bool = False  # the runtime gets CDI device names from the kubelet (DRA, or the cdi-cri strategy)
+    dra_registrar_dir: str = ""  # the kubelet's plugins_registry and plugins directories, as the DRA driver's
+    dra_plugins_dir: str = ""  # options name them
 
     driver_root: str = ""  # where a driver container's root is mounted, if it is
     simulated: str = ""  # the --simulate profile, when the node is simulated
@@ -207,6 +216,44 @@ def toolkit(c: Context) -> Finding:
                    "install the NVIDIA Container Toolkit (package nvidia-container-toolkit), or the GPU Operator")
 
 
+def runtime_cdi(c: Context) -> Finding:
+    if not (c.cdi_cri or c.driver == DRA):
+        return Finding(SKIPPED, "no CDI device names for the runtime (cdi-cri strategy or DRA driver)")
+    return _runtime_cdi(c)
+
+
+@_reads_host
+def _runtime_cdi(c: Context) -> Finding:
+    """The CRI runtime injects the CDI devices the kubelet passes (CRI CDIDevices), from the directory our
+    specs are written to."""
+    configs = [r for r in read_runtime_configs(c.host_root) if r.runtime != "docker"]
+    if not configs:
+        return Finding(SKIPPED, f"no containerd or CRI-O configuration under {c.host('/etc')} (mount the host's "
+                                "/etc, or run doctor on the host)")
+    findings = []
+    for r in configs:
+        if r.error or r.cdi is None:
+            findings.append((FAILED, f"{r.path}: {r.error}", "correct it as runtime.nvidia's evidence says"))
+            continue
+        state = {True: "on", False: "off", None: f"not set ({r.cdi.default_note})"}[r.cdi.enabled]
+        dirs = ", ".join(r.cdi.spec_dirs) or "none"
+        evidence = f"{r.runtime} ({r.path}): CDI {state}, spec dirs {dirs}"
+        if r.cdi.enabled is False:
+            findings.append((FAILED, evidence, f"set {r.cdi.key} = true and restart {r.runtime}: without it the "
+                                               "containers get none of the devices their claims name"))
+        elif r.cdi.enabled is None and "off by default" in r.cdi.default_note:
+            findings.append((WARNING, evidence, f"set {r.cdi.key} = true and restart {r.runtime} (containerd 1.7 "
+                                                "starts containers without their CDI devices otherwise)"))
+        elif c.cdi_spec_dir and os.path.normpath(c.cdi_spec_dir) not in map(os.path.normpath, r.cdi.spec_dirs):
+            findings.append((FAILED, f"{evidence}; the specs are written to {c.cdi_spec_dir}",
+                             f"add {c.cdi_spec_dir} to {r.runtime}'s cdi_spec_dirs, or write the specs to one of "
+                             f"its directories (--cdi-root / --cdi-spec-dir)"))
+        else:
+            findings.append((OK, evidence, ""))
+    worst = min(findings, key=lambda f: (FAILED, WARNING, OK).index(f[0]))
+    return Finding(worst[0], "; ".join(f[1] for f in findings), worst[2])
+
+
 def cdi_specs(c: Context) -> Finding:
     if not c.cdi:
         return Finding(SKIPPED, "no CDI device list strategy chosen")
@@ -243,19 +290,52 @@ def _cdi_spec_file(c: Context) -> Finding:
 @_reads_host
 def device_plugins(c: Context) -> Finding:
     directory = c.host(c.device_plugins_dir)
-    socket = os.path.join(directory, "kubelet.sock")
+    kubelet = os.path.join(directory, "kubelet.sock")
     if not os.path.isdir(directory):
         return Finding(FAILED, f"{directory} does not exist",
                        "mount the kubelet's device-plugins directory (hostPath /var/lib/kubelet/device-plugins; "
                        "adjust it if the kubelet runs with another --root-dir)")
-    try:
-        is_socket = stat.S_ISSOCK(os.stat(socket).st_mode)
-    except OSError:
-        is_socket = False
-    if not is_socket:
-        return Finding(FAILED, f"{socket} is not a socket (the kubelet is not running "
+    if not _is_socket(kubelet):
+        return Finding(FAILED, f"{kubelet} is not a socket (the kubelet is not running "
                        "here, or uses another root directory)", "check `systemctl status kubelet` and its --root-dir")
-    return Finding(OK, f"{socket} present")
+    return Finding(OK, f"{kubelet} present")
+
+
+@_reads_host
+def dra_kubelet_plugin(c: Context) -> Finding:
+    """The DRA driver serves its registration socket where the kubelet's plugin watcher looks, and its DRA
+    socket; a socket file nobody answers is a driver that died."""
+    registry = c.host(c.dra_registrar_dir)
+    sockets = (os.path.join(registry, f"{DRIVER_NAME}-reg.sock"),
+               os.path.join(c.host(c.dra_plugins_dir), DRIVER_NAME, "dra.sock"))
+    if not os.path.isdir(registry):
+        return Finding(FAILED, f"{registry} does not exist (the kubelet is not running here, or uses another "
+                               "--root-dir)", "check `systemctl status kubelet` and its --root-dir; set the "
+                               "chart's dra.kubeletRegistrarDirectoryPath and dra.kubeletPluginsDirectoryPath to match")
+    absent = [s for s in sockets if not _is_socket(s)]
+    if absent:
+        return Finding(FAILED, f"no socket at {', '.join(absent)}: the DRA driver is not running on this node",
+                       "install the chart with dra.enabled=true (with the device plugin on too, label the node "
+                       "nvidia.com/gpu.deploy.dra-driver=true) and read the driver pod's log")
+    silent = [s for s in sockets if not _answers(s)]
+    if silent:
+        return Finding(FAILED, f"nobody answers on {', '.join(silent)} (a driver that stopped left them)",
+                       "restart the DRA driver's pod and read its log")
+    return Finding(OK, f"{sockets[0]} and {sockets[1]} served")
+
+
+def dra_api(c: Context) -> Finding:
+    return _api(c, _resource_api)
+
+
+def dra_device_classes(c: Context) -> Finding:
+    return _api(c, _device_classes)
+
+
+def dra_resource_slices(c: Context) -> Finding:
+    if not c.node_name:
+        return Finding(SKIPPED, "no node name (set NODE_NAME or --node-name)")
+    return _api(c, lambda api: _slices(api, c.node_name, c.model))
 
 
 def nfd_features(c: Context) -> Finding:
@@ -341,33 +421,121 @@ def _labels(api: Any, node: str) -> tuple[str, str, str]:
     return OK, f"node {node}: {len(ours)} nvidia.com labels", ""
 
 
+def _resource_api(api: Any) -> tuple[str, str, str]:
+    from kubernetes import client
+
+    groups = client.ApisApi(api).get_api_versions(_request_timeout=3).groups or []
+    served = next((sorted(v.version for v in g.versions) for g in groups if g.name == "resource.k8s.io"), [])
+    evidence = f"resource.k8s.io served in {', '.join(served)}" if served else "resource.k8s.io is not served"
+    if "v1" not in served:
+        return FAILED, evidence, "DRA's resource.k8s.io/v1 is served by Kubernetes 1.34 and newer: upgrade the cluster"
+    return OK, evidence, ""
+
+
+def _device_classes(api: Any) -> tuple[str, str, str]:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    found, missing, foreign = [], [], []
+    for class_name in DEVICE_CLASSES:
+        try:
+            spec: Any = client.ResourceV1Api(api).read_device_class(class_name, _request_timeout=3).spec
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            missing.append(class_name)
+            continue
+        selectors = " ".join(s.cel.expression for s in (spec.selectors or []) if s.cel is not None)
+        mapped = f" (extendedResourceName {spec.extended_resource_name})" if spec.extended_resource_name else ""
+        found.append(class_name + mapped)
+        if f"'{DRIVER_NAME}'" not in selectors and f'"{DRIVER_NAME}"' not in selectors:
+            foreign.append(class_name)
+    evidence = "; ".join(filter(None, (f"DeviceClass {', '.join(found)}" if found else "",
+                                       f"no DeviceClass {', '.join(missing)}" if missing else "")))
+    if missing:
+        return FAILED, evidence, "install the chart with dra.enabled=true and dra.deviceClasses=true (claims name " \
+                                 "these classes)"
+    if foreign:
+        return WARNING, f"{evidence}; {', '.join(foreign)} selects no device of driver {DRIVER_NAME}", \
+            "let the chart own the classes (dra.deviceClasses=true): claims of that class get other devices"
+    return OK, evidence, ""
+
+
+def _slices(api: Any, node: str, model: DeviceModel | None) -> tuple[str, str, str]:
+    from kubernetes import client
+
+    items = client.ResourceV1Api(api).list_resource_slice(field_selector=f"spec.nodeName={node}",
+                                                          _request_timeout=3).items or []
+    ours = [s for s in items if s.spec.driver == DRIVER_NAME]
+    names = {d.name for s in ours for d in (s.spec.devices or [])}
+    if not ours:
+        return FAILED, f"no ResourceSlice of {DRIVER_NAME} for node {node}", \
+            "the DRA driver is not registered with the kubelet (it deletes a driver's slices when it goes) or " \
+            "cannot publish: read the driver pod's log"
+    evidence = f"{len(ours)} ResourceSlices of {DRIVER_NAME} for node {node}, {len(names)} devices"
+    if model is not None:
+        from plugin.dra.devices import allocatable_devices  # the names the driver publishes for this model
+
+        unpublished = sorted({d.name for d in allocatable_devices(model)} - names)
+        if unpublished:
+            return WARNING, f"{evidence}; not published: {', '.join(unpublished[:8])}" + \
+                (f" and {len(unpublished) - 8} more" if len(unpublished) > 8 else ""), \
+                "the driver publishes what it found at its last read: restart its pod after a MIG change"
+    return OK, evidence, ""
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def _numbers(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
-CHECKS: tuple[tuple[str, Callable[[Context], Finding]], ...] = (
-    ("nvml.library", nvml_library),
-    ("driver.version", driver_version),
-    ("cuda.version", cuda_version),
-    ("devices.nodes", device_nodes),
-    ("gpus.mig-pending", mig_pending),
-    ("gpus.lost", lost_gpus),
-    ("gpus.row-remapping", row_remapping),
-    ("runtime.nvidia", container_runtime),
-    ("toolkit.installed", toolkit),
-    ("cdi.specs", cdi_specs),
-    ("kubelet.device-plugins", device_plugins),
-    ("nfd.features", nfd_features),
-    ("k8s.runtimeclass", runtime_class),
-    ("k8s.node-labels", node_labels),
+BOTH, PLUGIN_ONLY, DRA_ONLY = frozenset((DEVICE_PLUGIN, DRA)), frozenset((DEVICE_PLUGIN,)), frozenset((DRA,))
+# (id, check, the drivers it is about). The DRA driver needs no runtime handler or toolkit (its CDI specs carry
+# the driver's files and hooks), no device-plugin socket, and leaves features.d and RuntimeClasses to others.
+CHECKS: tuple[tuple[str, Callable[[Context], Finding], frozenset[str]], ...] = (
+    ("nvml.library", nvml_library, BOTH),
+    ("driver.version", driver_version, BOTH),
+    ("cuda.version", cuda_version, BOTH),
+    ("devices.nodes", device_nodes, BOTH),
+    ("gpus.mig-pending", mig_pending, BOTH),
+    ("gpus.lost", lost_gpus, BOTH),
+    ("gpus.row-remapping", row_remapping, BOTH),
+    ("runtime.nvidia", container_runtime, PLUGIN_ONLY),
+    ("runtime.cdi", runtime_cdi, BOTH),
+    ("toolkit.installed", toolkit, PLUGIN_ONLY),
+    ("cdi.specs", cdi_specs, PLUGIN_ONLY),
+    ("kubelet.device-plugins", device_plugins, PLUGIN_ONLY),
+    ("dra.kubelet-plugin", dra_kubelet_plugin, DRA_ONLY),
+    ("dra.api", dra_api, DRA_ONLY),
+    ("dra.device-classes", dra_device_classes, DRA_ONLY),
+    ("dra.resourceslices", dra_resource_slices, DRA_ONLY),
+    ("nfd.features", nfd_features, PLUGIN_ONLY),
+    ("k8s.runtimeclass", runtime_class, PLUGIN_ONLY),
+    ("k8s.node-labels", node_labels, BOTH),
 )
 
 
 def run(c: Context, ids: Collection[str] | None = None) -> list[Check]:
-    """Every check, in order, or only those named."""
+    """Every check about the context's driver, in order, or only those named."""
     results = []
-    for check_id, check in CHECKS:
-        if ids is not None and check_id not in ids:
+    for check_id, check, drivers in CHECKS:
+        if (ids is None and c.driver not in drivers) or (ids is not None and check_id not in ids):
             continue
         try:
             finding = check(c)

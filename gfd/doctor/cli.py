@@ -17,7 +17,7 @@ from gfd.config.errors import ConfigError
 from gfd.config.loader import load, parse_command_line
 from gfd.config.model import DEFAULT_OUTPUT_FILE
 from gfd.config.options import Option, options_of
-from gfd.doctor.checks import Context, run
+from gfd.doctor.checks import DEVICE_PLUGIN, DRA, Context, run
 from gfd.doctor.report import as_json, as_table, exit_status
 from gfd.kube.client import connect
 from gfd.kube.errors import CredentialsError
@@ -54,14 +54,22 @@ class DoctorConfig:
     device_id_strategy: str = "uuid"
     cdi_spec_dir: str = ""
     kubelet_socket: str = common.KUBELET_SOCKET.default
+    # The DRA driver's (nvidia-dra-plugin doctor).
+    cdi_root: str = ""
+    kubelet_registrar_directory_path: str = ""
+    kubelet_plugins_directory_path: str = ""
     explicit: frozenset[str] = frozenset()
 
 
 SHARED = ("simulate", "container_driver_root", "kubeconfig", "node_name", "use_node_feature_api",
-          "device_list_strategy", "device_id_strategy", "cdi_spec_dir", "kubelet_socket", "log_format", "log_level")
+          "device_list_strategy", "device_id_strategy", "cdi_spec_dir", "kubelet_socket", "log_format", "log_level",
+          "cdi_root", "kubelet_registrar_directory_path", "kubelet_plugins_directory_path")
 
 
-def main(prog: str, program_options: Sequence[Option], argv: Sequence[str], environ: Mapping[str, str]) -> int:
+def main(prog: str, program_options: Sequence[Option], argv: Sequence[str], environ: Mapping[str, str],
+         driver: str = DEVICE_PLUGIN) -> int:
+    """`driver`: which node-level GPU driver the program is (DEVICE_PLUGIN for GFD too, or DRA): the checks
+    about it run."""
     from gfd.discovery.session import NodeSource
 
     options = (*options_of(DoctorConfig), *(o for o in program_options if o.dest in SHARED))
@@ -76,7 +84,7 @@ def main(prog: str, program_options: Sequence[Option], argv: Sequence[str], envi
         print(f"{prog} doctor: {e}", file=sys.stderr)
         return 1
     try:  # the checks run while a simulation's tree (its driver root and device nodes) exists
-        checks = run(context(config, environ, source))
+        checks = run(context(config, environ, source, driver))
     finally:
         source.close()
     report = as_json(checks) if config.output == "json" else \
@@ -95,7 +103,8 @@ def _print(report: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def context(config: DoctorConfig, environ: Mapping[str, str], source: NodeSource) -> Context:
+def context(config: DoctorConfig, environ: Mapping[str, str], source: NodeSource,
+            driver: str = DEVICE_PLUGIN) -> Context:
     """Read NVML (or the simulation) for the checks that ask it, and open the API when credentials exist. A
     simulated node given no --host-root is checked in the simulation's own tree, which has no host files."""
     from gfd.discovery import nvml
@@ -103,9 +112,14 @@ def context(config: DoctorConfig, environ: Mapping[str, str], source: NodeSource
 
     simulated = source.simulation is not None
     host_files = not simulated or "host_root" in config.explicit
+    dra = driver == DRA
     c = Context(host_root=config.host_root if host_files else source.host_root,
                 cdi=any(s.startswith("cdi-") for s in config.device_list_strategy),
-                cdi_spec_dir=config.cdi_spec_dir, device_id_strategy=config.device_id_strategy,
+                cdi_cri="cdi-cri" in config.device_list_strategy, driver=driver,
+                dra_registrar_dir=config.kubelet_registrar_directory_path,
+                dra_plugins_dir=config.kubelet_plugins_directory_path,
+                cdi_spec_dir=config.cdi_root if dra else config.cdi_spec_dir,
+                device_id_strategy=config.device_id_strategy,
                 device_plugins_dir=os.path.dirname(config.kubelet_socket or common.KUBELET_SOCKET.default),
                 node_feature_api=bool(config.use_node_feature_api),
                 runtime_class=config.runtime_class, node_name=config.node_name, features_dir=config.features_dir,

@@ -19,8 +19,10 @@ class EntryPoint(Protocol):
     def __call__(self, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int: ...
 
 
-def with_doctor(prog: str, options: Callable[[], Sequence[Option]]) -> Callable[[Main], EntryPoint]:
-    """`prog doctor ...` runs the doctor with the program's `options`; anything else runs the program."""
+def with_doctor(prog: str, options: Callable[[], Sequence[Option]],
+                driver: str = "device-plugin") -> Callable[[Main], EntryPoint]:
+    """`prog doctor ...` runs the doctor with the program's `options` and the checks about its `driver`
+    ("device-plugin", GFD's too, or "dra": gfd.doctor.checks); anything else runs the program."""
     def wrap(main: Main) -> EntryPoint:
         @functools.wraps(main)
         def entry_point(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -28,7 +30,7 @@ def with_doctor(prog: str, options: Callable[[], Sequence[Option]]) -> Callable[
             if args[:1] == ["doctor"]:
                 from gfd.doctor.cli import main as doctor
 
-                return doctor(prog, options(), args[1:], env)
+                return doctor(prog, options(), args[1:], env, driver)
             return main(args, env)
 
         return entry_point

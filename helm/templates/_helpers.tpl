@@ -121,27 +121,82 @@ privileged: true
 {{- end -}}
 {{- end -}}
 
-{{/* Pod-level settings shared by every DaemonSet. */}}
+{{- define "nvidia-device-plugin.draServiceAccountName" -}}
+{{ include "nvidia-device-plugin.fullname" . }}-dra-service-account
+{{- end -}}
+
+{{/* Pod-level settings shared by every DaemonSet. .driver says which node-level GPU driver the pods are
+     ("device-plugin", "dra", or "" for GFD, which labels every GPU node): it picks the ServiceAccount and
+     the node requirement that keeps the two drivers off each other's nodes. */}}
 {{- define "nvidia-device-plugin.podCommon" -}}
-{{- with .Values.priorityClassName }}
+{{- $root := .root -}}
+{{- with $root.Values.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
-{{- with .Values.runtimeClassName }}
+{{- with $root.Values.runtimeClassName }}
 runtimeClassName: {{ . }}
 {{- end }}
-{{- with .Values.imagePullSecrets }}
+{{- with $root.Values.imagePullSecrets }}
 imagePullSecrets:
 {{- toYaml . | nindent 2 }}
 {{- end }}
-serviceAccountName: {{ include "nvidia-device-plugin.serviceAccountName" . }}
+{{- if eq .driver "dra" }}
+serviceAccountName: {{ include "nvidia-device-plugin.draServiceAccountName" $root }}
+{{- else }}
+serviceAccountName: {{ include "nvidia-device-plugin.serviceAccountName" $root }}
+{{- end }}
 securityContext:
-{{- toYaml .Values.podSecurityContext | nindent 2 }}
-{{- with .Values.affinity }}
-affinity:
+{{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+{{- include "nvidia-device-plugin.affinity" . }}
+{{- with $root.Values.tolerations }}
+tolerations:
 {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.tolerations }}
-tolerations:
+{{- end -}}
+
+{{/* The node requirement of a driver's pods, as YAML (empty: none). One driver per node: with both drivers
+     on, DRA runs where the node label says "true" and the device plugin everywhere else; with DRA alone, it
+     runs everywhere but where the label says "false" (the GPU Operator's meaning of its deploy labels). */}}
+{{- define "nvidia-device-plugin.driverRequirement" -}}
+{{- $values := .root.Values -}}
+{{- if and $values.dra.enabled $values.dra.nodeLabel -}}
+{{- if eq .driver "dra" }}
+key: {{ $values.dra.nodeLabel | quote }}
+{{- if $values.devicePlugin.enabled }}
+operator: In
+values: ["true"]
+{{- else }}
+operator: NotIn
+values: ["false"]
+{{- end }}
+{{- else if and (eq .driver "device-plugin") $values.devicePlugin.enabled }}
+key: {{ $values.dra.nodeLabel | quote }}
+operator: NotIn
+values: ["true"]
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The chart's affinity with the driver's node requirement added to every node selector term (terms are
+     OR-ed, expressions in a term AND-ed), or alone when the chart has none. */}}
+{{- define "nvidia-device-plugin.affinity" -}}
+{{- $affinity := deepCopy (default dict .root.Values.affinity) -}}
+{{- $requirement := include "nvidia-device-plugin.driverRequirement" . | fromYaml -}}
+{{- if $requirement -}}
+{{- $nodeAffinity := default dict (get $affinity "nodeAffinity") -}}
+{{- $required := default dict (get $nodeAffinity "requiredDuringSchedulingIgnoredDuringExecution") -}}
+{{- $terms := list -}}
+{{- range (default (list dict) (get $required "nodeSelectorTerms")) -}}
+{{- $term := deepCopy . -}}
+{{- $_ := set $term "matchExpressions" (append (default list (get $term "matchExpressions")) $requirement) -}}
+{{- $terms = append $terms $term -}}
+{{- end -}}
+{{- $_ := set $required "nodeSelectorTerms" $terms -}}
+{{- $_ := set $nodeAffinity "requiredDuringSchedulingIgnoredDuringExecution" $required -}}
+{{- $_ := set $affinity "nodeAffinity" $nodeAffinity -}}
+{{- end -}}
+{{- with $affinity }}
+affinity:
 {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
@@ -255,9 +310,9 @@ readinessProbe:
 {{- end -}}
 
 {{- define "nvidia-device-plugin.ownMetricsEnabled" -}}
-{{- if or (and .Values.devicePlugin.enabled .Values.devicePlugin.metrics.enabled) (and .Values.gfd.enabled .Values.gfd.metrics.enabled) -}}true{{- end -}}
+{{- if or (and .Values.devicePlugin.enabled .Values.devicePlugin.metrics.enabled) (and .Values.gfd.enabled .Values.gfd.metrics.enabled) (and .Values.dra.enabled .Values.dra.metrics.enabled) -}}true{{- end -}}
 {{- end -}}
 
 {{- define "nvidia-device-plugin.gpuMetricsEnabled" -}}
-{{- if and .Values.devicePlugin.enabled .Values.devicePlugin.gpuMetrics.enabled -}}true{{- end -}}
+{{- if or (and .Values.devicePlugin.enabled .Values.devicePlugin.gpuMetrics.enabled) (and .Values.dra.enabled .Values.dra.gpuMetrics.enabled) -}}true{{- end -}}
 {{- end -}}

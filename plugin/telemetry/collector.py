@@ -16,7 +16,7 @@ from gfd.discovery.events import EventWatcher
 from gfd.httpserver import Health
 from gfd.model import DeviceModel, Gpu, LostGpu
 from plugin.telemetry.exposition import render
-from plugin.telemetry.podresources import Holder, PodResourcesError, holders
+from plugin.telemetry.podresources import Holder, PodResourcesError, dra_device_uuids, holders
 from plugin.telemetry.snapshot import MAX_HOLDERS, Collection, DeviceSample, families
 
 log = structlog.get_logger("plugin.telemetry")
@@ -86,7 +86,7 @@ class TelemetryCollector:
                                     "metric query failed; left out", error=error)
         self.sampler.keep({d.mig.uuid if d.mig else d.gpu.uuid for d in devices})
         self.snapshot = families(Collection(devices, lost + list(model.lost_gpus), self.hostname,
-                                            model.driver_version, self._holders(), dict(self.xids)))
+                                            model.driver_version, self._holders(model), dict(self.xids)))
         self.exposition = render(self.snapshot)
         self.collections += 1
 
@@ -96,9 +96,9 @@ class TelemetryCollector:
     def healthy(self) -> Health:
         return Health(True, "ok") if self.collections else Health(False, "no collection yet")
 
-    def _holders(self) -> dict[str, list[Holder]]:
+    def _holders(self, model: DeviceModel) -> dict[str, list[Holder]]:
         try:
-            found = holders(self.socket)
+            found = holders(self.socket, dra_devices=dra_device_uuids(model))
         except PodResourcesError as e:
             if str(e) != self._pod_error:
                 log.warning("no pod attribution: the kubelet's PodResources API did not answer", error=str(e))
