@@ -1,16 +1,16 @@
-"""The DRA driver as NVIDIA's chart runs gpu-kubelet-plugin (its environment, ours added) on a real kubelet
-(v1.36.2, containerd 1.7 with CDI), kube-scheduler and kube-controller-manager: the driver registers and
-publishes its slices; pods with ResourceClaimTemplates (one GPU; two picked by productName; a MIG device) and an
-unchanged pod asking `nvidia.com/gpu: 1` (a DeviceClass with extendedResourceName) run with exactly their
-devices' nodes and NVIDIA_VISIBLE_DEVICES=void; a deleted pod's claim is unprepared; a killed and restarted
-driver, and a restarted kubelet, lose nothing; a GPU with an XID is tainted NoSchedule and the scheduler leaves
-it to claims that tolerate the taint.
+"""The DRA driver as the chart's DRA mode deploys it (its DaemonSet's container, with its ServiceAccount's
+pod-bound token, its RBAC and admission policy) on a real kubelet (v1.36.2, containerd 1.7 with CDI),
+kube-scheduler and kube-controller-manager, with NVIDIA's DeviceClasses: the driver registers and publishes its
+slices; pods with ResourceClaimTemplates (one GPU; two picked by productName; a MIG device) and an unchanged pod
+asking `nvidia.com/gpu: 1` (a DeviceClass with extendedResourceName) run with exactly their devices' nodes and
+NVIDIA_VISIBLE_DEVICES=void; a deleted pod's claim is unprepared; a killed and restarted driver, and a
+restarted kubelet, lose nothing; a GPU with an XID is tainted NoSchedule and the scheduler leaves it to claims
+that tolerate the taint.
 
 The node is simulated (its NVML and driver files); a driver root like the simulated one stands in for the
-host's, with character devices where the simulation has placeholders, so the container runtime injects real
-device nodes. The hook the specs name is a stand-in that records its arguments (nvidia-ctk is not installable
-here). The driver uses the admin kubeconfig: its RBAC is proven with its ServiceAccount token where the chart's
-DRA mode is tested."""
+host's (the chart's nvidiaDriverRoot), with character devices where the simulation has placeholders, so the
+container runtime injects real device nodes. The hook the specs name is a stand-in that records its arguments
+(nvidia-ctk is not installable here)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,19 +33,22 @@ from kubernetes import client
 from gfd.discovery.simulated.driver_root import materialise_driver_root
 from gfd.discovery.simulated.profiles import build_node
 from gfd.discovery.simulated.sysfs_tree import mig_minors
-from tests.e2e.conftest import K8S, NODE, Cluster
-from tests.helpers import eventually, free_port, http_get
+from tests.e2e.conftest import K8S, NODE, Cluster, render
+from tests.e2e.podrunner import PodRunner
+from tests.helpers import eventually, http_get
 
-NS = "dra-e2e"
+NS = "dra-e2e"  # the workloads
+DRIVER_NS, RELEASE = "nvidia-dra", "dra"
+DAEMONSET, CONTAINER = f"{RELEASE}-nvidia-device-plugin-dra-kubelet-plugin", "nvidia-dra-plugin-ctr"
+METRICS = "http://127.0.0.1:9104"  # the chart's dra.metrics.port, on every interface
 GROUP, VERSION = "resource.k8s.io", "v1"
 REGISTRY, PLUGINS, CDI_DIR = "/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/plugins", "/var/run/cdi"
-BIN = Path(sys.executable).parent
 A100, H100 = "NVIDIA A100-SXM4-40GB", "NVIDIA H100 80GB HBM3"
 # minors 0-2: A100, 3-4: H100, 5: an A100 split into MIG devices
 PROFILE = {"name": "dra-e2e", "machine": "DGX", "driver_version": "550.54.15", "cuda_driver_version": 12040,
            "gpus": [{"model": "A100-SXM4-40GB", "count": 3}, {"model": "H100-80GB-HBM3", "count": 2},
                     {"model": "A100-SXM4-40GB", "mig": ["3g.20gb", "2g.10gb", "1g.5gb", "1g.5gb"]}]}
-# NVIDIA's chart's DeviceClasses (shared/reference/dra.md §3).
+# NVIDIA's chart's DeviceClasses (shared/reference/dra.md §3), as claims written for its driver expect them.
 DEVICE_CLASSES: list[dict[str, Any]] = [
     {"metadata": {"name": "gpu.nvidia.com"}, "spec": {"extendedResourceName": "nvidia.com/gpu", "selectors": [{"cel": {
         "expression": "device.driver == 'gpu.nvidia.com' && device.attributes['gpu.nvidia.com'].type == 'gpu'"}}]}},
@@ -61,28 +63,24 @@ SHOW = ("for n in /dev/nvidia* /dev/nvidia-caps/*; do [ -c $n ] && stat -c 'node
 
 @dataclass
 class Driver:
-    """nvidia-dra-plugin as a process, with what it reads and writes."""
+    """The chart's driver container, run by the pod runner, and what it reads and writes."""
 
-    env: dict[str, str]
+    runner: PodRunner
+    extra_env: dict[str, str]
     work: Path
-    metrics: str
     events: Path
     proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
 
     def start(self) -> None:
-        self.starts += 1
-        log = open(self.work / f"driver-{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
-        # `-v $(LOG_VERBOSITY)` as NVIDIA's chart runs its binary.
-        self.proc = subprocess.Popen([str(BIN / "nvidia-dra-plugin"), "-v", "0"], env=self.env, stdout=log,
-                                     stderr=log)
+        self.proc = self.runner.start(CONTAINER, self.extra_env)
 
     def healthy(self) -> bool:
-        answer = http_get(f"{self.metrics}/healthz")
+        answer = http_get(f"{METRICS}/healthz")
         return answer is not None and answer[0] == 200
 
     def log(self) -> str:
-        return "".join((self.work / f"driver-{i}.log").read_text(errors="replace") for i in range(1, self.starts + 1))
+        """This start's log."""
+        return self.runner.log(CONTAINER)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
@@ -113,32 +111,33 @@ def driver(cluster: Cluster) -> Iterator[Driver]:
     hook = work / "nvidia-cdi-hook"
     hook.write_text(f"#!/bin/sh\necho \"$@\" >> {work}/hooks.log\n")
     hook.chmod(0o755)
-    port = free_port()
-    env = {"PATH": os.environ["PATH"], "HOME": "/root",
-           # NVIDIA's chart's environment for gpu-kubelet-plugin (kubeletplugin.yaml)
-           "NODE_NAME": NODE, "NAMESPACE": "nvidia-dra-driver-gpu", "CDI_ROOT": CDI_DIR,
-           "NVIDIA_DRIVER_ROOT": str(host_driver_root), "NVIDIA_VISIBLE_DEVICES": "void",
-           "NVIDIA_MIG_CONFIG_DEVICES": "all", "IMAGE_NAME": "nvcr.io/nvidia/k8s-dra-driver-gpu:v25.8.0",
-           "NVIDIA_CDI_HOOK_PATH": str(hook), "KUBELET_REGISTRAR_DIRECTORY_PATH": REGISTRY,
-           "KUBELET_PLUGINS_DIRECTORY_PATH": PLUGINS, "LOG_VERBOSITY": "0",
-           # ours: a simulated node, the endpoint, health settled within the test's time
-           "DRA_SIMULATE": str(profile), "KUBECONFIG": cluster.kubeconfig, "HTTP_ENDPOINT": f"127.0.0.1:{port}",
-           "DRA_HEALTH_RECOVERY_PERIOD": "10s", "DRA_HEALTH_PROBE_INTERVAL": "1s"}
     resource = client.CustomObjectsApi(cluster.api)
     for device_class in DEVICE_CLASSES:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DeviceClass", **device_class}
         resource.create_cluster_custom_object(GROUP, VERSION, "deviceclasses", body)
-    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
-    d = Driver(env, work, f"http://127.0.0.1:{port}", events)
+    for namespace in (NS, DRIVER_NS):
+        cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    objects = render({"dra": {"enabled": True, "deviceClasses": False}, "devicePlugin": {"enabled": False},
+                      "nvidiaDriverRoot": str(host_driver_root), "cdi": {"nvidiaHookPath": str(hook)}},
+                     DRIVER_NS, RELEASE)
+    cluster.apply([o for o in objects if o["kind"] != "DaemonSet"])
+    template = next(o for o in objects if o["kind"] == "DaemonSet" and o["metadata"]["name"] == DAEMONSET)
+    # Bound to the GPU node, so that its token names the node the admission policy lets it write slices of; the
+    # kubelet there cannot pull the chart's image, so only the runner runs it.
+    runner = PodRunner(cluster.core, template["spec"]["template"], f"{DAEMONSET}-e2e", DRIVER_NS, NODE,
+                       cluster.api_port, cluster.ca_file,
+                       real_host_paths=(REGISTRY, PLUGINS, CDI_DIR, str(host_driver_root)))
+    # The additions to the rendered env: a simulated node; health settled within the test's time.
+    extra = {"DRA_SIMULATE": str(profile), "DRA_HEALTH_RECOVERY_PERIOD": "10s", "DRA_HEALTH_PROBE_INTERVAL": "1s"}
+    d = Driver(runner, extra, work, events)
     d.start()
     try:
         took = eventually(d.healthy, timeout=30)
         print(f"registered and published {took:.2f} s after the start")
         yield d
     finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
         print(d.log()[-5000:])
+        runner.stop()
         for device_class in DEVICE_CLASSES:  # the next suites' pods ask nvidia.com/gpu of the device plugin
             resource.delete_cluster_custom_object(GROUP, VERSION, "deviceclasses", device_class["metadata"]["name"])
 
@@ -291,11 +290,11 @@ def test_deleting_a_pod_unprepares_its_claim(cluster: Cluster, driver: Driver) -
 
 def test_a_killed_driver_restarts_without_losing_a_claim(cluster: Cluster, driver: Driver) -> None:
     before = {name: _claim_uid(cluster, name) for name in ("two-h100", "one-mig", "unchanged")}
-    writes = _slice_writes(driver)
+    writes = _slice_writes()
     driver.stop(signal.SIGKILL)
     driver.start()
     eventually(driver.healthy, timeout=30)
-    assert _slice_writes(driver) == 0 and writes > 0  # the slices were in place: nothing to write
+    assert _slice_writes() == 0 and writes > 0  # the slices were in place: nothing to write
     assert set(before.values()) <= _checkpointed()
     assert all(phase(cluster, name) == "Running" for name in before)
     # The restarted driver unprepares a claim the first one prepared.
@@ -309,8 +308,11 @@ def test_a_kubelet_restart_registers_and_publishes_again(cluster: Cluster, drive
     registered = driver.log().count("registered with the kubelet")
     subprocess.run([str(K8S / "node"), "restart", str(cluster.dir)], check=True, capture_output=True)
     eventually(lambda: driver.log().count("registered with the kubelet") > registered, timeout=30)
-    eventually(lambda: bool(slices(cluster)) and slices(cluster)[0]["spec"]["pool"]["generation"] > generation,
-               timeout=30)  # the kubelet deleted them at its start
+    def republished() -> bool:  # the kubelet deleted them at its start
+        found = slices(cluster)
+        return len(found) == 2 and all(s["spec"]["pool"]["generation"] > generation for s in found)
+
+    eventually(republished, timeout=30)
     assert len(published(cluster)) == 9
     assert all(phase(cluster, name) == "Running" for name in ("two-h100", "one-mig"))
 
@@ -351,8 +353,8 @@ def _checkpointed() -> set[str]:
     return set(doc["preparedClaims"])
 
 
-def _slice_writes(driver: Driver) -> int:
-    answer = http_get(f"{driver.metrics}/metrics")
+def _slice_writes() -> int:
+    answer = http_get(f"{METRICS}/metrics")
     assert answer is not None and answer[0] == 200
     return sum(int(float(line.split()[-1])) for line in answer[1].splitlines()
                if line.startswith("nvidia_dra_plugin_resourceslice_writes_total"))
