@@ -1,14 +1,11 @@
 """ResourceSlices as a pure function (plugin/dra/slices.py). Expected devices are written from NVIDIA's
 driver as shared/reference/dra.md and /work/notes/dra-research.md §3 describe it, not from our code; the
-objects are also checked by the real API server (tests/test_dra_apiserver.py) and on NVIDIA's mock NVML."""
+objects are also checked by the real API server (tests/test_dra_apiserver.py), and published by the program on
+NVIDIA's mock NVML (tests/test_nvml_mock.py)."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,6 @@ from plugin.dra.slices import Pool, pool, semver
 from plugin.dra.topology import pcie_root, pcie_roots
 from tests import builders
 from tests.helpers import simulated_model
-from tests.requirements import require_shared
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = sorted(p.stem for p in Path(PROFILE_DIR).glob("*.yaml") if p.stem not in ("no-library",))
@@ -281,54 +277,3 @@ def test_mig_devices_read_through_nvml_carry_nvidias_names_and_memory_slices() -
 def to_int(value: str) -> int:
     units = {"Ki": 1024, "Mi": 1024**2, "Gi": GI}
     return int(value[:-2]) * units[value[-2:]] if value[-2:] in units else int(value)
-
-
-MOCK_SCRIPT = """
-import json, sys
-from gfd.discovery.session import NodeSource
-from plugin.dra.slices import pool
-source = NodeSource("nvml", driver_root=sys.argv[1])
-source.host_root = sys.argv[2]
-source.open()
-print(json.dumps(pool(source.read(), "node-1").specs(1)))
-"""
-
-
-@pytest.mark.parametrize("config", ["mock-nvml-config-a100.yaml", "mock-nvml-config-h100.yaml"])
-def test_on_nvidias_mock_nvml_the_devices_are_nvidias(config: str, tmp_path: Path) -> None:
-    """What shared/reference/dra.md §3 says NVIDIA's driver publishes on the same mock (8x A100, 8x H100),
-    with the values derived from the mock's own profile."""
-    import yaml
-
-    mock = require_shared("nvml-mock", "libnvidia-ml.so.1", f"configs/{config}")
-    lib = tmp_path / "driver-root" / "usr" / "lib64"
-    lib.mkdir(parents=True)
-    (lib / "libnvidia-ml.so.1").symlink_to(mock / "libnvidia-ml.so.1")
-    (tmp_path / "host").mkdir()
-    proc = subprocess.run([sys.executable, "-c", MOCK_SCRIPT, str(tmp_path / "driver-root"), str(tmp_path / "host")],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
-                          env={"PATH": os.environ["PATH"], "MOCK_NVML_CONFIG": str(mock / "configs" / config)})
-    assert proc.returncode == 0, proc.stderr
-    specs = json.loads(proc.stdout.splitlines()[-1])
-    profile = yaml.safe_load((mock / "configs" / config).read_text())
-    defaults, system = profile["device_defaults"], profile["system"]
-    cc = defaults["compute_capability"]
-    assert len(specs) == 1
-    got = {d["name"]: d for d in specs[0]["devices"]}
-    assert sorted(got) == sorted(f"gpu-{d['minor_number']}" for d in profile["devices"])
-    for d in profile["devices"]:
-        device = got[f"gpu-{d['minor_number']}"]
-        nvidia_attributes = {k: v for k, v in device["attributes"].items() if not k.startswith("gfd-py.github.io/")}
-        assert nvidia_attributes == {
-            "type": {"string": "gpu"},
-            "uuid": {"string": d["uuid"]},
-            "productName": {"string": defaults["name"]},
-            "brand": {"string": "Nvidia"},
-            "architecture": {"string": defaults["architecture"].capitalize()},
-            "cudaComputeCapability": {"version": f"{cc['major']}.{cc['minor']}.0"},
-            "driverVersion": {"version": "550.163.1"},
-            "cudaDriverVersion": {"version": f"{system['cuda_version']}.0"},
-            "resource.kubernetes.io/pciBusID": {"string": d["pci"]["bus_id"].lower()},
-        }
-        assert device["capacity"] == {"memory": {"value": f"{defaults['memory']['total_bytes'] // GI}Gi"}}
-        assert "taints" not in device and "consumesCounters" not in device
