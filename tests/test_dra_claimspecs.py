@@ -134,3 +134,12 @@ def test_an_unwritable_cdi_root_is_one_line(node: Any, tmp_path: Path) -> None:
     with pytest.raises(CdiError) as e:
         n.specs.write(UID, [n.devices["gpu-0"]])
     assert "\n" not in str(e.value) and str(tmp_path / "file") in str(e.value)
+
+
+def test_after_a_reboot_every_claims_spec_goes_and_nothing_else(node: Any) -> None:
+    n = node("t4")
+    n.specs.write(UID, [n.devices["gpu-0"]])
+    (n.cdi_root / claim_spec_file("other-uid", "yaml")).write_text("{}\n")
+    (n.cdi_root / "k8s.device-plugin.nvidia.com-gpu.json").write_text("{}\n")  # the device plugin's
+    assert n.specs.remove_all() == 2
+    assert os.listdir(n.cdi_root) == ["k8s.device-plugin.nvidia.com-gpu.json"]

@@ -20,8 +20,10 @@ def temp_prefix(path: str) -> str:
     return f".{os.path.basename(path)}.tmp-"
 
 
-def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Temp file in the target's directory (same filesystem, so rename is atomic), fsync, rename.
+def write_atomically(path: str, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Temp file in the target's directory (same filesystem, so rename is atomic), fsync, rename. Without
+    `durable` no fsync: still atomic for any reader and across a process crash (the page cache holds the
+    new file), not across a power loss; for state that a reboot invalidates anyway.
 
     A missing directory is created again (as the hostPath's DirectoryOrCreate would after a restart);
     only a regular file is ever replaced (never a device node such as /dev/full, a FIFO or a directory).
@@ -46,7 +48,8 @@ def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):

@@ -30,7 +30,7 @@ from plugin.cdi.roots import Roots
 from plugin.cdi.spec import ContainerEdits, Device, Spec
 from plugin.cdi.store import SPEC_MODE
 from plugin.dra.devices import Allocatable
-from plugin.dra.prepare import CDI_CLASS, CDI_VENDOR, cdi_device_name, claim_spec_file
+from plugin.dra.prepare import CDI_CLASS, CDI_VENDOR, CLAIM_SPEC_PREFIX, cdi_device_name, claim_spec_file
 from plugin.host import mig_minors
 
 log = structlog.get_logger("plugin.dra")
@@ -112,8 +112,10 @@ class ClaimSpecFiles:
         spec = Spec(CDI_CLASS, tuple(Device(cdi_device_name(claim_uid, d.name), self._edits(d)) for d in devices),
                     self.node.common, CDI_VENDOR)
         try:
+            # Not flushed to disk: a spec matters until the next reboot, after which the kubelet prepares its
+            # claim again (and the earlier boot's specs are removed at start).
             write_atomically(os.path.join(self.cdi_root, claim_spec_file(claim_uid, SPEC_EXTENSIONS[0])),
-                             spec.to_json(), SPEC_MODE)
+                             spec.to_json(), SPEC_MODE, durable=False)
         except OutputError as e:
             raise CdiError(str(e)) from e
 
@@ -121,6 +123,17 @@ class ClaimSpecFiles:
         for extension in SPEC_EXTENSIONS:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.cdi_root, claim_spec_file(claim_uid, extension)))
+
+    def remove_all(self) -> int:
+        """Every claim's spec (after a reboot: the claims of the earlier boot are prepared again, or never)."""
+        removed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.cdi_root):
+                if name.startswith(CLAIM_SPEC_PREFIX) and name.rsplit(".", 1)[-1] in SPEC_EXTENSIONS:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.cdi_root, name))
+                        removed += 1
+        return removed
 
     def _edits(self, device: Allocatable) -> ContainerEdits:
         key = (device.name, device.mig.uuid if device.mig else device.gpu.uuid)

@@ -10,6 +10,7 @@ driver and the API server holds the node's slices.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import time
 from collections.abc import Mapping
@@ -100,8 +101,11 @@ class DraPlugin:
         # The kubelet's side: prepare reads claims from the watched cache.
         claims = ClaimCache(kube, config.node_name, self.metrics.claim_cache_misses.inc)
         life.start_thread("claims", functools.partial(claims.run, life.stopping))
-        preparer = Preparer(config.node_name, Checkpoint(config.plugin_dir, read_boot_id()), claims,
-                            ClaimSpecFiles(config.cdi_root, edits), {d.name: d for d in devices}, config.shares.enabled)
+        checkpoint, specs = Checkpoint(config.plugin_dir, read_boot_id()), ClaimSpecFiles(config.cdi_root, edits)
+        if checkpoint.from_earlier_boot:
+            log.info("CDI specs of the earlier boot removed", specs=specs.remove_all(), cdi_root=config.cdi_root)
+        preparer = Preparer(config.node_name, checkpoint, claims, specs, {d.name: d for d in devices},
+                            config.shares.enabled)
         board = HealthBoard()
         self.server = server = DraPluginServer(config.registration_socket, config.dra_socket, preparer, board,
                                                self.metrics)
@@ -129,6 +133,9 @@ class DraPlugin:
         checker = HealthChecker(model.gpus, state, policy, config.health_probe_ns / 1e9, xid_seen=feed.xid_seen)
         life.start_thread("health", functools.partial(checker.run, life.stopping))
         life.start_thread("health taints", functools.partial(feed.run, life.stopping), wake=feed.wake)
+        # Everything start-up made (modules, the clients, the model) lives until the exit: kept out of the cyclic
+        # garbage collector's full passes, which would otherwise walk it all and stall a prepare now and then.
+        gc.freeze()
         log.info("started", node=config.node_name, devices=len(devices), seconds=round(time.monotonic() - started, 3))
 
     def _serve_http(self) -> None:

@@ -39,9 +39,12 @@ def cdi_device_id(claim_uid: str, device: str) -> str:
     return f"{CDI_KIND}={cdi_device_name(claim_uid, device)}"
 
 
+CLAIM_SPEC_PREFIX = f"{CDI_VENDOR}-{CDI_CLASS}_"
+
+
 def claim_spec_file(claim_uid: str, extension: str = "yaml") -> str:
     """The claim's spec file name in the CDI root (CDI's transient spec name: `<vendor>-<class>_<uid>`)."""
-    return f"{CDI_VENDOR}-{CDI_CLASS}_{claim_uid}.{extension}"
+    return f"{CLAIM_SPEC_PREFIX}{claim_uid}.{extension}"
 
 
 class ClaimReader(Protocol):
