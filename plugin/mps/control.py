@@ -99,7 +99,7 @@ class Control:
             raise ControlError(f"{what}: answered more than {MAX_ANSWER_BYTES // 1024} KiB") from e
         except subprocess.TimeoutExpired as e:
             _kill_group(proc)
-            raise ControlError(f"{what}: no answer in {timeout_s:.0f}s") from e
+            raise ControlError(f"{what}: no answer in {timeout_s:g}s") from e
         finally:
             for pipe in (proc.stdin, proc.stdout, proc.stderr):
                 if pipe is not None:

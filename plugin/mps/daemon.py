@@ -90,6 +90,7 @@ class MpsDaemon:
         self.program = program
         self._process: _DaemonProcess | None = None
         self._launched = False  # `-d` was run since the last stop: there may be a daemon to end
+        self._touched = False  # a compute mode was set since the last stop: the GPUs go back to DEFAULT
         self._tails = Scope(f"MPS logs of {name}")
 
     @classmethod
@@ -126,6 +127,7 @@ class MpsDaemon:
                 os.makedirs(directory, 0o755, exist_ok=True)
             except OSError as e:
                 raise MpsError(f"cannot make {directory}: {e.strerror or e}") from e
+        self._touched = True
         for gpu in self.gpus:
             _set_compute_mode(gpu, "EXCLUSIVE_PROCESS")
         _label_for_containers(self.pipe_dir)
@@ -161,7 +163,8 @@ class MpsDaemon:
         self._unmark()
         gone = self._end()
         self._tails.close()
-        restored = [_restore(gpu) for gpu in self.gpus]
+        restored = [_restore(gpu) for gpu in self.gpus] if self._touched else []
+        self._touched = False
         shutil.rmtree(self.log_dir, ignore_errors=True)
         return gone and all(restored)
 
@@ -198,7 +201,7 @@ class MpsDaemon:
             took_quit = False
         process = self._process or _DaemonProcess.from_pidfile(os.path.join(self.pipe_dir, PIDFILE))
         self._process = None
-        if process is None or (took_quit and process.wait_gone(EXIT_S)):
+        if process is None or (process.wait_gone(EXIT_S) if took_quit else not process.members()):
             if took_quit:
                 log.info("Shut down MPS", name=self.name)
             return True
