@@ -72,6 +72,8 @@ def test_a_daemon_for_one_gpu_serves_that_gpu_alone_and_gives_it_back(
         assert standin.commands(log_dir) == [f"set_default_device_pinned_mem_limit 0 {gpu.memory_mib}M",
                                              "set_default_active_thread_percentage 100"]
         assert daemon.not_ready() is None and Path(root.started(gpu.uuid)).exists()
+        daemon.start()  # started already: nothing to do
+        assert standin.daemon_pid(Path(daemon.pipe_dir)) == pid and daemon.not_ready() is None
     finally:
         assert daemon.stop() is True
     assert modes(sim) == [DEFAULT] * 8
@@ -193,6 +195,8 @@ def test_a_client_environment_names_its_pipe_and_its_own_limits(node: tuple[Any,
         "CUDA_MPS_PIPE_DIRECTORY": "/mps/pair/pipe", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=1024M,1=2048M",
         "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25"}
     assert MpsDaemon.for_gpu(MpsRoot("/m"), gpus[0]).client_environment("/p") == {"CUDA_MPS_PIPE_DIRECTORY": "/p"}
+    with pytest.raises(ValueError, match=f"not served by the MPS daemon pair: {gpus[0].uuid}"):
+        pair.client_environment("/p", {gpus[0].uuid: 1024})
 
 
 def test_limits_are_checked_and_numbered_as_the_daemon_sees_its_gpus(node: tuple[Any, tuple[Gpu, ...]]) -> None:

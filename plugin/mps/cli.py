@@ -115,7 +115,7 @@ class MpsControlDaemon:
         """Until a signal: a daemon that stops answering is ended and started again."""
         while not stopping.wait(CHECK_S):
             for daemon in self.daemons:
-                reason = daemon.control.answers()
+                reason = daemon.not_ready()
                 if reason is None:
                     continue
                 log.error("MPS daemon not answering; starting it again", resource=daemon.name, reason=reason)

@@ -79,7 +79,8 @@ class Limits:
 
 class MpsDaemon:
     """One MPS control daemon serving `gpus`, its files under `root` as `name` (`<root>/<name>/pipe`,
-    `log`, `.started`). `program` is nvidia-cuda-mps-control's path, found on PATH at `start` when empty."""
+    `log`, `.started`). `program` is nvidia-cuda-mps-control's path, found on PATH at `start` when empty.
+    `start`, `restart` and `stop` may be called from any thread; one runs at a time."""
 
     def __init__(self, root: MpsRoot, name: str, gpus: Sequence[Gpu], limits: Limits | None = None,
                  program: str = "") -> None:
@@ -92,6 +93,7 @@ class MpsDaemon:
         self._launched = False  # `-d` was run since the last stop: there may be a daemon to end
         self._touched = False  # a compute mode was set since the last stop: the GPUs go back to DEFAULT
         self._tails = Scope(f"MPS logs of {name}")
+        self._lock = threading.RLock()
 
     @classmethod
     def for_gpu(cls, root: MpsRoot, gpu: Gpu, limits: Limits | None = None, program: str = "") -> MpsDaemon:
@@ -112,14 +114,18 @@ class MpsDaemon:
 
     def start(self) -> None:
         """MpsError (one line) when it cannot start; what it had done by then is undone (`stop`). A GPU is
-        touched only once the control program is found and the directories exist."""
-        if not self.program:
-            self.program = find_control()
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        touched only once the control program is found and the directories exist. Nothing to do when it was
+        started already (`restart` is for a daemon that stopped answering)."""
+        with self._lock:
+            if self._launched:
+                return
+            if not self.program:
+                self.program = find_control()
+            try:
+                self._start()
+            except BaseException:
+                self.stop()
+                raise
 
     def _start(self) -> None:
         for directory in (self.pipe_dir, self.log_dir):
@@ -151,22 +157,24 @@ class MpsDaemon:
     def restart(self) -> None:
         """A daemon that stopped answering: ended (killed if it must be) and started again, its GPUs left in
         EXCLUSIVE_PROCESS meanwhile. MpsError, with the GPUs back in DEFAULT, when it cannot start again."""
-        self._unmark()
-        self._end()
-        self._tails.close()
-        self.start()
+        with self._lock:
+            self._unmark()
+            self._end()
+            self._tails.close()
+            self.start()
 
     def stop(self) -> bool:
         """Best effort, every step, within STOP_BOUND_S: a daemon that does not quit is killed, and a daemon
         that died or cannot be killed still leaves its GPUs in DEFAULT. True when the daemon is gone and every
         GPU is back in DEFAULT."""
-        self._unmark()
-        gone = self._end()
-        self._tails.close()
-        restored = [_restore(gpu) for gpu in self.gpus] if self._touched else []
-        self._touched = False
-        shutil.rmtree(self.log_dir, ignore_errors=True)
-        return gone and all(restored)
+        with self._lock:
+            self._unmark()
+            gone = self._end()
+            self._tails.close()
+            restored = [_restore(gpu) for gpu in self.gpus] if self._touched else []
+            self._touched = False
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+            return gone and all(restored)
 
     def client_environment(self, pipe_dir: str, memory_mib: Mapping[str, int] | None = None,
                            active_thread_percentage: int | None = None) -> dict[str, str]:
@@ -176,6 +184,8 @@ class MpsDaemon:
         env = {"CUDA_MPS_PIPE_DIRECTORY": pipe_dir}
         if memory_mib:
             ordinals = {g.uuid: i for i, g in enumerate(self.gpus)}
+            if unknown := sorted(set(memory_mib) - set(ordinals)):
+                raise ValueError(f"not served by the MPS daemon {self.name}: {', '.join(unknown)}")
             env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = ",".join(
                 f"{ordinals[uuid]}={memory_limit(mib)}" for uuid, mib in sorted(
                     memory_mib.items(), key=lambda item: ordinals[item[0]]))
@@ -222,10 +232,13 @@ def stop_all(daemons: Sequence[MpsDaemon]) -> bool:
     if len(daemons) == 1:
         return daemons[0].stop()
     stopped: dict[str, bool] = {}
+
+    def stop(daemon: MpsDaemon) -> None:
+        stopped[daemon.name] = daemon.stop()
+
     with Scope("stopping MPS daemons", STOP_BOUND_S) as scope:
         for daemon in daemons:
-            scope.start_thread(f"mps-stop {daemon.name}",
-                               functools.partial(lambda d: stopped.__setitem__(d.name, d.stop()), daemon))
+            scope.start_thread(f"mps-stop {daemon.name}", functools.partial(stop, daemon))
     return all(stopped.get(d.name, False) for d in daemons)
 
 
