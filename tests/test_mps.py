@@ -21,14 +21,17 @@ import pytest
 from gfd.discovery.session import NodeSource
 from gfd.lifecycle import STOP_DEADLINE_S
 from gfd.model import Gpu
+from plugin.cli import DevicePlugin
+from plugin.config import load_plugin_config
 from plugin.mps import MpsError
 from plugin.mps.cli import load_daemon_config
 from plugin.mps.control import Control
-from plugin.mps.replicas import check_replicas, replica_limits, resource_daemon
+from plugin.mps.replicas import check_replicas, gpus_of, replica_limits, resource_daemon
 from plugin.mps.root import MpsRoot
 from plugin.mps.shm import shm_size
 from plugin.resources import PluginDevice, Resource, build_resources
 from tests.helpers import eventually, kill_all
+from tests.kubelet import KubeletStandIn
 from tests.mps import standin
 from tests.requirements import require_command
 
@@ -366,7 +369,7 @@ def test_limits_and_replica_checks_are_per_gpu() -> None:
     resource = Resource(RESOURCE, devices, 2, True, True)
     limits = replica_limits(resource)
     assert limits.pinned_memory_mib == {"GPU-0": 8000}  # unknown memory: no limit sent
-    assert limits.commands(list({d.gpu.uuid: d.gpu for d in devices}.values())) == [
+    assert limits.commands(gpus_of(resource)) == [
         "set_default_device_pinned_mem_limit 0 8000M", "set_default_active_thread_percentage 50"]
     crowded = Resource(RESOURCE, tuple(PluginDevice(f"GPU-0::{i}", "GPU-0", "0", g0, None, i) for i in range(17)),
                        17, True, True)
@@ -378,10 +381,6 @@ def test_limits_and_replica_checks_are_per_gpu() -> None:
 def test_plugin_serves_only_once_mps_is_ready_and_follows_its_health(
         daemon: Callable[..., DaemonProcess], mps_root: Path, path_with_stand_in: str, write_yaml: Any,
         tmp_path: Path) -> None:
-    from plugin.cli import DevicePlugin
-    from plugin.config import load_plugin_config
-    from tests.kubelet import KubeletStandIn
-
     cfg = mps_config(write_yaml)
     plugin_dir = tmp_path / "device-plugins"
     plugin_dir.mkdir()

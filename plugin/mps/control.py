@@ -32,6 +32,10 @@ EXITED_GRACE_S = 0.1
 READ_BYTES = 64 * 1024
 
 
+NOT_FOUND = (f"{CONTROL} not found on PATH (it comes with the driver; is the container's "
+             "NVIDIA_DRIVER_CAPABILITIES 'compute,utility'?)")
+
+
 class ControlError(MpsError):
     pass
 
@@ -45,8 +49,7 @@ def find_control() -> str:
     present = shutil.which(CONTROL, mode=os.F_OK)
     if present is not None:
         raise ControlError(f"{present} is not executable")
-    raise ControlError(f"{CONTROL} not found on PATH (it comes with the driver; is the container's "
-                       "NVIDIA_DRIVER_CAPABILITIES 'compute,utility'?)")
+    raise ControlError(NOT_FOUND)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class Control:
         try:
             proc = subprocess.Popen([self.program, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=env, start_new_session=True)
+        except FileNotFoundError as e:
+            raise ControlError(NOT_FOUND if self.program == CONTROL else f"{self.program} not found") from e
         except OSError as e:
             raise ControlError(f"{what}: cannot run {self.program}: {e.strerror}") from e
         try:
