@@ -1,10 +1,10 @@
 """MPS sharing end to end (issue 13): the real `mps-control-daemon` program driving a stand-in
 `nvidia-cuda-mps-control` (tests/mps/, found on PATH as the real one is), the plugin waiting for it and
-watching it, and the daemon's own steps against the simulator's NVML."""
+watching it, the program's start-up checks and its shutdown whatever the daemons do (issue 20), and the
+device plugin's daemons against the simulator's NVML. The per-GPU daemon itself: test_mps_daemon.py."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -19,17 +19,22 @@ from typing import Any
 import pytest
 
 from gfd.discovery.session import NodeSource
+from gfd.lifecycle import STOP_DEADLINE_S
+from gfd.model import Gpu
+from plugin.cli import DevicePlugin
+from plugin.config import load_plugin_config
 from plugin.mps import MpsError
-from plugin.mps.control import answers
-from plugin.mps.daemon import ResourceDaemon, check_replicas, pinned_memory_limits
+from plugin.mps.cli import load_daemon_config
+from plugin.mps.control import Control
+from plugin.mps.replicas import check_replicas, gpus_of, replica_limits, resource_daemon
 from plugin.mps.root import MpsRoot
 from plugin.mps.shm import shm_size
 from plugin.resources import PluginDevice, Resource, build_resources
 from tests.helpers import eventually, kill_all
+from tests.kubelet import KubeletStandIn
+from tests.mps import standin
 from tests.requirements import require_command
 
-ROOT = Path(__file__).resolve().parent.parent
-STAND_IN = ROOT / "tests" / "mps"
 DAEMON = str(Path(sys.executable).parent / "mps-control-daemon")
 RESOURCE = "nvidia.com/gpu"
 
@@ -43,7 +48,7 @@ def mps_root() -> Iterator[Path]:
 
 @pytest.fixture
 def path_with_stand_in(monkeypatch: pytest.MonkeyPatch) -> str:
-    path = f"{STAND_IN}{os.pathsep}{os.environ['PATH']}"
+    path = standin.path_with_stand_in()
     monkeypatch.setenv("PATH", path)
     return path
 
@@ -54,33 +59,33 @@ def mps_config(write_yaml: Any, replicas: int = 4) -> str:
 
 
 def control_log(root: Path, resource: str = RESOURCE) -> str:
-    path = root / resource / "log" / "control.log"
-    return path.read_text() if path.exists() else ""
+    return standin.control_log(root / resource / "log")
 
 
 class DaemonProcess:
     """`mps-control-daemon` as the chart runs it (its console script), on a simulated node."""
 
-    def __init__(self, root: Path, path: str, *args: str) -> None:
+    def __init__(self, root: Path, path: str, *args: str, faults: str = "") -> None:
         self.log = root.parent / f"{root.name}.daemon.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([DAEMON, "--log-format=json", f"--mps-container-root={root}", *args],
-                                         stdout=out, stderr=out, env={**os.environ, "PATH": path})
+                                         stdout=out, stderr=out,
+                                         env={**os.environ, "PATH": path, standin.FAULTS: faults})
 
     def text(self) -> str:
         return self.log.read_text()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=10)
+        return self.proc.wait(timeout=STOP_DEADLINE_S + 5)
 
 
 @pytest.fixture
 def daemon(mps_root: Path, path_with_stand_in: str) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def _start(*args: str) -> DaemonProcess:
-        d = DaemonProcess(mps_root, path_with_stand_in, *args)
+    def _start(*args: str, faults: str = "") -> DaemonProcess:
+        d = DaemonProcess(mps_root, path_with_stand_in, *args, faults=faults)
         started.append(d)
         return d
 
@@ -92,17 +97,11 @@ def daemon(mps_root: Path, path_with_stand_in: str) -> Iterator[Callable[..., Da
 
 
 def _stand_in_pid(root: Path, resource: str = RESOURCE) -> int | None:
-    try:
-        return int((root / resource / "pipe" / "nvidia-cuda-mps-control.pid").read_text())
-    except (OSError, ValueError):
-        return None
+    return standin.daemon_pid(root / resource / "pipe")
 
 
 def _kill_stand_in(root: Path) -> None:
-    pid = _stand_in_pid(root)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    standin.kill_daemon(root / RESOURCE / "pipe")
 
 
 # -- the daemon program ------------------------------------------------------------------------------------
@@ -128,19 +127,11 @@ def test_daemon_starts_mps_with_a_quarter_each_and_signals_readiness(daemon: Cal
 
     pid = _stand_in_pid(mps_root)
     assert d.stop() == 0
-    assert pid is not None and _gone(pid)  # the stand-in daemon took `quit`
+    assert pid is not None and standin.gone(pid)  # the stand-in daemon took `quit`
     assert not (mps_root / ".ready").exists() and not (mps_root / RESOURCE / ".started").exists()
     assert not (mps_root / RESOURCE / "log").exists() and not (mps_root / RESOURCE / "pipe" / "control").exists()
     restored = [line for line in d.text().splitlines() if "compute mode set" in line][4:]
     assert len(restored) == 4 and all('"mode": "DEFAULT"' in line for line in restored)
-
-
-def _gone(pid: int) -> bool:
-    """Exited (perhaps not reaped yet by whoever adopted it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_a_dead_mps_daemon_is_started_again(daemon: Callable[..., DaemonProcess], mps_root: Path,
@@ -184,13 +175,121 @@ def test_a_bad_mps_setup_is_one_line_and_exit_1(daemon: Callable[..., DaemonProc
     assert len(errors) == 1 and says in errors[0], d.text()
 
 
-def test_no_control_program_is_one_line(mps_root: Path, write_yaml: Any) -> None:
-    proc = subprocess.run([DAEMON, "--log-format=json", "--simulate=t4", f"--mps-container-root={mps_root}",
-                           f"--config-file={mps_config(write_yaml)}"], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "PATH": "/usr/bin:/bin"}, check=False)
-    assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if '"level": "error"' in line]
-    assert len(errors) == 1 and "nvidia-cuda-mps-control not found on PATH" in errors[0]
+def run_daemon(root: str | Path, config: str, path: str, cwd: Path | None = None,
+               wrap: tuple[str, ...] = ()) -> tuple[int, list[str]]:
+    """`mps-control-daemon` that is expected to exit: its status and its output's lines."""
+    args = [DAEMON, "--log-format=json", "--simulate=t4", f"--mps-container-root={root}", f"--config-file={config}"]
+    proc = subprocess.run([*wrap, *args], capture_output=True, text=True, timeout=30, cwd=cwd,
+                          env={**os.environ, "PATH": path}, check=False)
+    return proc.returncode, (proc.stdout + proc.stderr).splitlines()
+
+
+def assert_one_error_and_no_gpu_touched(lines: list[str], *says: str) -> None:
+    errors = [line for line in lines if '"level": "error"' in line or not line.startswith("{")]
+    assert len(errors) == 1 and all(s in errors[0] for s in says), lines
+    assert not any("compute mode set" in line for line in lines), lines
+
+
+def test_no_control_program_is_one_line_before_any_gpu_is_touched(mps_root: Path, write_yaml: Any) -> None:
+    status, lines = run_daemon(mps_root, mps_config(write_yaml), "/usr/bin:/bin")
+    assert status == 1
+    assert_one_error_and_no_gpu_touched(lines, "nvidia-cuda-mps-control not found on PATH")
+
+
+def test_a_control_program_that_cannot_run_is_one_line_before_any_gpu_is_touched(
+        mps_root: Path, write_yaml: Any, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-cuda-mps-control").write_text("#!/bin/sh\n")  # mode 0644: not executable
+    status, lines = run_daemon(mps_root, mps_config(write_yaml), f"{bin_dir}:/usr/bin:/bin")
+    assert status == 1
+    assert_one_error_and_no_gpu_touched(lines, f"{bin_dir}/nvidia-cuda-mps-control is not executable")
+
+
+def _regular_file(d: Path) -> str:
+    (d / "file").write_text("")
+    return str(d / "file")
+
+
+def _fifo(d: Path) -> str:
+    os.mkfifo(d / "fifo")
+    return str(d / "fifo")
+
+
+@pytest.mark.parametrize(("make_root", "problem"), [
+    (_regular_file, "not a directory (a regular file)"),
+    (_fifo, "not a directory (a FIFO)"),
+    (lambda d: "/dev/null", "not a directory (a character device)"),
+    (lambda d: str(d / "missing"), "No such file or directory"),
+    (lambda d: "", "empty (it would be the current directory)"),
+    (lambda d: "mps", "not an absolute path"),
+], ids=["file", "fifo", "dev-null", "missing", "empty", "relative"])
+def test_an_unusable_root_is_one_line_and_exit_1_with_the_gpus_untouched(
+        tmp_path: Path, write_yaml: Any, make_root: Callable[[Path], str], problem: str) -> None:
+    """Issue 20: checked at start, before NVML or the control program; an empty or relative root never
+    writes into the current directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    root = make_root(tmp_path)
+    try:
+        status, lines = run_daemon(root, mps_config(write_yaml), standin.path_with_stand_in(), cwd=cwd)
+    finally:
+        for where in (cwd, cwd / "mps", Path(root or "/nonexistent")):
+            _kill_stand_in(where)
+    assert status == 1
+    assert_one_error_and_no_gpu_touched(lines, "mps-container-root", problem)
+    assert "Traceback" not in "\n".join(lines)
+    assert list(cwd.iterdir()) == []
+
+
+def test_a_read_only_root_is_one_line_and_exit_1(mps_root: Path, write_yaml: Any) -> None:
+    """A read-only mount (a tmpfs mounted ro in a private mount namespace): only writing tells."""
+    require_command("unshare")
+    wrap = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        wrap[1:1] = ["--user", "--map-root-user"]
+    mount = f"mount -t tmpfs -o ro tmpfs {mps_root} && exec \"$@\""
+    status, lines = run_daemon(mps_root, mps_config(write_yaml), standin.path_with_stand_in(),
+                               wrap=(*wrap, "sh", "-c", mount, "sh"))
+    assert status == 1
+    assert_one_error_and_no_gpu_touched(lines, "mps-container-root", "not writable: Read-only file system")
+
+
+@pytest.mark.parametrize("faults", ["quit-hangs,ignores-sigterm", "quit-answers-garbage"])
+def test_sigterm_restores_every_gpu_and_ends_a_daemon_that_does_not_quit(
+        daemon: Callable[..., DaemonProcess], mps_root: Path, write_yaml: Any, faults: str) -> None:
+    """Issue 20: a daemon that never answers `quit` (or answers it with bytes that are not text) and ignores
+    SIGTERM is killed, its MPS server with it, and all 8 GPUs are back in DEFAULT, within the stop deadline."""
+    d = daemon("--simulate=dgx-a100", f"--config-file={mps_config(write_yaml, 2)}", faults=faults)
+    eventually(lambda: (mps_root / ".ready").exists() or d.proc.poll() is not None, timeout=30)
+    assert d.proc.poll() is None, d.text()
+    pid = _stand_in_pid(mps_root)
+    control = Control.under(MpsRoot(str(mps_root)), RESOURCE)
+    control.send("start_server -uid 0")
+    servers = [int(p) for p in control.send("get_server_list").split()]
+    assert pid is not None and len(servers) == 1
+
+    stopped = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - stopped < STOP_DEADLINE_S
+    text = d.text()
+    restored = [line for line in text.splitlines() if "compute mode set" in line and '"DEFAULT"' in line]
+    assert len(restored) == 8, text
+    assert standin.gone(pid) and standin.gone(servers[0])
+    assert "Traceback" not in text
+
+
+def test_a_flood_of_answers_is_cut_and_the_daemon_started_again(daemon: Callable[..., DaemonProcess],
+                                                                 mps_root: Path, write_yaml: Any) -> None:
+    """Issue 20: a control program that answers a health query with 100 MB is killed at 64 KiB; the
+    program's peak memory stays near its size at rest (it grew by twice the answer before)."""
+    d = daemon("--simulate=t4", f"--config-file={mps_config(write_yaml)}", faults="huge-answers=100000000")
+    eventually(lambda: "answered more than 64 KiB" in d.text() or d.proc.poll() is not None, timeout=30)
+    status = Path(f"/proc/{d.proc.pid}/status").read_text()
+    peak_mib = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) // 1024
+    assert peak_mib < 120, d.text()
+    assert "MPS daemon not answering; starting it again" in d.text()
+    assert d.stop() == 0
 
 
 def test_mount_shm_mounts_half_the_memory_as_tmpfs(mps_root: Path) -> None:
@@ -214,15 +313,13 @@ def test_mount_shm_mounts_half_the_memory_as_tmpfs(mps_root: Path) -> None:
 # -- the daemon's steps against the simulator's NVML -----------------------------------------------------------
 def test_compute_mode_is_exclusive_while_mps_runs_and_default_after(mps_root: Path, path_with_stand_in: str,
                                                                      write_yaml: Any) -> None:
-    from plugin.mps.cli import load_daemon_config
-
     config = load_daemon_config(["--simulate=l4", f"--config-file={mps_config(write_yaml, 3)}"], {})
     with NodeSource("nvml", config.simulate) as source:
         source.open()
         resource = next(r for r in build_resources(source.read(), config) if r.mps)
         assert source.simulation is not None
         gpus = source.simulation.node.gpus
-        daemon = ResourceDaemon(resource, MpsRoot(str(mps_root)))
+        daemon = resource_daemon(resource, MpsRoot(str(mps_root)))
         try:
             daemon.start()
             assert [g.compute_mode for g in gpus] == [3]  # nvml.h NVML_COMPUTEMODE_EXCLUSIVE_PROCESS
@@ -236,8 +333,6 @@ def test_compute_mode_is_exclusive_while_mps_runs_and_default_after(mps_root: Pa
 
 def test_two_mps_resources_get_a_daemon_each(mps_root: Path, path_with_stand_in: str, write_yaml: Any) -> None:
     """Upstream's config can only name nvidia.com/gpu for MPS, so two resources are built here directly."""
-    from plugin.mps.cli import load_daemon_config
-
     config = load_daemon_config(["--simulate=heterogeneous", f"--config-file={mps_config(write_yaml, 2)}"], {})
     with NodeSource("nvml", config.simulate) as source:
         source.open()
@@ -245,23 +340,24 @@ def test_two_mps_resources_get_a_daemon_each(mps_root: Path, path_with_stand_in:
         a100 = Resource("nvidia.com/gpu-a100", tuple(d for d in shared.devices if "A100" in d.gpu.name), 2, True, True)
         t4 = Resource("nvidia.com/gpu-t4", tuple(d for d in shared.devices if "T4" in d.gpu.name), 2, True, True)
         root = MpsRoot(str(mps_root))
-        daemons = [ResourceDaemon(r, root) for r in (a100, t4)]
+        daemons = [resource_daemon(r, root) for r in (a100, t4)]
         try:
             for d in daemons:
                 d.start()
-            assert answers(root, a100.name) is None and answers(root, t4.name) is None
+            assert all(d.not_ready() is None for d in daemons)
             assert _stand_in_pid(mps_root, a100.name) != _stand_in_pid(mps_root, t4.name)
-            assert control_log(mps_root, a100.name).count("set_default_device_pinned_mem_limit") == 2
-            assert control_log(mps_root, t4.name).count("set_default_device_pinned_mem_limit") == 1
+            # Each daemon numbers its GPUs from 0, in the order of its CUDA_VISIBLE_DEVICES.
+            assert [c for c in standin.commands(mps_root / a100.name / "log") if "pinned" in c] == [
+                "set_default_device_pinned_mem_limit 0 20480M", "set_default_device_pinned_mem_limit 1 20480M"]
+            assert [c for c in standin.commands(mps_root / t4.name / "log") if "pinned" in c] == [
+                "set_default_device_pinned_mem_limit 0 7680M"]  # 15360 MiB, 2 replicas
         finally:
             for d in daemons:
                 d.stop()
-        assert answers(root, a100.name) is not None and answers(root, t4.name) is not None
+        assert all(Control.under(root, r.name).answers() is not None for r in (a100, t4))
 
 
 def test_limits_and_replica_checks_are_per_gpu() -> None:
-    from gfd.model import Gpu
-
     def gpu(index: int, memory: int | None, cc: tuple[int, int]) -> Gpu:
         return Gpu(index=index, uuid=f"GPU-{index}", name="x", memory_mib=memory, compute_capability=cc,
                    architecture="", brand="", pci_bus_id="", pci_device_id=0, minor_number=index, numa_node=None,
@@ -271,7 +367,10 @@ def test_limits_and_replica_checks_are_per_gpu() -> None:
     devices = tuple(PluginDevice(f"{g.uuid}::{i}", g.uuid, str(g.index), g, None, i)
                     for g in (g0, g1) for i in range(2))
     resource = Resource(RESOURCE, devices, 2, True, True)
-    assert pinned_memory_limits(resource) == {0: "8000M"}  # unknown memory: no limit sent
+    limits = replica_limits(resource)
+    assert limits.pinned_memory_mib == {"GPU-0": 8000}  # unknown memory: no limit sent
+    assert limits.commands(gpus_of(resource)) == [
+        "set_default_device_pinned_mem_limit 0 8000M", "set_default_active_thread_percentage 50"]
     crowded = Resource(RESOURCE, tuple(PluginDevice(f"GPU-0::{i}", "GPU-0", "0", g0, None, i) for i in range(17)),
                        17, True, True)
     with pytest.raises(MpsError, match="17 > 16"):  # compute capability 7.0: upstream's limit of 16
@@ -282,10 +381,6 @@ def test_limits_and_replica_checks_are_per_gpu() -> None:
 def test_plugin_serves_only_once_mps_is_ready_and_follows_its_health(
         daemon: Callable[..., DaemonProcess], mps_root: Path, path_with_stand_in: str, write_yaml: Any,
         tmp_path: Path) -> None:
-    from plugin.cli import DevicePlugin
-    from plugin.config import load_plugin_config
-    from tests.kubelet import KubeletStandIn
-
     cfg = mps_config(write_yaml)
     plugin_dir = tmp_path / "device-plugins"
     plugin_dir.mkdir()

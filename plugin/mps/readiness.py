@@ -4,14 +4,13 @@ Unhealthy while the daemon does not answer (upstream only checks once, before se
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
 import structlog
 
 from plugin.health import HealthState
-from plugin.mps.control import answers
+from plugin.mps import control
 from plugin.mps.root import MpsRoot
 from plugin.resources import Resource
 
@@ -20,17 +19,11 @@ CHECK_S = 1.0
 WAIT_LOG_S = 5.0
 
 
-def not_ready(root: MpsRoot, resource: Resource) -> str | None:
-    if not os.path.exists(root.started(resource.name)):
-        return "the MPS control daemon has not signalled readiness"
-    return answers(root, resource.name)
-
-
 def wait_until_ready(root: MpsRoot, resources: list[Resource], stop: threading.Event) -> bool:
     """False when `stop` is set first."""
     logged = 0.0
     for resource in resources:
-        while (reason := not_ready(root, resource)) is not None:
+        while (reason := control.not_ready(root, resource.name)) is not None:
             if time.monotonic() - logged >= WAIT_LOG_S:
                 log.info("Waiting for MPS daemon to be ready", resource=resource.name, reason=reason)
                 logged = time.monotonic()
@@ -50,7 +43,7 @@ class MpsWatch:
     def run(self, stopping: threading.Event) -> None:
         while not stopping.wait(CHECK_S):
             for resource in self.resources:
-                reason = not_ready(self.root, resource)
+                reason = control.not_ready(self.root, resource.name)
                 if reason is None:
                     self.state.clear_resource(resource.name)
                 else:

@@ -1,0 +1,49 @@
+"""What the MPS tests read of the stand-in `nvidia-cuda-mps-control` (this folder, put on PATH as the real
+one is found): its daemon's PID, its log, its servers, whether a process is gone, and the faults it takes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+STAND_IN = Path(__file__).resolve().parent
+FAULTS = "MPS_STAND_IN_FAULTS"  # read by the stand-in daemon from its environment (see its docstring)
+
+
+def path_with_stand_in() -> str:
+    return f"{STAND_IN}{os.pathsep}{os.environ['PATH']}"
+
+
+def daemon_pid(pipe_dir: Path) -> int | None:
+    try:
+        return int((pipe_dir / "nvidia-cuda-mps-control.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def control_log(log_dir: Path) -> str:
+    path = log_dir / "control.log"
+    return path.read_text() if path.exists() else ""
+
+
+def commands(log_dir: Path) -> list[str]:
+    """The commands the daemon received, in order."""
+    return [line.split("Cmd:", 1)[1] for line in control_log(log_dir).splitlines() if "Cmd:" in line]
+
+
+def gone(pid: int) -> bool:
+    """Exited (perhaps not reaped yet by whoever adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def kill_daemon(pipe_dir: Path) -> None:
+    """What a test left running: the daemon and its servers (its process group)."""
+    pid = daemon_pid(pipe_dir)
+    if pid is not None and not gone(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)

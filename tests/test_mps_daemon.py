@@ -1,0 +1,261 @@
+"""plugin/mps as a library: one MPS control daemon per GPU (what the DRA driver's memory-sized shares start
+on demand, issue 24) against the stand-in `nvidia-cuda-mps-control` (tests/mps/) and the simulator's NVML
+compute modes; the bounds of talking to it and of following its logs (issue 20)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from gfd.model import Gpu
+from plugin.mps import MpsError
+from plugin.mps import daemon as mps_daemon
+from plugin.mps.control import ControlError
+from plugin.mps.daemon import Limits, LogTail, MpsDaemon, stop_all
+from plugin.mps.root import MpsRoot
+from tests.mps import standin
+
+EXCLUSIVE_PROCESS, DEFAULT = 3, 0  # nvml.h nvmlComputeMode_t
+
+
+@pytest.fixture
+def root(monkeypatch: pytest.MonkeyPatch) -> Iterator[MpsRoot]:
+    """Short: the control socket's path must fit a unix socket address (108 bytes), as for the real MPS.
+    The stand-in is on PATH; its daemons are killed after the test, whatever it left."""
+    monkeypatch.setenv("PATH", standin.path_with_stand_in())
+    with tempfile.TemporaryDirectory(prefix="mps-", dir="/tmp") as d:
+        yield MpsRoot(d)
+        for entry in Path(d).iterdir():
+            standin.kill_daemon(entry / "pipe")
+
+
+@pytest.fixture
+def node(opened: Callable[[str], tuple[Any, tuple[Gpu, ...]]]) -> tuple[Any, tuple[Gpu, ...]]:
+    """An 8-GPU node (simulated DGX A100) with NVML open, as the DRA driver holds it."""
+    return opened("dgx-a100")
+
+
+def modes(sim: Any) -> list[int]:
+    return [g.compute_mode for g in sim.node.gpus]
+
+
+def started_server(daemon: MpsDaemon) -> int:
+    daemon.control.send("start_server -uid 0")
+    (server,) = (int(p) for p in daemon.control.send("get_server_list").split())
+    return server
+
+
+def test_a_daemon_for_one_gpu_serves_that_gpu_alone_and_gives_it_back(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]]) -> None:
+    sim, gpus = node
+    gpu = gpus[3]
+    daemon = MpsDaemon.for_gpu(root, gpu)
+    assert daemon.name == gpu.uuid and daemon.not_ready() is not None
+    daemon.start()
+    pid = standin.daemon_pid(Path(daemon.pipe_dir))
+    try:
+        assert modes(sim) == [DEFAULT] * 3 + [EXCLUSIVE_PROCESS] + [DEFAULT] * 4
+        assert daemon.pipe_dir == f"{root.path}/{gpu.uuid}/pipe" and Path(daemon.pipe_dir, "control").exists()
+        log_dir = Path(daemon.log_dir)
+        assert f"CUDA_VISIBLE_DEVICES={gpu.uuid}\n" in standin.control_log(log_dir)
+        # Default limits: the whole GPU, numbered 0 as the daemon sees it.
+        assert standin.commands(log_dir) == [f"set_default_device_pinned_mem_limit 0 {gpu.memory_mib}M",
+                                             "set_default_active_thread_percentage 100"]
+        assert daemon.not_ready() is None and Path(root.started(gpu.uuid)).exists()
+        daemon.start()  # started already: nothing to do
+        assert standin.daemon_pid(Path(daemon.pipe_dir)) == pid and daemon.not_ready() is None
+    finally:
+        assert daemon.stop() is True
+    assert modes(sim) == [DEFAULT] * 8
+    assert pid is not None and standin.gone(pid)
+    assert daemon.not_ready() == "the MPS control daemon has not signalled readiness"
+
+
+def test_daemons_of_two_gpus_are_independent(root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]]) -> None:
+    sim, gpus = node
+    first, second = MpsDaemon.for_gpu(root, gpus[0]), MpsDaemon.for_gpu(root, gpus[1], Limits(50, {}))
+    first.start()
+    second.start()
+    try:
+        assert standin.daemon_pid(Path(first.pipe_dir)) != standin.daemon_pid(Path(second.pipe_dir))
+        assert standin.commands(Path(second.log_dir)) == ["set_default_active_thread_percentage 50"]
+        assert first.stop() is True
+        assert modes(sim)[:2] == [DEFAULT, EXCLUSIVE_PROCESS] and second.not_ready() is None
+    finally:
+        second.stop()
+    assert modes(sim) == [DEFAULT] * 8
+
+
+def test_stopping_daemons_that_do_not_quit_kills_them_and_restores_every_gpu_at_once(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: `quit` never answered, SIGTERM ignored (daemon and server): SIGKILL to each daemon's process
+    group; 8 daemons stopped together take as long as one (STOP_BOUND_S), not 8 times that."""
+    sim, gpus = node
+    monkeypatch.setenv(standin.FAULTS, "quit-hangs,ignores-sigterm")
+    daemons = [MpsDaemon.for_gpu(root, g) for g in gpus]
+    for d in daemons:
+        d.start()
+    pids = [standin.daemon_pid(Path(d.pipe_dir)) for d in daemons]
+    servers = [started_server(d) for d in daemons]
+    assert modes(sim) == [EXCLUSIVE_PROCESS] * 8
+
+    with capture_logs() as logs:
+        began = time.monotonic()
+        assert stop_all(daemons) is True
+        took = time.monotonic() - began
+    assert took < mps_daemon.STOP_BOUND_S
+    assert modes(sim) == [DEFAULT] * 8
+    assert all(p is not None and standin.gone(p) for p in pids) and all(standin.gone(s) for s in servers)
+    signals = [e["signal"] for e in logs if e["event"] == "Stopping the MPS daemon with a signal"]
+    assert sorted(signals) == ["SIGKILL"] * 8 + ["SIGTERM"] * 8
+
+
+def test_a_daemon_that_died_is_started_again_with_its_gpu_left_exclusive(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]]) -> None:
+    sim, gpus = node
+    daemon = MpsDaemon.for_gpu(root, gpus[0])
+    daemon.start()
+    try:
+        first = standin.daemon_pid(Path(daemon.pipe_dir))
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        assert daemon.not_ready() is not None
+        with capture_logs() as logs:
+            daemon.restart()
+        assert daemon.not_ready() is None and standin.daemon_pid(Path(daemon.pipe_dir)) not in (None, first)
+        assert [e["mode"] for e in logs if e["event"] == "compute mode set"] == ["EXCLUSIVE_PROCESS"]
+        assert modes(sim)[0] == EXCLUSIVE_PROCESS
+    finally:
+        daemon.stop()
+
+
+def test_a_daemon_that_cannot_start_leaves_its_gpu_untouched(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]], monkeypatch: pytest.MonkeyPatch) -> None:
+    sim, gpus = node
+    Path(root.path, gpus[0].uuid).write_text("")  # where its directories would go
+    with capture_logs() as logs, pytest.raises(MpsError, match=f"cannot make {root.path}/{gpus[0].uuid}/pipe"):
+        MpsDaemon.for_gpu(root, gpus[0]).start()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    with capture_logs() as more, pytest.raises(ControlError, match="nvidia-cuda-mps-control not found on PATH"):
+        MpsDaemon.for_gpu(root, gpus[1]).start()
+    assert modes(sim) == [DEFAULT] * 8
+    assert not [e for e in logs + more if e["event"] == "compute mode set"]
+
+
+def test_an_answer_beyond_the_bound_is_cut_without_holding_it(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: 50 MB answered to a query: refused at 64 KiB, the control program killed, little held."""
+    _sim, gpus = node
+    monkeypatch.setenv(standin.FAULTS, "huge-answers=50000000")
+    daemon = MpsDaemon.for_gpu(root, gpus[0])
+    daemon.start()
+    try:
+        tracemalloc.start()
+        try:
+            reason = daemon.control.answers()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert reason is not None and reason.endswith("answered more than 64 KiB")
+        assert peak < 1 << 20
+    finally:
+        daemon.stop()
+
+
+def test_a_command_without_an_answer_times_out(root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _sim, gpus = node
+    monkeypatch.setenv(standin.FAULTS, "quit-hangs")
+    monkeypatch.setattr(mps_daemon, "QUIT_S", 0.5)  # the stop after the test: no need to wait longer
+    daemon = MpsDaemon.for_gpu(root, gpus[0])
+    daemon.start()
+    try:
+        began = time.monotonic()
+        with pytest.raises(ControlError, match=r"<<< 'quit': no answer in 0.5s$"):
+            daemon.control.send("quit", timeout_s=0.5)
+        assert time.monotonic() - began < 2
+    finally:
+        daemon.stop()
+
+
+def test_a_client_environment_names_its_pipe_and_its_own_limits(node: tuple[Any, tuple[Gpu, ...]]) -> None:
+    _sim, gpus = node
+    pair = MpsDaemon(MpsRoot("/run/nvidia/mps"), "pair", gpus[2:4])
+    assert pair.client_environment("/mps/pair/pipe", {gpus[3].uuid: 2048, gpus[2].uuid: 1024}, 25) == {
+        "CUDA_MPS_PIPE_DIRECTORY": "/mps/pair/pipe", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=1024M,1=2048M",
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25"}
+    assert MpsDaemon.for_gpu(MpsRoot("/m"), gpus[0]).client_environment("/p") == {"CUDA_MPS_PIPE_DIRECTORY": "/p"}
+    with pytest.raises(ValueError, match=f"not served by the MPS daemon pair: {gpus[0].uuid}"):
+        pair.client_environment("/p", {gpus[0].uuid: 1024})
+
+
+def test_limits_are_checked_and_numbered_as_the_daemon_sees_its_gpus(node: tuple[Any, tuple[Gpu, ...]]) -> None:
+    _sim, gpus = node
+    assert Limits.whole(gpus[5:7]).commands(gpus[5:7]) == [
+        f"set_default_device_pinned_mem_limit 0 {gpus[5].memory_mib}M",
+        f"set_default_device_pinned_mem_limit 1 {gpus[6].memory_mib}M", "set_default_active_thread_percentage 100"]
+    for bad in ({"active_thread_percentage": 0}, {"active_thread_percentage": 101},
+                {"pinned_memory_mib": {gpus[0].uuid: 0}}):
+        with pytest.raises(ValueError):
+            Limits(**bad)
+    with pytest.raises(ValueError, match="at least one GPU"):
+        MpsDaemon(MpsRoot("/m"), "none", ())
+
+
+# -- following the MPS logs -------------------------------------------------------------------------------------
+def test_a_log_without_newlines_holds_no_more_than_one_line(tmp_path: Path) -> None:
+    """Issue 20: a control log that never ends its line grew the tail's buffer without bound (30 -> 252 MB in
+    30 s); now what is held stays within a line's bound, whatever the file's size."""
+    path = tmp_path / "control.log"
+    path.write_bytes(b"x" * (8 << 20))
+    tail = LogTail(str(path), "GPU-0")
+    stopping = threading.Event()
+    tracemalloc.start()
+    try:
+        with capture_logs() as logs:
+            thread = threading.Thread(target=tail.run, args=(stopping,))
+            thread.start()
+            time.sleep(1.5)
+            stopping.set()
+            thread.join()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    lines = [e["line"] for e in logs]
+    assert lines == ["x" * mps_daemon.MAX_LINE_BYTES + "…"]  # logged once, cut; the rest dropped
+
+
+def test_log_lines_are_cut_and_a_shrunk_log_is_read_from_its_start(tmp_path: Path) -> None:
+    path = tmp_path / "server.log"
+    long = "a" * (mps_daemon.MAX_LINE_BYTES + 10)
+    path.write_bytes(f"{long}\nok\npartial".encode() + b"\xff")
+    tail = LogTail(str(path), "GPU-0")
+    with capture_logs() as logs:
+        tail.poll()
+        with open(path, "ab") as f:
+            f.write(b" end\n")
+        tail.poll()
+        path.write_bytes(b"rotated\n")
+        tail.poll()
+    assert [e["line"] for e in logs] == [long[:mps_daemon.MAX_LINE_BYTES] + "…", "ok", "partial\ufffd end", "rotated"]
+    assert {e["log"] for e in logs} == {"server.log"} and {e["name"] for e in logs} == {"GPU-0"}
+
+
+def test_a_log_that_is_not_a_regular_file_is_not_opened_for_long(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "control.log")  # opening a FIFO for reading would wait for a writer
+    tail = LogTail(str(tmp_path / "control.log"), "GPU-0")
+    began = time.monotonic()
+    with capture_logs() as logs:
+        tail.poll()
+    assert time.monotonic() - began < 1 and logs == []
