@@ -1,6 +1,6 @@
 """The claims prepare reads, from a cache that one watch on resourceclaims keeps current (gfd.kube.watch), so a
 prepare in the steady state sends no request: NVIDIA's driver GETs every claim, and with client-go's default
-rate limit (5/s) back-to-back prepares wait for it (shared/reference issue 23: p50 197 ms).
+rate limit (5/s) back-to-back prepares wait for it (issue 23: p50 197 ms).
 
 Only claims allocated in this node's pool for our driver are kept (parsed, a few hundred bytes each); the watch
 itself sees every claim of the cluster (the API has no field selector on an allocation's node). A claim the
