@@ -192,9 +192,10 @@ class DevicePlugin:
                                 config.health_probe_ns / 1e9, rediscover=rediscover,
                                 xid_seen=self.telemetry.record_xid if self.telemetry else None)
         self.model = model
-        services = [DevicePluginService(r, config, node, state, model.links, self.metrics) for r in resources]
-        registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir) for s in services], config.kubelet_socket,
-                                     self.metrics)
+        services = [DevicePluginService(r, config, node, state, model.links, self.metrics, run.stopping)
+                    for r in resources]
+        registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir, run) for s in services],
+                                     config.kubelet_socket, self.metrics)
         run.callback("kubelet sockets", registrar.stop)
         try:
             registrar.start()

@@ -533,3 +533,18 @@ def test_a_reload_request_is_never_lost(kubelet: KubeletStandIn, tmp_path: Path,
         assert len(reads) == expected
     finally:
         threads.stop_all()
+
+
+def test_no_thread_of_the_plugin_outlives_it(start: Callable[..., Running], kubelet: KubeletStandIn) -> None:
+    """Review of issue 22: gRPC's pools were made outside the lifecycle, never shut down nor joined."""
+    before = set(threading.enumerate())
+    r = start("--simulate=t4")
+    first = kubelet.registered("nvidia.com/gpu")
+    assert any(t.name.startswith("grpc nvidia.com/gpu") for t in threading.enumerate())
+    r.plugin.request_reload()  # each run's pools go with it
+    kubelet.wait(lambda: kubelet.registrations.get("nvidia.com/gpu") is not first)
+    r.plugin.stop()
+    r.thread.join(5)
+    assert r.plugin.life.exit_status(0) == 0
+    left = [t.name for t in set(threading.enumerate()) - before if not t.name.startswith("kubelet-stand-in")]
+    assert left == []
