@@ -19,9 +19,8 @@ import pytest
 
 from gfd.config.model import GFD_OPTIONS
 from gfd.doctor.cli import main as doctor
-from gfd.kube.client import Kube
 from plugin.config import PLUGIN_OPTIONS
-from tests.helpers import FakeHostRoot, free_port
+from tests.helpers import FakeHostRoot, free_port, kube_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -373,14 +372,7 @@ def test_every_api_request_goes_through_gfd_kube_and_its_errors_are_the_verdicts
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Review of issue 22: doctor sent its requests past gfd.kube (no budget, its own error mapping and a
     catch-all that called any failure "the API did not answer")."""
-    sent: list[str] = []
-    request = Kube.request
-
-    def counted(self: Kube, verb: str, *args: Any, **kwargs: Any) -> Any:
-        sent.append(verb)
-        return request(self, verb, *args, **kwargs)
-
-    monkeypatch.setattr(Kube, "request", counted)
+    sent = kube_requests(monkeypatch)
     args = [f"--kubeconfig={apiserver.kubeconfig(str(tmp_path / 'kubeconfig'))}", "--node-name=node-1",
             "--runtime-class=nvidia", "--use-node-feature-api=true"]
     apiserver.fail("GET", "/runtimeclasses/", status=429, retry_after=7)

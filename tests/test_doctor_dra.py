@@ -19,9 +19,8 @@ import pytest
 from gfd.doctor.checks import DRA
 from gfd.doctor.cli import main as doctor
 from gfd.doctor.subcommand import with_doctor
-from gfd.kube.client import Kube
 from plugin.dra.config import DRA_OPTIONS
-from tests.helpers import FakeHostRoot
+from tests.helpers import FakeHostRoot, kube_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "gfd" / "doctor" / "schema.json").read_text())
@@ -193,13 +192,6 @@ def test_an_api_refusal_is_a_finding_with_its_status(host: Host, capsys: pytest.
 
 def test_the_dra_api_checks_go_through_gfd_kube(host: Host, capsys: pytest.CaptureFixture[str], apiserver: Any,
                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sent: list[str] = []
-    request = Kube.request
-
-    def counted(self: Kube, verb: str, *args: Any, **kwargs: Any) -> Any:
-        sent.append(verb)
-        return request(self, verb, *args, **kwargs)
-
-    monkeypatch.setattr(Kube, "request", counted)
+    sent = kube_requests(monkeypatch)
     run(host, capsys, f"--kubeconfig={apiserver.kubeconfig(str(tmp_path / 'kubeconfig'))}", "--node-name=node-1")
     assert len(sent) == len(apiserver.requests()) == 5  # API groups, 2 DeviceClasses, the node's slices, labels

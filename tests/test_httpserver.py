@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,15 @@ def serving(**bounds: Any) -> Iterator[HttpServer]:
     assert not scope.hung
 
 
+def answered_once(release: threading.Event) -> Callable[[Request], Response]:
+    """A route that answers "done" once `release` is set."""
+    def slow(_request: Request) -> Response:
+        release.wait(10)
+        return Response(200, b"done\n")
+
+    return slow
+
+
 def partial_head(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
@@ -348,13 +357,8 @@ def test_a_slow_route_does_not_stall_the_other_connections() -> None:
     """Review of issue 20: routes ran on the event-loop thread, so one slow handler stalled every
     connection. They run on a bounded pool; one that overruns the deadline gets its client a 503."""
     release = threading.Event()
-
-    def slow(_request: Request) -> Response:
-        release.wait(10)
-        return Response(200, b"late\n")
-
     with serving(request_deadline_s=1.0) as server:
-        server.route("/slow", slow)
+        server.route("/slow", answered_once(release))
         port = server.bound[1]
         with ThreadPoolExecutor(2) as pool:
             stalled = pool.submit(raw, port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -380,13 +384,8 @@ def test_clients_answered_405_or_505_get_a_debug_line(capsys: pytest.CaptureFixt
 
 def test_when_every_connection_is_being_answered_a_new_one_waits_instead_of_a_503() -> None:
     release = threading.Event()
-
-    def slow(_request: Request) -> Response:
-        release.wait(10)
-        return Response(200, b"done\n")
-
     with serving(max_connections=2) as server:
-        server.route("/slow", slow)
+        server.route("/slow", answered_once(release))
         port = server.bound[1]
         with ThreadPoolExecutor(3) as pool:
             busy = [pool.submit(raw, port, b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
