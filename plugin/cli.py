@@ -57,6 +57,9 @@ class DevicePlugin:
         self.argv, self.environ, self.config = argv, environ, config
         self.metrics = PluginMetrics()
         self.life = Lifecycle("nvidia-device-plugin", main="kubelet registration loop")
+        # A reload request (SIGHUP) sets `reload`, then stops the run known then. The loop makes a run known
+        # before it looks at the flag, and clears the flag before it reads the config: whatever the
+        # interleaving, a request either stops the run or is seen by the loop, and is followed by a read.
         self.reload = False
         self.run_scope: Scope | None = None
         self.current: _Plugins | None = None
@@ -68,8 +71,9 @@ class DevicePlugin:
     def request_reload(self) -> None:
         """A full restart: stop serving, reload the config, rediscover, serve and register again."""
         self.reload = True
-        if self.run_scope is not None:
-            self.run_scope.stop()
+        run = self.run_scope
+        if run is not None:
+            run.stop()
 
     def stop(self) -> None:
         self.life.stop()
@@ -107,8 +111,14 @@ class DevicePlugin:
             log.error(f"error starting plugins: {e}")
             return 1
         while not life.stopping.is_set():
+            if self.reload:
+                self.reload = False
+                self.config = reload_or_keep(load_plugin_config, self.argv, self.environ, self.config)
             with life.scope("plugins") as run:
+                run.callback("run state", self._forget)  # the last thing the run's close does
                 self.run_scope = run
+                if self.reload or run.stopping.is_set():  # a reload (read the config again first) or a stop
+                    continue
                 try:
                     plugins = self.start(run)
                 except StartError as e:
@@ -119,10 +129,13 @@ class DevicePlugin:
                     run.stopping.wait()  # nothing to serve: wait for a signal
                 else:
                     plugins.registrar.run(run.stopping)
-            if self.reload and not life.stopping.is_set():
-                self.reload = False
-                self.config = reload_or_keep(load_plugin_config, self.argv, self.environ, self.config)
         return 0
+
+    def _forget(self) -> None:
+        """A run has closed: nothing of it may answer /healthz (its health loop has ended) or feed GPU
+        telemetry (its NVML is closed) while the next one starts, or finds nothing to serve."""
+        self.current = None
+        self.model = None
 
     def _telemetry(self) -> TelemetryCollector:
         """Samples the GPUs of the last start on its own thread (started once its address is served); the
@@ -179,9 +192,10 @@ class DevicePlugin:
                                 config.health_probe_ns / 1e9, rediscover=rediscover,
                                 xid_seen=self.telemetry.record_xid if self.telemetry else None)
         self.model = model
-        services = [DevicePluginService(r, config, node, state, model.links, self.metrics) for r in resources]
-        registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir) for s in services], config.kubelet_socket,
-                                     self.metrics)
+        services = [DevicePluginService(r, config, node, state, model.links, self.metrics, run.stopping)
+                    for r in resources]
+        registrar = KubeletRegistrar([ResourceServer(s, config.plugin_dir, run) for s in services],
+                                     config.kubelet_socket, self.metrics)
         run.callback("kubelet sockets", registrar.stop)
         try:
             registrar.start()

@@ -40,7 +40,10 @@ class NodeFeatureOutput:
                  resync_seconds: float = 3600.0, on_deleted: Callable[[], None] | None = None,
                  scope: Scope | None = None) -> None:
         """`on_deleted` and `scope`: a deletion by someone else is watched for (on a thread of `scope`, whose
-        stop also cancels this output's API requests) and reported through `on_deleted`."""
+        stop also cancels this output's API requests, from here on: the owner references are read below)
+        and reported through `on_deleted`."""
+        if scope is not None:
+            scope.on_stop(kube.cancel)
         if not node_name:
             raise OutputError("failed to create label outputer: required flag node-name not set")
         if not namespace:
@@ -63,8 +66,6 @@ class NodeFeatureOutput:
         self.on_deleted = on_deleted
         self.scope = scope
         self.watcher: threading.Thread | None = None
-        if scope is not None:
-            scope.on_stop(kube.cancel)
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics | None = None,
@@ -75,8 +76,12 @@ class NodeFeatureOutput:
             kube = connect(config.kubeconfig, "gfd", config.kube_api_qps, config.kube_api_burst, count)
         except CredentialsError as e:
             raise OutputError(f"failed to create clientsets: {e}") from e
-        return cls(kube, config.namespace, config.node_name, config.pod_name, config.node_feature_resync_ns / 1e9,
-                   on_deleted, scope)
+        try:
+            return cls(kube, config.namespace, config.node_name, config.pod_name,
+                       config.node_feature_resync_ns / 1e9, on_deleted, scope)
+        except BaseException:
+            kube.close()  # no output owns it: its caller never gets one to close
+            raise
 
     # -- the Output interface ---------------------------------------------------------------------
     def needs_resync(self) -> bool:
