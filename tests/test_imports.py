@@ -100,3 +100,12 @@ def test_whoever_asks_for_the_whole_client_still_gets_it() -> None:
                           check=True)
     assert proc.stdout.split() == ["37.0.2", "True", "Watch", "CoreV1Api"]
 
+
+def test_a_plugin_start_without_endpoints_or_cdi_does_not_import_them() -> None:
+    """Imported where used (plugin/cli.py): the HTTP server, GPU telemetry and CDI spec generation."""
+    proc = subprocess.run([sys.executable, "-c", "import plugin.cli"], env=env(), capture_output=True, text=True,
+                          timeout=60, check=True)
+    modules = imported(proc.stderr)
+    assert "plugin.server" in modules  # the list is read right
+    assert not [m for m in modules if m.startswith(("gfd.httpserver", "h11", "plugin.telemetry", "plugin.cdi.store",
+                                                    "plugin.cdi.generate", "kubernetes"))]
