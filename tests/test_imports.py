@@ -27,7 +27,7 @@ NS = "gpu-ops"
 NOT_LOADED = ("kubernetes.dynamic", "kubernetes.stream", "kubernetes.watch", "kubernetes.leaderelection",
               "kubernetes.informer", "kubernetes.client.api.core_v1_api", "kubernetes.client.models.v1_pod",
               "kubernetes.client.models.v1_node", "jsonschema", "websocket")
-MAX_KUBERNETES_MODULES = 40  # 31 with kubernetes 37.0.2 and a kubeconfig; 596 when the whole client is imported
+MAX_KUBERNETES_MODULES = 40  # 21 with kubernetes 37.0.2 and a kubeconfig; 596 when the whole client is imported
 
 
 def imported(stderr: str) -> list[str]:
@@ -43,8 +43,8 @@ def env(**extra: str) -> dict[str, str]:
 def check_kubernetes(modules: list[str]) -> None:
     loaded = [m for m in modules if m == "kubernetes" or m.startswith("kubernetes.")]
     assert not [m for m in modules if m.startswith(NOT_LOADED)], "the whole kubernetes client is back"
-    assert [m for m in loaded if m.startswith("kubernetes.client.api.")] == ["kubernetes.client.api.custom_objects_api"]
-    assert len([m for m in loaded if m.startswith("kubernetes.client.models.")]) <= 6, loaded
+    assert not [m for m in loaded if m.startswith("kubernetes.client.api.")], loaded  # generated API classes
+    assert not [m for m in loaded if m.startswith("kubernetes.client.models.")], loaded
     assert len(loaded) <= MAX_KUBERNETES_MODULES, loaded
 
 

@@ -11,11 +11,12 @@ are shut, so no thread stays blocked on a hung API server.
 What of the official client is loaded, and why here: `import kubernetes.<anything>` first runs the package's
 `__init__`, which imports all of it (config with oauthlib and requests, dynamic with jsonschema, stream,
 watch, utils, leaderelection, informer): 596 modules, +35 MiB RSS and 230-350 ms on our 2-CPU CI machine
-(python 3.11, kubernetes 37.0.2). Our programs use the REST client, CustomObjectsApi and the in-cluster
-config loader, so that `__init__` (and `kubernetes.config`'s) runs only if something asks for a name it
-defines (`defer_package_init`), and the few core-group objects we read (a Pod, a Node) come as dicts through
-`CoreV1Objects` instead of the generated CoreV1Api (13 MiB and 310-430 ms to import; V1Pod's models 7 MiB
-more). Import the official classes from here, never `from kubernetes import ...` in our programs:
+(python 3.11, kubernetes 37.0.2). Our programs use its ApiClient (REST transport, auth, errors) and config
+loaders, so that `__init__` (and `kubernetes.config`'s) runs only if something asks for a name it defines
+(`defer_package_init`). Their few API calls go through `CoreV1Objects` and `CustomObjects`, which answer
+dicts, instead of the generated API classes: CoreV1Api's module is 13 MiB and 310-430 ms to import (V1Pod's
+models 7 MiB more), CustomObjectsApi's 1.5 MiB and 30-40 ms (218 M instructions: pydantic wrapping each of
+its methods). Import the official classes from here, never `from kubernetes import ...` in our programs:
 tests/test_imports.py fails when a program loads the rest again.
 """
 
@@ -73,13 +74,12 @@ def defer_package_init(name: str) -> None:
 defer_package_init("kubernetes")
 defer_package_init("kubernetes.config")
 
-from kubernetes.client.api.custom_objects_api import CustomObjectsApi  # noqa: E402
 from kubernetes.client.api_client import ApiClient  # noqa: E402
 from kubernetes.client.configuration import Configuration  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from kubernetes.config.incluster_config import load_incluster_config  # noqa: E402
 
-__all__ = ["ApiClient", "CoreV1Objects", "CustomObjectsApi", "Kube", "connect", "defer_package_init"]
+__all__ = ["ApiClient", "CoreV1Objects", "CustomObjects", "Kube", "connect", "defer_package_init"]
 
 log = structlog.get_logger("gfd.kube")
 
@@ -229,32 +229,22 @@ def connect(kubeconfig: str, agent: str, qps: float = DEFAULT_QPS, burst: int = 
     return Kube(api_client, qps, burst, timeout, count)
 
 
-class CoreV1Objects:
-    """The core-group (/api/v1) reads our programs make, named and called as the official `CoreV1Api`'s
-    (`Kube.request` and `Watch` take them), sent through the same `ApiClient` (auth, TLS, headers, errors)
-    and decoded the way `CustomObjectsApi` decodes: to dicts, not models. See the module docstring for why."""
+class _Objects:
+    """Requests whose objects are dicts, built, sent and decoded by the official `ApiClient` exactly as its
+    generated API classes do (path quoting, auth, headers, errors), without their modules: those validate
+    every argument with pydantic and build models at import (see the module docstring for the figures)."""
 
     def __init__(self, api_client: ApiClient) -> None:
         self.api_client = api_client
 
-    def read_namespaced_pod_with_http_info(self, name: str, namespace: str, **options: Any) -> Any:
-        return self._get("/api/v1/namespaces/{namespace}/pods/{name}", {"namespace": namespace, "name": name},
-                         **options)
-
-    def read_node_with_http_info(self, name: str, **options: Any) -> Any:
-        return self._get("/api/v1/nodes/{name}", {"name": name}, **options)
-
-    def list_node(self, **options: Any) -> Any:
-        """Lists, or watches with `watch=True` and `_preload_content=False` (the raw response, as CoreV1Api)."""
-        return self._get("/api/v1/nodes", {}, **options)
-
-    def _get(self, path: str, path_params: dict[str, str], _request_timeout: Any = None,
-             _preload_content: bool = True, **query: Any) -> Any:
-        """(object, status, headers) as a `*_with_http_info` method; a non-2xx answer raises ApiException.
-        `query`: the API's parameters in the client's snake_case (resource_version=...)."""
+    def _call(self, method: str, path: str, path_params: dict[str, str], body: Any = None,
+              _request_timeout: Any = None, _preload_content: bool = True, **query: Any) -> Any:
+        """(object, status, headers), as a `*_with_http_info` method; a non-2xx answer raises ApiException.
+        `_preload_content=False` returns the raw response (a watch). `query`: the API's parameters in the
+        client's snake_case (resource_version=...)."""
         params = [(_camel(key), value) for key, value in query.items() if value is not None]
-        request = self.api_client.param_serialize("GET", path, path_params=path_params, query_params=params,
-                                                  header_params={"Accept": "application/json"},
+        request = self.api_client.param_serialize(method, path, path_params=path_params, query_params=params,
+                                                  header_params={"Accept": "application/json"}, body=body,
                                                   auth_settings=["BearerToken"])
         response: Any = self.api_client.call_api(*request, _request_timeout=_request_timeout)
         if not _preload_content and 200 <= response.status <= 299:
@@ -262,6 +252,52 @@ class CoreV1Objects:
         response.read()
         answer = self.api_client.response_deserialize(response, {"2XX": "object"})  # raises for non-2xx
         return answer.data, answer.status_code, response.getheaders()
+
+
+class CoreV1Objects(_Objects):
+    """The core-group (/api/v1) calls our programs make, named and called as `CoreV1Api`'s (`Kube.request`
+    and `Watch` take them), answering dicts instead of models."""
+
+    def read_namespaced_pod_with_http_info(self, name: str, namespace: str, **options: Any) -> Any:
+        return self._call("GET", "/api/v1/namespaces/{namespace}/pods/{name}",
+                          {"namespace": namespace, "name": name}, **options)
+
+    def read_node_with_http_info(self, name: str, **options: Any) -> Any:
+        return self._call("GET", "/api/v1/nodes/{name}", {"name": name}, **options)
+
+    def list_node(self, **options: Any) -> Any:
+        return self._call("GET", "/api/v1/nodes", {}, **options)
+
+
+class CustomObjects(_Objects):
+    """The calls our programs make on objects of a named API group (custom resources, and built-in kinds
+    outside the core group), named and called as `CustomObjectsApi`'s."""
+
+    _COLLECTION = "/apis/{group}/{version}/namespaces/{namespace}/{plural}"
+
+    def get_namespaced_custom_object_with_http_info(self, group: str, version: str, namespace: str, plural: str,
+                                                    name: str, **options: Any) -> Any:
+        return self._call("GET", self._COLLECTION + "/{name}", _params(group, version, namespace, plural, name),
+                          **options)
+
+    def create_namespaced_custom_object_with_http_info(self, group: str, version: str, namespace: str, plural: str,
+                                                       body: dict[str, Any], **options: Any) -> Any:
+        return self._call("POST", self._COLLECTION, _params(group, version, namespace, plural), body, **options)
+
+    def replace_namespaced_custom_object_with_http_info(self, group: str, version: str, namespace: str,
+                                                        plural: str, name: str, body: dict[str, Any],
+                                                        **options: Any) -> Any:
+        return self._call("PUT", self._COLLECTION + "/{name}", _params(group, version, namespace, plural, name),
+                          body, **options)
+
+    def list_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
+                                      **options: Any) -> Any:
+        return self._call("GET", self._COLLECTION, _params(group, version, namespace, plural), **options)
+
+
+def _params(group: str, version: str, namespace: str, plural: str, name: str | None = None) -> dict[str, str]:
+    params = {"group": group, "version": version, "namespace": namespace, "plural": plural}
+    return params if name is None else params | {"name": name}
 
 
 def _camel(name: str) -> str:

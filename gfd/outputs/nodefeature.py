@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from gfd.config import Config
-from gfd.kube.client import CoreV1Objects, CustomObjectsApi, Kube, connect
+from gfd.kube.client import CoreV1Objects, CustomObjects, Kube, connect
 from gfd.kube.errors import Conflict, CredentialsError, KubeError, NotFound
 from gfd.kube.watch import Watch
 from gfd.outputs import OutputError
@@ -45,7 +45,7 @@ class NodeFeatureOutput:
         if not namespace:
             raise OutputError("failed to create label outputer: required flag namespace not set")
         self.kube = kube
-        self.custom = CustomObjectsApi(kube.api_client)
+        self.custom = CustomObjects(kube.api_client)
         self.core = CoreV1Objects(kube.api_client)
         self.namespace, self.node_name, self.pod_name = namespace, node_name, pod_name
         self.name = f"nvidia-features-for-{node_name}"
