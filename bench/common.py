@@ -12,13 +12,6 @@ import time
 
 def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run a command to completion; (wall seconds, peak RSS MiB) from wait4's rusage."""
-    wall, _, rss = child_usage(args, env)
-    return wall, rss
-
-
-def child_usage(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
-    """Run a command to completion; (wall seconds, CPU seconds, peak RSS MiB) from wait4's rusage. CPU time is
-    the steadier figure on a shared machine: other load stretches the wall time, much less the CPU time."""
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -26,7 +19,7 @@ def child_usage(args: list[str], env: dict[str, str] | None = None) -> tuple[flo
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{args} exited {proc.returncode}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024
 
 
 def cpu_seconds(pid: int) -> float:
