@@ -16,10 +16,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from kubernetes import client
 
 from gfd.config import Config
-from gfd.kube.client import Kube, connect
+from gfd.kube.client import CoreV1Objects, CustomObjects, Kube, connect
 from gfd.kube.errors import Conflict, CredentialsError, KubeError, NotFound
 from gfd.kube.watch import Watch
 from gfd.outputs import OutputError
@@ -49,8 +48,8 @@ class NodeFeatureOutput:
         if not namespace:
             raise OutputError("failed to create label outputer: required flag namespace not set")
         self.kube = kube
-        self.custom = client.CustomObjectsApi(kube.api_client)
-        self.core = client.CoreV1Api(kube.api_client)
+        self.custom = CustomObjects(kube.api_client)
+        self.core = CoreV1Objects(kube.api_client)
         self.namespace, self.node_name, self.pod_name = namespace, node_name, pod_name
         self.name = f"nvidia-features-for-{node_name}"
         self.resync_seconds = resync_seconds
@@ -204,15 +203,15 @@ class NodeFeatureOutput:
         except KubeError as e:
             log.warning("Failed to resolve owner references", error=str(e))
             return []
-        meta = pod.metadata
-        owner = next((o for o in (meta.owner_references if meta else None) or [] if o.kind == "DaemonSet"), None)
-        if meta is None or owner is None:
+        meta = pod.get("metadata") or {}
+        owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), None)
+        if owner is None:
             log.info("Pod has no DaemonSet owner, skipping owner references", pod=self.pod_name)
             return []
         return [
-            {"apiVersion": owner.api_version, "kind": "DaemonSet", "name": owner.name, "uid": owner.uid,
-             "controller": True},
-            {"apiVersion": "v1", "kind": "Pod", "name": meta.name, "uid": meta.uid},
+            {"apiVersion": owner.get("apiVersion"), "kind": "DaemonSet", "name": owner.get("name"),
+             "uid": owner.get("uid"), "controller": True},
+            {"apiVersion": "v1", "kind": "Pod", "name": meta.get("name"), "uid": meta.get("uid")},
         ]
 
 
