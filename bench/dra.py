@@ -6,7 +6,8 @@ watcher dials a new socket) and start -> the node's ResourceSlices in the API se
 after the node's slices were deleted, as a kubelet start deletes them); NodePrepareResources /
 NodeUnprepareResources p50/p99 for claims of 1 and 8 devices under back-to-back calls, beside the floor (an
 empty NodeUnprepareResources); the driver's RSS, idle and at its peak.
-Run: python -m bench.dra [--calls 300] [--starts 5]
+Run: python -m bench.dra [--calls 300] [--starts 5] [--bin DIR]
+(--bin: the bin directory of another install, e.g. a fresh `pip install .` of another commit, to compare)
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ def pct(samples: list[float], q: float) -> float:
 
 
 class Driver:
-    def __init__(self, work: Path, kubeconfig: str) -> None:
+    def __init__(self, work: Path, kubeconfig: str, bin_dir: Path) -> None:
         self.work = work
         self.registration = work / "registry" / "gpu.nvidia.com-reg.sock"
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [str(BIN / "nvidia-dra-plugin"), f"--node-name={NODE}", f"--kubeconfig={kubeconfig}", "--simulate=dgx-a100",
+            [str(bin_dir / "nvidia-dra-plugin"), f"--node-name={NODE}", f"--kubeconfig={kubeconfig}",
+             "--simulate=dgx-a100",
              f"--kubelet-registrar-directory-path={work / 'registry'}",
              f"--kubelet-plugins-directory-path={work / 'plugins'}", f"--cdi-root={work / 'cdi'}",
              "--nvidia-cdi-hook-path=/usr/bin/nvidia-cdi-hook", "--log-format=json"],
@@ -89,12 +91,12 @@ def published(resources: Any) -> bool:
     return any(len(s["spec"].get("devices", ())) == 8 for s in answer["items"])
 
 
-def starts(work: Path, kubeconfig: str, api: client.ApiClient, count: int) -> None:
+def starts(work: Path, kubeconfig: str, api: client.ApiClient, count: int, bin_dir: Path) -> None:
     resources = client.CustomObjectsApi(api)
     to_registered, to_published = [], []
     for n in range(count):
         resources.delete_collection_cluster_custom_object("resource.k8s.io", "v1", "resourceslices")
-        driver = Driver(work / f"start-{n}", kubeconfig)
+        driver = Driver(work / f"start-{n}", kubeconfig, bin_dir)
         kubelet = KubeletCalls(str(driver.registration))
         try:
             to_registered.append(until(functools.partial(registered, driver, kubelet)) - driver.started)
@@ -108,8 +110,8 @@ def starts(work: Path, kubeconfig: str, api: client.ApiClient, count: int) -> No
           f"max {max(to_published):.2f} s over {count} starts (target <= 1 s; NVIDIA: 1.05 s)")
 
 
-def latencies(work: Path, kubeconfig: str, api: client.ApiClient, calls: int) -> None:
-    driver = Driver(work / "latency", kubeconfig)
+def latencies(work: Path, kubeconfig: str, api: client.ApiClient, calls: int, bin_dir: Path) -> None:
+    driver = Driver(work / "latency", kubeconfig, bin_dir)
     kubelet = KubeletCalls(str(driver.registration))
     try:
         until(lambda: registered(driver, kubelet))
@@ -150,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument("--bin", type=Path, default=BIN, help="where nvidia-dra-plugin is installed")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="bench-dra-") as tmp:
@@ -164,8 +167,8 @@ def main() -> None:
                 core = client.CoreV1Api(api)
                 core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=NODE, labels={}, annotations={})))
                 core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
-                starts(work, kubeconfig, api, args.starts)
-                latencies(work, kubeconfig, api, args.calls)
+                starts(work, kubeconfig, api, args.starts, args.bin)
+                latencies(work, kubeconfig, api, args.calls, args.bin)
         finally:
             subprocess.run([str(CLUSTER), "down", str(work / "k8s")], check=False, capture_output=True)
 

@@ -1,6 +1,6 @@
 """`nvidia-dra-plugin` as a process on a simulated node and the real API server, with the kubelet's calls made
 by a stand-in (tests/dra.py; the real kubelet is the end-to-end tier's): what it serves, its /healthz and
-metrics, a prepared claim's spec, a clean stop, and start-up failures as one line."""
+metrics, a prepared claim's spec, a clean stop, what it imported on the way, and start-up failures as one line."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dra import KubeletCalls, allocated_claim
 from tests.helpers import eventually, free_port, http_get
+from tests.test_imports import check_kubernetes, imported
 
 BIN = Path(sys.executable).parent
 NODE = "gpu-node-1"
@@ -60,7 +61,7 @@ def driver(dra_api: tuple[client.ApiClient, str], tmp_path: Path) -> Iterator[Ru
         proc = subprocess.Popen([str(BIN / "nvidia-dra-plugin"), f"--node-name={NODE}", f"--kubeconfig={kubeconfig}",
                                  "--simulate=a100-80gb-mig-mixed", f"--http-endpoint=127.0.0.1:{port}",
                                  "--image-name=nvcr.io/nvidia/k8s-dra-driver-gpu:v25.8.0", *args(tmp_path)],
-                                stdout=out, stderr=out)
+                                stdout=out, stderr=out, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
     running = Running(proc, tmp_path, f"http://127.0.0.1:{port}", log)
     try:
         yield running
@@ -109,6 +110,8 @@ def test_the_program_publishes_registers_prepares_and_stops_cleanly(dra_api: tup
     ignored = [e for e in events if e["event"] == "options accepted for compatibility have no effect"]
     assert [e["options"] for e in ignored] == [["--image-name"]]
     assert not any(e["level"] in ("error", "critical") for e in events), events
+    # Every module it loaded, at start and at run time: the official client's pieces only (bench/dra.py: RSS).
+    check_kubernetes(imported(driver.log.read_text()))
 
 
 @pytest.mark.parametrize(("argv", "error"), [

@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from gfd.kube.client import Kube, connect, core_get
+from gfd.kube.client import CoreV1Objects, Kube, connect
 from gfd.kube.errors import (
     MAX_RETRY_AFTER_S,
     Conflict,
@@ -74,12 +74,12 @@ def test_a_success_is_counted_with_the_status_the_server_sent(apiserver: FakeApi
 def test_a_core_object_read_without_corev1api_is_a_dict_with_the_same_errors(
         apiserver: FakeApiServer, tmp_path: Path, counted: list[tuple[str, str]]) -> None:
     kube, _ = kube_for(apiserver, tmp_path, counted)
-    read_node = core_get(kube.api_client, "/api/v1/nodes/{name}")
+    read_node = CoreV1Objects(kube.api_client).read_node_with_http_info
     apiserver.put_object(NODE, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}})
-    node = kube.request("get", read_node, name="n1")
+    node = kube.request("get", read_node, "n1")
     assert node["metadata"]["name"] == "n1" and node["metadata"]["uid"]
     with pytest.raises(NotFound) as e:
-        kube.request("get", read_node, name="n2")
+        kube.request("get", read_node, "n2")
     assert isinstance(e.value.__cause__, ApiException)
     assert counted == [("get", "200"), ("get", "404")]
 

@@ -294,14 +294,39 @@ class CustomObjects(_Objects):
                                       **options: Any) -> Any:
         return self._call("GET", self._COLLECTION, _params(group, version, namespace, plural), **options)
 
+    # Cluster-scoped objects (ResourceSlices), and a cluster-wide list or watch of namespaced ones (ResourceClaims).
+    _CLUSTER = "/apis/{group}/{version}/{plural}"
 
-def _params(group: str, version: str, namespace: str, plural: str, name: str | None = None) -> dict[str, str]:
-    params = {"group": group, "version": version, "namespace": namespace, "plural": plural}
+    def create_cluster_custom_object_with_http_info(self, group: str, version: str, plural: str,
+                                                    body: dict[str, Any], **options: Any) -> Any:
+        return self._call("POST", self._CLUSTER, _params(group, version, None, plural), body, **options)
+
+    def replace_cluster_custom_object_with_http_info(self, group: str, version: str, plural: str, name: str,
+                                                     body: dict[str, Any], **options: Any) -> Any:
+        return self._call("PUT", self._CLUSTER + "/{name}", _params(group, version, None, plural, name), body,
+                          **options)
+
+    def delete_cluster_custom_object_with_http_info(self, group: str, version: str, plural: str, name: str,
+                                                    **options: Any) -> Any:
+        return self._call("DELETE", self._CLUSTER + "/{name}", _params(group, version, None, plural, name),
+                          **options)
+
+    def list_cluster_custom_object_with_http_info(self, group: str, version: str, plural: str,
+                                                  **options: Any) -> Any:
+        return self._call("GET", self._CLUSTER, _params(group, version, None, plural), **options)
+
+    list_cluster_custom_object = list_cluster_custom_object_with_http_info  # a watch's call (Kube.watch_events)
+
+
+def _params(group: str, version: str, namespace: str | None, plural: str, name: str | None = None) -> dict[str, str]:
+    params = {"group": group, "version": version, "plural": plural}
+    params |= {} if namespace is None else {"namespace": namespace}
     return params if name is None else params | {"name": name}
 
 
 def _camel(name: str) -> str:
-    return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
+    """A parameter's name on the wire: the client's snake_case, `_continue` for `continue` (a Python keyword)."""
+    return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name.lstrip("_"))
 
 
 class _Status:
@@ -352,18 +377,3 @@ def _track_connections(pool_manager: Any, connections: weakref.WeakSet[Any]) -> 
     pool_manager.pool_classes_by_scheme = {"http": tracked(urllib3.HTTPConnectionPool),
                                            "https": tracked(urllib3.HTTPSConnectionPool)}
 
-
-def core_get(api_client: Any, resource_path: str) -> Callable[..., tuple[Any, int, Any]]:
-    """A GET of one core-group object (e.g. `/api/v1/nodes/{name}`, path parameters as keywords) as a call for
-    `Kube.request`, answered as a decoded dict. For a program that reads one such object: the official
-    `CoreV1Api` builds its hundreds of typed methods at first use, half a second of CPU on 2 cores."""
-    def get(_request_timeout: Any = None, **path_params: str) -> tuple[Any, int, Any]:
-        request = api_client.param_serialize(method="GET", resource_path=resource_path, path_params=path_params,
-                                             header_params={"Accept": "application/json"},
-                                             auth_settings=["BearerToken"])
-        response = api_client.call_api(*request, _request_timeout=_request_timeout)
-        response.read()
-        answer = api_client.response_deserialize(response, {"200": "object"})  # ApiException for any other
-        return answer.data, answer.status_code, answer.headers
-
-    return get

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from kubernetes import client
 
-from gfd.kube.client import Kube
+from gfd.kube.client import CustomObjects, Kube
 from gfd.kube.errors import NotFound
 from gfd.kube.watch import Watch
 from plugin.dra.claims import ClaimFormatError, ClaimRef, ResourceClaim, parse_claim
@@ -35,7 +34,7 @@ class ClaimCache:
     def __init__(self, kube: Kube, node_name: str, on_miss: Callable[[], None] | None = None) -> None:
         """`on_miss` is told of every read the cache could not answer (each one GET)."""
         self.kube, self.node_name, self.on_miss = kube, node_name, on_miss
-        self.api = client.CustomObjectsApi(kube.api_client)
+        self.api = CustomObjects(kube.api_client)
         self._claims: dict[tuple[str, str], ResourceClaim] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()  # the first list has filled the cache

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from kubernetes import client
 
 from gfd.backoff import Backoff
-from gfd.kube.client import Kube, core_get
+from gfd.kube.client import CoreV1Objects, CustomObjects, Kube
 from gfd.kube.errors import Conflict, KubeError, NotFound
 from gfd.kube.watch import Watch
 from plugin.dra.config import DRIVER_NAME
@@ -44,8 +43,8 @@ class SlicePublisher:
 
     def __init__(self, kube: Kube, node_name: str, on_write: Callable[[str], None] | None = None) -> None:
         self.kube, self.node_name, self.on_write = kube, node_name, on_write
-        self.api = client.CustomObjectsApi(kube.api_client)
-        self.read_node = core_get(kube.api_client, "/api/v1/nodes/{name}")
+        self.api = CustomObjects(kube.api_client)
+        self.core = CoreV1Objects(kube.api_client)
         self.selector = f"spec.nodeName={node_name},spec.driver={DRIVER_NAME}"
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -148,7 +147,7 @@ class SlicePublisher:
     def _owner(self) -> dict[str, Any]:
         """The Node as the slices' controller; read at every create, since a Node deleted and registered again
         has another UID (and the garbage collector would delete slices owned by the old one)."""
-        node = self.kube.request("get-node", self.read_node, name=self.node_name)
+        node = self.kube.request("get-node", self.core.read_node_with_http_info, self.node_name)
         return {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": node["metadata"]["uid"],
                 "controller": True}
 
