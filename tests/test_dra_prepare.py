@@ -5,7 +5,7 @@ expected answers and error texts are NVIDIA's (/work/notes/dra-research.md §4).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,10 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gfd.model import DeviceModel
+from plugin.cdi.spec import ContainerEdits
 from plugin.dra.checkpoint import Checkpoint, PreparedDevice
 from plugin.dra.claims import AllocationResult, ClaimFormatError, ClaimRef, ResourceClaim, parse_claim
 from plugin.dra.devices import Allocatable, allocatable_devices
 from plugin.dra.prepare import Prepared, Preparer, cdi_device_id, claim_spec_file
+from plugin.dra.shares import ShareLimits
+from plugin.dra.sharing import ConsumableShares
 from tests import builders
 
 NODE = "gpu-node-1"
@@ -55,13 +58,16 @@ class Specs:
 
     def __init__(self) -> None:
         self.written: dict[str, list[str]] = {}
+        self.extra: dict[str, Mapping[str, ContainerEdits]] = {}
         self.removed: list[str] = []
         self.fail = ""
 
-    def write(self, claim_uid: str, devices: Sequence[Allocatable]) -> None:
+    def write(self, claim_uid: str, devices: Sequence[Allocatable],
+              extra: Mapping[str, ContainerEdits] | None = None) -> None:
         if self.fail:
             raise OSError(self.fail)
         self.written[claim_uid] = [d.name for d in devices]
+        self.extra[claim_uid] = dict(extra or {})
 
     def remove(self, claim_uid: str) -> None:
         self.removed.append(claim_uid)
@@ -75,7 +81,8 @@ def node() -> DeviceModel:
 
 def preparer(tmp_path: Path, claims: Claims, specs: Specs, shared: bool = False) -> Preparer:
     devices = {d.name: d for d in allocatable_devices(node())}
-    return Preparer(NODE, Checkpoint(str(tmp_path), BOOT), claims, specs, devices, shared)
+    return Preparer(NODE, Checkpoint(str(tmp_path), BOOT), claims, specs, devices,
+                    ConsumableShares.parse("memory" if shared else "disabled"))
 
 
 @pytest.fixture
@@ -124,7 +131,8 @@ def test_only_this_drivers_results_count_and_subrequests_are_stripped(world: tup
         AllocationResult("gpu/a100", "gpu.nvidia.com", NODE, "gpu-1", share_id="7f3c"),
     ))
     assert p.prepare([ref])["uid-m"].devices == (
-        PreparedDevice(("gpu",), NODE, "gpu-1", (cdi_device_id("uid-m", "gpu-1"),), share_id="7f3c"),)
+        PreparedDevice(("gpu",), NODE, "gpu-1", (cdi_device_id("uid-m", "gpu-1"),), share_id="7f3c",
+                       share=ShareLimits(node().gpus[1].uuid, None)),)
 
 
 def test_a_claim_with_no_devices_of_ours_prepares_nothing(world: tuple[Claims, Specs, Preparer]) -> None:
