@@ -259,3 +259,39 @@ def test_a_log_that_is_not_a_regular_file_is_not_opened_for_long(tmp_path: Path)
     with capture_logs() as logs:
         tail.poll()
     assert time.monotonic() - began < 1 and logs == []
+
+
+def test_a_daemon_an_earlier_process_left_is_adopted_and_stops_as_if_started_here(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]]) -> None:
+    sim, gpus = node
+    earlier = MpsDaemon.for_gpu(root, gpus[4])
+    earlier.start()
+    pid = standin.daemon_pid(Path(earlier.pipe_dir))
+    earlier.detach()  # that process ends; the daemon serves on, the GPU still exclusive
+    assert pid is not None and not standin.gone(pid) and modes(sim)[4] == EXCLUSIVE_PROCESS
+    later = MpsDaemon.for_gpu(root, gpus[4])
+    with capture_logs() as logs:
+        assert later.adopt() is True and later.adopt() is True
+    assert [e["event"] for e in logs] == ["Adopted the running MPS daemon"]
+    assert later.not_ready() is None and standin.commands(Path(later.log_dir)).count("quit") == 0
+    assert later.stop() is True
+    assert standin.gone(pid) and modes(sim) == [DEFAULT] * 8
+
+
+def test_what_is_left_of_a_dead_daemon_is_not_adopted_but_its_gpu_is_given_back(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]]) -> None:
+    sim, gpus = node
+    earlier = MpsDaemon.for_gpu(root, gpus[1])
+    earlier.start()
+    pid = standin.daemon_pid(Path(earlier.pipe_dir))
+    earlier.detach()
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    standin.wait_gone(pid)
+    later = MpsDaemon.for_gpu(root, gpus[1])
+    assert later.adopt() is False and later.not_ready() is not None
+    assert later.stop() is True and modes(sim) == [DEFAULT] * 8  # its directory says the GPU was made exclusive
+    untouched = MpsDaemon.for_gpu(root, gpus[2])
+    with capture_logs() as logs:
+        assert untouched.adopt() is False and untouched.stop() is True
+    assert not [e for e in logs if e["event"] == "compute mode set"]  # never made exclusive: left alone

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 STAND_IN = Path(__file__).resolve().parent
@@ -39,6 +40,14 @@ def gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def wait_gone(pid: int, timeout: float = 5.0) -> None:
+    """Until `pid` has exited (a signal is delivered, not waited for)."""
+    deadline = time.monotonic() + timeout
+    while not gone(pid):
+        assert time.monotonic() < deadline, f"process {pid} still running after {timeout} s"
+        time.sleep(0.01)
 
 
 def kill_daemon(pipe_dir: Path) -> None:
