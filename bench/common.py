@@ -22,6 +22,13 @@ def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[float
     return wall, usage.ru_maxrss / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a running process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def paired(baseline: list[str], subject: list[str], runs: int) -> dict[str, float]:
     """Alternate baseline and subject runs so machine noise hits both; medians and the median ratio."""
     base, subj = [], []

@@ -13,7 +13,6 @@ from gfd.config import Config, ConfigError, load_config, parse_command_line
 from gfd.config.model import GFD_OPTIONS
 from gfd.config.options import running_config
 from gfd.discovery.session import NodeSource
-from gfd.discovery.simulated.profiles import builtin_names, load_profile
 from gfd.doctor.subcommand import with_doctor
 from gfd.labelling import PassError, oneshot_labels
 from gfd.outputs import OutputError
@@ -71,6 +70,9 @@ def _loggable(config: Config) -> dict[str, object]:
 
 
 def _list_profiles() -> int:
+    # Imported here, as gfd.discovery.session does: the simulator is 3.4 ms CPU and 0.3 MiB of every other start.
+    from gfd.discovery.simulated.profiles import builtin_names, load_profile
+
     for name in builtin_names():
         print(f"{name}\t{load_profile(name).description}")
     return 0

@@ -9,8 +9,11 @@ A program owns one `Lifecycle` (a Scope with the program's stop: `stop()` sets `
 every child scope, and runs the `on_stop` callbacks, which wake loops and cancel API requests). A reload
 is a child scope (`life.scope("run")`) closed before the next one opens. `gfd.signals.install` turns
 SIGTERM/SIGINT/SIGQUIT into `stop()` and arms the deadline for the whole process: if the program has not
-finished `deadline_s` after the stop, it logs which part is still running and exits 1 (the only
-`os._exit`, and never on the normal path).
+finished `deadline_s` after the stop, it logs which part is still running and exits 1 (`os._exit`, only
+there and never on the normal path).
+
+Threads are started only here: `start_thread` for a component's loop, `executor` for a pool that a library
+hands work to (gRPC, the HTTP server's route handlers); both are joined when their scope closes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Self, TypeVar
@@ -34,6 +38,15 @@ T = TypeVar("T")
 STOP_DEADLINE_S = 20.0
 EXIT_HUNG = 1
 DEADLINE_MARGIN_S = 0.5
+EXIT_GRACE_S = 1.0  # from a finished close to the end of the interpreter
+
+
+def _guarded(call: Callable[[], None], scope: str) -> None:
+    """An on_stop callback: one that fails (a bug) is logged with its traceback, and the stop goes on."""
+    try:
+        call()
+    except Exception:
+        log.exception("on_stop callback failed; the stop goes on", scope=scope, callback=repr(call))
 
 
 def _thread(name: str, run: Callable[[], object]) -> threading.Thread:
@@ -54,8 +67,10 @@ def _thread(name: str, run: Callable[[], object]) -> threading.Thread:
 class Scope:
     """Resources and threads entered in order, closed in reverse, threads joined within `deadline_s`."""
 
-    def __init__(self, name: str, deadline_s: float = STOP_DEADLINE_S) -> None:
+    def __init__(self, name: str, deadline_s: float = STOP_DEADLINE_S,
+                 closed: Callable[[Scope], None] | None = None) -> None:
         self.name = name
+        self._closed_callback = closed  # the parent's: told once this scope has closed everything
         self.deadline_s = deadline_s
         self.stopping = threading.Event()
         self.hung: list[str] = []  # the parts that did not stop in time
@@ -92,6 +107,27 @@ class Scope:
         self._stack.push(_Named(self, name, lambda *_exc: self._join(name, thread)))
         return thread
 
+    def executor(self, name: str, workers: int) -> ThreadPoolExecutor:
+        """A pool of at most `workers` threads named `name_N`, for work handed over by something that needs
+        a pool (gRPC's servicers, the HTTP server's route handlers). When the scope closes the pool is shut
+        down without waiting (queued work cancelled) and its threads are joined within the deadline, like
+        any thread of the scope: one still running then is named as hung."""
+        threads: list[threading.Thread] = []
+
+        def started() -> None:  # on each new worker: the pool keeps no public list of its threads
+            threads.append(threading.current_thread())
+            self._threads.append(threads[-1])
+
+        pool = ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=started)
+
+        def close(*_exc: object) -> None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for thread in list(threads):
+                self._join(thread.name, thread)
+
+        self._stack.push(_Named(self, name, close))
+        return pool
+
     def on_stop(self, call: Callable[[], None]) -> None:
         """Call `call` (from the stopping thread) when the scope is stopped: waking a loop, cancelling API
         requests. At once if it is stopped already."""
@@ -99,7 +135,7 @@ class Scope:
             self._on_stop.append(call)
             stopped = self.stopping.is_set()
         if stopped:
-            call()
+            _guarded(call, self.name)
 
     def stop(self) -> None:
         """Set `stopping` and run the `on_stop` callbacks, once; what was started is closed by `close`."""
@@ -110,7 +146,7 @@ class Scope:
             self.stopping.set()
             calls = list(self._on_stop)
         for call in calls:
-            call()
+            _guarded(call, self.name)
 
     def alive(self) -> list[str]:
         return [t.name for t in self._threads if t.is_alive()]
@@ -126,6 +162,8 @@ class Scope:
             self._stack.close()
         finally:
             self.closing = ""
+            if self._closed_callback is not None:
+                self._closed_callback(self)
 
     def __enter__(self) -> Self:
         return self
@@ -162,7 +200,9 @@ class Lifecycle(Scope):
         self.main = main
         self.finished = threading.Event()  # the program's thread has closed everything
         self.stop_reason = ""
-        self._children: list[Scope] = []
+        self._children: list[Scope] = []  # open child scopes; a closed one leaves (its hung parts stay here)
+        self._stragglers: list[threading.Thread] = []  # hung threads of closed child scopes
+        self._has_children_callback = False
 
     def stop(self, reason: str = "") -> None:
         """Request an orderly shutdown: `stopping` is set here and in every child scope and their
@@ -178,15 +218,31 @@ class Lifecycle(Scope):
 
     def scope(self, name: str) -> Scope:
         """A child scope (one run of a program, closed at a reload, or with the program at the latest);
-        stopped with the program."""
-        child = Scope(name, self.deadline_s)
+        stopped with the program. The children still open when the program closes are closed at the place
+        of the first child scope: one callback for all of them, so a thousand reloads leave nothing behind."""
+        child = Scope(name, self.deadline_s, closed=self._child_closed)
         with self._lock:
-            self._children = [c for c in self._children if not c._closed] + [child]
+            first = not self._has_children_callback
+            self._has_children_callback = True
+            self._children.append(child)
             stopped = self.stopping.is_set()
+        if first:
+            self.callback("child scopes", self._close_children)
         if stopped:
             child.stop()
-        self.callback(name, child.close)
         return child
+
+    def _close_children(self) -> None:
+        with self._lock:
+            children = list(self._children)
+        for child in reversed(children):
+            child.close()
+
+    def _child_closed(self, child: Scope) -> None:
+        with self._lock:
+            self._children.remove(child)
+            self.hung += [f"{child.name}: {part}" for part in child.hung]
+            self._stragglers += [t for t in child._threads if t.is_alive()]
 
     def close(self) -> None:
         try:
@@ -196,22 +252,26 @@ class Lifecycle(Scope):
 
     def exit_status(self, status: int) -> int:
         """The program's exit status: `status`, or EXIT_HUNG when a part did not stop in time."""
-        hung = self.hung + [h for c in self._children for h in c.hung]
+        with self._lock:
+            hung = self.hung + [h for c in self._children for h in c.hung]
         return EXIT_HUNG if hung and status == 0 else status
 
     def still_running(self) -> list[str]:
         """What keeps the program from finishing: its main loop until it returns, the part being closed,
-        and threads still alive."""
+        and threads still alive (a closed run's hung ones too)."""
         with self._lock:
             scopes: list[Scope] = [*self._children, self]
             parts = [] if self._closed else [self.main]
+            parts += [t.name for t in self._stragglers if t.is_alive()]
         for scope in scopes:
             parts += ([scope.closing] if scope.closing else []) + scope.alive()
         return list(dict.fromkeys(parts))
 
     def enforce_deadline(self) -> None:
         """For a real process (not a program run in a test's thread): once a stop is requested, a program
-        that has not finished within `deadline_s` logs what is still running and exits EXIT_HUNG."""
+        that has not finished within `deadline_s` logs what is still running and exits EXIT_HUNG. One that
+        finished but left a hung part behind exits EXIT_HUNG too, should that part keep the interpreter from
+        exiting (a pool's worker is not a daemon thread: Python joins it at exit, forever if it hangs)."""
         def watch() -> None:
             self.stopping.wait()
             # A moment past the joins' own deadline, so that a hung thread is named by the close that left it.
@@ -219,5 +279,10 @@ class Lifecycle(Scope):
                 log.error("shutdown did not finish in time; exiting", deadline_s=self.deadline_s,
                           still_running=self.still_running(), stop=self.stop_reason)
                 os._exit(EXIT_HUNG)  # the deadline's whole point: what hung cannot be waited for
+            if self.exit_status(0) == EXIT_HUNG:
+                time.sleep(EXIT_GRACE_S)  # the process normally ends meanwhile, and this thread with it
+                log.error("a part that did not stop keeps the process from exiting; exiting",
+                          still_running=self.still_running())
+                os._exit(EXIT_HUNG)
 
         _thread("shutdown-deadline", watch)  # not joined: it outlives the program's close by design

@@ -50,9 +50,9 @@ class KubeletRegistrar:
                 log.info("stopped serving; no longer registered", resource=server.service.resource.name)
         self.registered.clear()
 
-    def run(self, stop: threading.Event) -> None:
-        """Watch until `stop` is set: re-serve lost sockets, re-register after kubelet restarts."""
-        while not stop.wait(self.poll_s):
+    def run(self, stopping: threading.Event) -> None:
+        """Watch until `stopping` is set: re-serve lost sockets, re-register after kubelet restarts."""
+        while not stopping.wait(self.poll_s):
             self.check()
 
     def check(self) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
 import structlog
 
+from gfd.lifecycle import Scope
 from gfd.model import Link
 from plugin.allocate import AllocateError, allocate
 from plugin.api import api_pb2, api_pb2_grpc
@@ -28,25 +29,30 @@ _STREAM_POLL_S = 0.2  # how often an idle ListAndWatch stream notices the server
 
 class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
     def __init__(self, resource: Resource, config: PluginConfig, node: NodeDevices, state: HealthState,
-                 links: tuple[Link, ...], metrics: PluginMetrics) -> None:
+                 links: tuple[Link, ...], metrics: PluginMetrics, stopping: threading.Event) -> None:
         self.resource, self.config, self.node, self.state = resource, config, node, state
         self.scores = pair_scores(links)
         self.metrics = metrics
-        self.stopping = False
+        self.stopping = stopping  # the run's: every stream ends when it stops
+        self.streams: set[Any] = set()  # the ListAndWatch streams served now (their contexts)
 
     def GetDevicePluginOptions(self, request: Any, context: Any) -> Any:
         return OPTIONS
 
     def ListAndWatch(self, request: Any, context: Any) -> Iterator[Any]:
         seen = -1
-        while not self.stopping and context.is_active():
-            version, devices = self.state.snapshot(self.resource)
-            if version != seen:
-                seen = version
-                yield self._list(devices)
-            with self.state.changed:
-                if self.state.version == seen:
-                    self.state.changed.wait(_STREAM_POLL_S)
+        self.streams.add(context)
+        try:
+            while not self.stopping.is_set() and context.is_active() and context in self.streams:
+                version, devices = self.state.snapshot(self.resource)
+                if version != seen:
+                    seen = version
+                    yield self._list(devices)
+                with self.state.changed:
+                    if self.state.version == seen:
+                        self.state.changed.wait(_STREAM_POLL_S)
+        finally:
+            self.streams.discard(context)
 
     def _list(self, devices: list[Any]) -> Any:
         out = []
@@ -113,11 +119,19 @@ def answers(path: str) -> bool:
     return True
 
 
-class ResourceServer:
-    """Serves one resource on `<plugin dir>/<socket name>`; the socket exists exactly while serving."""
+# One worker per concurrent ListAndWatch (the kubelet's, plus one during a re-registration) and room for
+# Allocate / GetPreferredAllocation / the options call made inside Register.
+WORKERS = 8
 
-    def __init__(self, service: DevicePluginService, plugin_dir: str) -> None:
+
+class ResourceServer:
+    """Serves one resource on `<plugin dir>/<socket name>`; the socket exists exactly while serving.
+    Its calls run on a pool of WORKERS threads of `scope` (shut down and joined when the scope closes),
+    whichever start of the server (again after a kubelet restart) they came to."""
+
+    def __init__(self, service: DevicePluginService, plugin_dir: str, scope: Scope) -> None:
         self.service = service
+        self.executor = scope.executor(f"grpc {service.resource.name}", WORKERS)
         self.path = os.path.join(plugin_dir, service.resource.socket_name)
         self.server: grpc.Server | None = None
         self.inode: int | None = None
@@ -129,9 +143,7 @@ class ResourceServer:
             if answers(self.path):
                 raise ServeError(f"{self.path} is served by another running device plugin; not taking it over")
             os.unlink(self.path)  # a stale socket from an earlier run
-        # One worker per concurrent ListAndWatch (the kubelet's, plus one during a re-registration)
-        # and room for Allocate / GetPreferredAllocation / the options call made inside Register.
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dp"))
+        server = grpc.server(self.executor)
         api_pb2_grpc.add_DevicePluginServicer_to_server(self.service, server)  # type: ignore[no-untyped-call]
         try:
             bound = server.add_insecure_port(f"unix://{self.path}")
@@ -141,7 +153,6 @@ class ResourceServer:
             too_long = len(os.fsencode(self.path)) > MAX_SOCKET_PATH
             raise ServeError(f"cannot bind {self.path}" + (f": longer than a unix socket path may be "
                                                           f"({MAX_SOCKET_PATH} bytes)" if too_long else ""))
-        self.service.stopping = False
         server.start()
         self.server = server
         try:
@@ -157,9 +168,9 @@ class ResourceServer:
             return True
 
     def stop(self) -> None:
-        self.service.stopping = True
+        self.service.streams.clear()  # the kubelet's stream ends now (cleanly), not at the end of the grace below
         with self.service.state.changed:
-            self.service.state.changed.notify_all()  # wake ListAndWatch streams so they end now
+            self.service.state.changed.notify_all()  # wake the streams so they see it
         if self.server is not None:
             self.server.stop(grace=0.5).wait()
             self.server = None

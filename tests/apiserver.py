@@ -272,16 +272,16 @@ class _Handler(BaseHTTPRequestHandler):
         deadline = time.monotonic() + float(params.get("timeoutSeconds", 5))
         state = self.state
         with state.lock:
-            if since and since < state.oldest_watchable_rv:
-                gone = _status(410, "Expired", f"too old resource version: {since}")
-                self._stream_start()
-                self._chunk({"type": "ERROR", "object": gone})
-                self._chunk(None)
-                return
-        self._stream_start()
-        sent = since
-        with state.lock:
+            # The generation is read with the resourceVersion check, under one lock: a compact() between the
+            # two would let this watch outlive the compaction without a 410 (a test's race, not the server's).
             generation = state.watch_generation
+            gone = since and since < state.oldest_watchable_rv
+        self._stream_start()
+        if gone:
+            self._chunk({"type": "ERROR", "object": _status(410, "Expired", f"too old resource version: {since}")})
+            self._chunk(None)
+            return
+        sent = since
         try:
             while time.monotonic() < deadline:
                 with state.lock:

@@ -156,3 +156,18 @@ class FakeHostRoot:
     def close(self) -> None:
         for listening in self.sockets:
             listening.close()
+
+
+def kube_requests(monkeypatch: Any) -> list[str]:
+    """The verbs of the requests sent through gfd.kube's Kube.request from now on (to the test's end)."""
+    from gfd.kube.client import Kube  # here: the kubernetes client takes ~400 ms to import, most tests never need it
+
+    sent: list[str] = []
+    request = Kube.request
+
+    def counted(self: Kube, verb: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(verb)
+        return request(self, verb, *args, **kwargs)
+
+    monkeypatch.setattr(Kube, "request", counted)
+    return sent

@@ -99,7 +99,7 @@ class KubeletStandIn:
         pod_resources = os.path.join(os.path.dirname(directory), "pod-resources")
         os.makedirs(pod_resources, exist_ok=True)
         self.pod_resources_socket = os.path.join(pod_resources, "kubelet.sock")
-        self.pod_resources = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.pod_resources = grpc.server(futures.ThreadPoolExecutor(2, thread_name_prefix="kubelet-stand-in"))
         podresources_pb2_grpc.add_PodResourcesListerServicer_to_server(  # type: ignore[no-untyped-call]
             _PodResources(self), self.pod_resources)
         self.pod_resources.add_insecure_port(f"unix://{self.pod_resources_socket}")
@@ -107,7 +107,7 @@ class KubeletStandIn:
         self.start()
 
     def start(self) -> None:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        server = grpc.server(futures.ThreadPoolExecutor(8, thread_name_prefix="kubelet-stand-in"))
         api_pb2_grpc.add_RegistrationServicer_to_server(_Registration(self), server)  # type: ignore[no-untyped-call]
         server.add_insecure_port(f"unix://{self.socket}")
         server.start()

@@ -24,12 +24,15 @@ from gfd.discovery.simulated.driver_root import LIBRARIES
 from gfd.model import DeviceModel
 from plugin.allocate import allocate
 from plugin.cdi import CdiError
+from plugin.cdi.edits import mig_nodes
 from plugin.cdi.ldcache import read_cache
+from plugin.cdi.roots import Roots
 from plugin.cdi.spec import DEVICE_NAME, VENDOR
 from plugin.cdi.store import publish
 from plugin.config import load_plugin_config
 from plugin.host import read_node_devices
-from plugin.resources import build_resources
+from plugin.resources import ResourceError, build_resources
+from tests.builders import gpu, mig
 from tests.helpers import ldconfig_print
 from tests.requirements import require_command, require_shared
 
@@ -295,3 +298,13 @@ def test_mps_shared_devices_are_named_and_resolve_too(node: Any, write_yaml: Any
     out = allocate(resource, [resource.devices[5].id], n.config, n.devices)
     assert out.envs == {"CUDA_MPS_PIPE_DIRECTORY": "/mps/nvidia.com/gpu/pipe"}  # CDI-only: no NVIDIA_VISIBLE_DEVICES
     assert [resolve(specs, name)["name"] for name in out.cdi_devices] == [resource.devices[5].uuid]
+
+
+def test_a_mig_device_without_its_capability_minors_is_a_cdi_error_with_its_cause(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/nvidia0").touch()
+    device = mig(0, "1g.5gb", 1)
+    roots = Roots(str(tmp_path), str(tmp_path), "/", "/")
+    with pytest.raises(CdiError, match="missing MIG GPU instance capability path: gpu0/gi1/access") as e:
+        mig_nodes(gpu(0, device), device, {}, roots)
+    assert isinstance(e.value.__cause__, ResourceError)

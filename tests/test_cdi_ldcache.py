@@ -18,6 +18,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gfd.config import ConfigError
 from plugin.cdi import CdiError
 from plugin.cdi.driver import find_driver_files
 from plugin.cdi.ldcache import NEW_MAGIC, CacheError, parse_cache, read_cache
@@ -67,6 +68,13 @@ def test_an_old_format_cache_alone_falls_back_to_the_directories(tmp_path: Path)
         read_cache(str(root / "etc/ld.so.cache"))
     files = find_driver_files(str(root), VERSION)
     assert f"{LIBDIR}/libcuda.so.{VERSION}" in files.libraries
+
+
+def test_a_cache_that_cannot_be_read_is_a_cache_error_with_its_cause(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "ld.so.cache")
+    with pytest.raises(CacheError, match="not a regular file") as e:
+        read_cache(str(tmp_path / "ld.so.cache"))
+    assert isinstance(e.value.__cause__, ConfigError)
 
 
 @pytest.mark.parametrize("data", [b"", NEW_MAGIC, b"ld.so-1.7.0", b"ld.so-1.7.0\0\xff\xff\xff\x7f",
@@ -146,8 +154,9 @@ def test_a_spec_never_holds_a_lone_surrogate() -> None:
     """The last guard: a path that reached a spec anyway fails the spec, it is never escaped into it."""
     odd = os.fsdecode(b"/usr/lib/libodd\xff.so.1")
     spec = Spec("gpu", (Device("all", ContainerEdits(mounts=(Mount(odd, odd),))),))
-    with pytest.raises(CdiError, match="not UTF-8"):
+    with pytest.raises(CdiError, match="not UTF-8") as e:
         spec.to_json()
+    assert isinstance(e.value.__cause__, UnicodeEncodeError)
     fine = Spec("gpu", (Device("all", ContainerEdits(mounts=(Mount("/usr/lib/libé.so", "/usr/lib/libé.so"),))),))
     assert json.loads(fine.to_json().decode("utf-8"))["devices"][0]["containerEdits"]["mounts"][0]["hostPath"] == \
         "/usr/lib/libé.so"

@@ -20,7 +20,7 @@ import pytest
 from gfd.config.model import GFD_OPTIONS
 from gfd.doctor.cli import main as doctor
 from plugin.config import PLUGIN_OPTIONS
-from tests.helpers import FakeHostRoot
+from tests.helpers import FakeHostRoot, free_port, kube_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -365,3 +365,26 @@ def test_both_programs_help_names_the_doctor() -> None:
         doctor_help = _doctor("--help", program=program)
         assert doctor_help.returncode == 0 and "--host-root" in doctor_help.stdout
         assert "Check this node's set-up" in doctor_help.stdout
+
+
+def test_every_api_request_goes_through_gfd_kube_and_its_errors_are_the_verdicts(
+        host: Host, capsys: pytest.CaptureFixture[str], apiserver: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of issue 22: doctor sent its requests past gfd.kube (no budget, its own error mapping and a
+    catch-all that called any failure "the API did not answer")."""
+    sent = kube_requests(monkeypatch)
+    args = [f"--kubeconfig={apiserver.kubeconfig(str(tmp_path / 'kubeconfig'))}", "--node-name=node-1",
+            "--runtime-class=nvidia", "--use-node-feature-api=true"]
+    apiserver.fail("GET", "/runtimeclasses/", status=429, retry_after=7)
+    apiserver.fail("GET", "/nodes/", status=503)
+    checks = run(host, *args, program="gfd", capsys=capsys)[1]
+    assert len(sent) == len(apiserver.requests()) == 3
+    assert checks["nfd.features"]["evidence"] == "CRD nodefeatures.nfd.k8s-sigs.io is not served"  # 404: NotFound
+    assert checks["k8s.runtimeclass"]["evidence"] == "the API answered 429 Too Many Requests"
+    assert checks["k8s.node-labels"]["evidence"] == "the API answered 503 Service Unavailable"
+    unreachable = tmp_path / "unreachable"
+    unreachable.write_text((tmp_path / "kubeconfig").read_text().replace(apiserver.url,
+                                                                        f"http://127.0.0.1:{free_port()}"))
+    checks = run(host, *args[1:], f"--kubeconfig={unreachable}", program="gfd", capsys=capsys)[1]
+    assert checks["k8s.node-labels"]["verdict"] == "failed"
+    assert checks["k8s.node-labels"]["evidence"].startswith("the API did not answer: ")

@@ -20,7 +20,7 @@ from gfd.doctor.checks import DRA
 from gfd.doctor.cli import main as doctor
 from gfd.doctor.subcommand import with_doctor
 from plugin.dra.config import DRA_OPTIONS
-from tests.helpers import FakeHostRoot
+from tests.helpers import FakeHostRoot, kube_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "gfd" / "doctor" / "schema.json").read_text())
@@ -188,3 +188,10 @@ def test_an_api_refusal_is_a_finding_with_its_status(host: Host, capsys: pytest.
     assert checks["dra.device-classes"]["verdict"] == "failed"
     assert "403" in checks["dra.device-classes"]["evidence"]
     assert "grant this ServiceAccount read access" in checks["dra.device-classes"]["remedy"]
+
+
+def test_the_dra_api_checks_go_through_gfd_kube(host: Host, capsys: pytest.CaptureFixture[str], apiserver: Any,
+                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = kube_requests(monkeypatch)
+    run(host, capsys, f"--kubeconfig={apiserver.kubeconfig(str(tmp_path / 'kubeconfig'))}", "--node-name=node-1")
+    assert len(sent) == len(apiserver.requests()) == 5  # API groups, 2 DeviceClasses, the node's slices, labels

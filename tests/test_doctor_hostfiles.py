@@ -15,7 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gfd.config import ConfigError
+from gfd.doctor import hostfiles
 from gfd.doctor.checks import Check, Context, run
+from gfd.doctor.hostfiles import HostFileError
 
 CONTAINERD = "etc/containerd/config.toml"
 DOCKER = "etc/docker/daemon.json"
@@ -242,3 +245,19 @@ def test_fuzz_containerd_cdi_never_a_false_ok(doc: dict[str, Any]) -> None:
     enabled, dirs = _at(doc, "plugins", cri, "enable_cdi"), _at(doc, "plugins", cri, "cdi_spec_dirs")
     assert result.verdict != "ok" or ((enabled is True or (enabled is None and version >= 3))
                                       and (dirs is None or "/etc/cdi" in dirs)), result
+
+
+def test_each_error_keeps_its_cause(tmp_path: Path) -> None:
+    """Review of issue 22: `raise ... from None` with no reason given dropped the cause."""
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(HostFileError) as unreadable:
+        hostfiles.read(str(tmp_path / "fifo"))
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(HostFileError) as bad:
+        hostfiles.load_json(str(tmp_path / "bad.json"))
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    with pytest.raises(HostFileError) as deep:
+        hostfiles.load_json(str(tmp_path / "deep.json"))
+    assert isinstance(unreadable.value.__cause__, ConfigError) and unreadable.value.unreadable
+    assert isinstance(bad.value.__cause__, json.JSONDecodeError)
+    assert isinstance(deep.value.__cause__, RecursionError)

@@ -171,10 +171,11 @@ def test_a_watch_that_errs_backs_off_honours_retry_after_and_lists_again_after_4
         eventually(lambda: len(apiserver.watches()) >= 2, timeout=15)
         first, second = apiserver.watches()[:2]
         assert second.at - first.at >= 0.95  # Retry-After: 1 (the first backoff may be 0.5 s)
-        apiserver.compact()  # the next watch from the old resourceVersion gets 410 Gone
-        node = apiserver.get_object(NODE)
-        assert node is not None
-        apiserver.put_object(NODE, node | {"metadata": node["metadata"] | {"labels": {"a": "b"}}})
+        with apiserver.state.lock:  # one step: a list between the two would read the compacted resourceVersion
+            apiserver.compact()  # the next watch from the old resourceVersion gets 410 Gone
+            node = apiserver.get_object(NODE)
+            assert node is not None
+            apiserver.put_object(NODE, node | {"metadata": node["metadata"] | {"labels": {"a": "b"}}})
         eventually(lambda: len(lists) >= 2, timeout=15)
         assert len(lists) == 2  # at start and after 410
     finally:

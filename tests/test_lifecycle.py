@@ -4,6 +4,7 @@ process (a real process, wired exactly as the programs wire it: Lifecycle + sign
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import signal
@@ -11,7 +12,10 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
+
+import pytest
 
 from gfd.lifecycle import EXIT_HUNG, Lifecycle, Scope
 
@@ -105,6 +109,10 @@ with life:
     life.start_thread("well-behaved", lambda: life.stopping.wait() and None)
     if hang == "thread":
         life.start_thread("stuck-part", lambda: time.sleep(60))
+    if hang == "pool":
+        running = threading.Event()
+        life.executor("stuck-pool", 2).submit(lambda: running.set() or time.sleep(60))
+        running.wait()
     print("ready", flush=True)
     life.stopping.wait()
     if hang == "main":
@@ -150,3 +158,81 @@ def test_a_hung_main_loop_makes_the_process_exit_non_zero_within_its_deadline_na
     (hung,) = [e for e in events if e["level"] == "error"]
     assert hung["event"] == "shutdown did not finish in time; exiting"
     assert hung["still_running"] == ["the test's main loop"] and hung["stop"] == "signal SIGTERM"
+
+
+def test_a_failing_on_stop_callback_is_logged_and_the_stop_goes_on(capsys: pytest.CaptureFixture[str]) -> None:
+    """Review of issue 22: one failing callback aborted the whole stop (later callbacks, child scopes)."""
+    life = Lifecycle("test")
+    calls: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("a bug in a wake-up")
+
+    life.on_stop(broken)
+    life.on_stop(lambda: calls.append("after"))
+    run = life.scope("run")
+    run.on_stop(broken)
+    run.on_stop(lambda: calls.append("child"))
+    life.stop("test")
+    assert calls == ["after", "child"] and run.stopping.is_set()
+    life.close()
+    assert capsys.readouterr().err.count("on_stop callback failed") == 2
+
+
+def test_reloads_leave_nothing_behind_on_the_program() -> None:
+    """Review of issue 22: each run's scope stayed on the program's exit stack (1 000 reloads: 1 001 Scopes
+    alive, each holding its on_stop callbacks)."""
+    life = Lifecycle("test")
+    runs: list[weakref.ref[Scope]] = []
+    with life:
+        for _ in range(1000):
+            with life.scope("run") as run:
+                run.on_stop(lambda: None)
+                run.start_thread("t", run.stopping.wait)
+            runs.append(weakref.ref(run))
+        del run
+        gc.collect()
+        assert [r for r in runs if r() is not None] == []
+
+
+def test_a_part_hung_at_a_reload_is_remembered_until_the_program_exits() -> None:
+    life = Lifecycle("test", deadline_s=0.2)
+    release = threading.Event()
+    with life:
+        with life.scope("run") as run:
+            run.start_thread("stuck", functools.partial(release.wait, 10))
+        with life.scope("run"):
+            pass  # the next run
+        assert "stuck" in life.still_running()
+    assert life.exit_status(0) == EXIT_HUNG
+    release.set()
+
+
+def test_a_hung_pool_worker_does_not_keep_the_process_alive() -> None:
+    """A pool's worker is not a daemon thread: Python's exit would join it forever."""
+    status, took, events = run_and_stop("pool")
+    assert status == EXIT_HUNG and 1.9 < took < 3.5
+    assert [(e["event"], e.get("part")) for e in events if e["level"] == "error"] == [
+        ("did not stop in time; leaving it", "stuck-pool_0"),
+        ("a part that did not stop keeps the process from exiting; exiting", None)]
+
+
+def test_a_pool_is_shut_down_and_its_threads_joined_when_its_scope_closes() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        started.set()
+        release.wait(10)
+
+    with Scope("test", deadline_s=0.3) as scope:
+        pool = scope.executor("work", 1)
+        assert pool.submit(lambda: 7).result(5) == 7
+        pool.submit(stuck)
+        queued = pool.submit(lambda: 8)  # behind the stuck one: cancelled at the close
+        started.wait(5)
+    assert queued.cancelled() and scope.hung == ["work_0"]
+    release.set()
+    with Scope("test") as scope:
+        pool = scope.executor("work", 4)
+        list(pool.map(time.sleep, [0.05] * 8))
+    assert not scope.hung and not scope.alive()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import jsonschema
 import pytest
 
 from gfd.config import load_config, parse_command_line
+from gfd.kube.client import Kube
 from gfd.lifecycle import Scope
 from gfd.metrics import Metrics
 from gfd.outputs import OutputError
@@ -274,3 +276,32 @@ def test_writes_racing_deletions_stress(apiserver: FakeApiServer, tmp_path: Path
         eventually(lambda: len(seen) > before)  # noqa: B023 - waited for inside the iteration
         out.write(labels)
         assert apiserver.get_object(OBJECT)["spec"]["labels"] == labels, n  # type: ignore[index]
+
+
+def test_a_stop_during_start_up_cancels_the_owner_reference_read(apiserver: FakeApiServer, tmp_path: Path,
+                                                                  scope: Scope) -> None:
+    """Review of issue 22: the Pod read for the owner references ran before the stop could cancel the
+    client, so a stop during start-up waited for it (up to ~15 s against a hung API server)."""
+    daemonset_pod(apiserver)
+    apiserver.fail("GET", POD, status=0, delay=5.0)  # answered, but only after 5 s
+    built: list[NodeFeatureOutput] = []
+    starting = threading.Thread(target=lambda: built.append(output(apiserver, tmp_path, "--pod-name", "gfd-abc",
+                                                                   scope=scope)))
+    starting.start()
+    eventually(lambda: bool(apiserver.requests("GET")))
+    stopped = time.monotonic()
+    scope.stop()
+    starting.join(5)
+    assert not starting.is_alive() and time.monotonic() - stopped < 1.5
+    assert built[0].owner_references == []  # the read was cut: not fatal, as any failure to read them
+
+
+def test_a_client_whose_output_cannot_be_built_is_closed(apiserver: FakeApiServer, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[Kube] = []
+    monkeypatch.setattr(Kube, "close", lambda self: closed.append(self))
+    kubeconfig = apiserver.kubeconfig(str(tmp_path / "kubeconfig"))
+    config = load_config(parse_command_line(["--kubeconfig", kubeconfig, "--namespace", NS], {}))
+    with pytest.raises(OutputError, match="node-name not set"):
+        NodeFeatureOutput.from_config(config)
+    assert len(closed) == 1

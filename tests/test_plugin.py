@@ -17,8 +17,9 @@ import yaml
 
 from gfd.discovery.simulated.install import Simulation
 from gfd.discovery.simulated.profiles import Fault
+from plugin import cli
 from plugin.cli import DevicePlugin
-from plugin.config import load_plugin_config
+from plugin.config import load_plugin_config, reload_or_keep
 from plugin.preferred import pair_scores, set_score
 from tests.helpers import InThreads, simulation_of
 from tests.kubelet import KubeletStandIn
@@ -467,3 +468,83 @@ def test_sigterm_ends_the_plugin_process_within_a_second(kubelet: KubeletStandIn
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+PROFILES = Path(__file__).resolve().parent.parent / "gfd" / "discovery" / "simulated" / "profiles"
+
+
+def test_healthz_is_ok_after_a_reload_that_finds_no_nvml(start: Callable[..., Running], kubelet: KubeletStandIn,
+                                                          tmp_path: Path) -> None:
+    """Review of issue 22: `current` outlived its run; a reload whose start found no NVML (allowed by
+    --fail-on-init-error=false) left /healthz reading the old run's joined health loop: 503, and the
+    kubelet's liveness probe restarted the pod."""
+    profile = tmp_path / "node.yaml"
+    profile.write_text((PROFILES / "t4.yaml").read_text())
+    r = start(f"--simulate={profile}", "--fail-on-init-error=false")
+    kubelet.registered("nvidia.com/gpu")
+    assert r.plugin.healthy() == (True, "ok")
+    profile.write_text((PROFILES / "no-library.yaml").read_text())  # the driver is gone
+    r.plugin.request_reload()
+    deadline = time.monotonic() + 10
+    while r.plugin.healthy() != (True, "ok; no devices to serve") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert r.plugin.healthy() == (True, "ok; no devices to serve")
+    assert r.plugin.current is None and r.plugin.model is None
+
+
+@pytest.mark.parametrize("when", ["as a run's scope opens", "as the config is read again"])
+def test_a_reload_request_is_never_lost(kubelet: KubeletStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        when: str) -> None:
+    """Review of issue 22: a SIGHUP landing between a run's scope opening and its being known, or after the
+    previous reload's flag was cleared, stopped an already closed scope and was lost."""
+    args = [f"--kubelet-socket={kubelet.socket}", f"--cdi-spec-dir={tmp_path / 'cdi'}", "--simulate=t4",
+            "--log-format=json"]
+    plugin = DevicePlugin(args, {}, load_plugin_config(args, {}))
+    reads: list[float] = []
+    hup_once = iter([True])
+
+    def counted_reload(*a: Any) -> Any:
+        reads.append(time.monotonic())
+        config = reload_or_keep(*a)
+        if when == "as the config is read again" and next(hup_once, False):
+            plugin.request_reload()  # a SIGHUP landing just after the flag was taken
+        return config
+
+    monkeypatch.setattr(cli, "reload_or_keep", counted_reload)
+    real_scope = plugin.life.scope
+
+    def scope(name: str) -> Any:
+        child = real_scope(name)
+        if when == "as a run's scope opens" and next(hup_once, False):
+            plugin.request_reload()  # a SIGHUP landing before the run is known
+        return child
+
+    monkeypatch.setattr(plugin.life, "scope", scope)
+    threads = InThreads()
+    threads.start(plugin.run, plugin.stop)
+    try:
+        if when == "as the config is read again":
+            kubelet.registered("nvidia.com/gpu")
+            plugin.request_reload()
+        expected = 1 if when == "as a run's scope opens" else 2
+        deadline = time.monotonic() + 10
+        while len(reads) < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(reads) == expected
+    finally:
+        threads.stop_all()
+
+
+def test_no_thread_of_the_plugin_outlives_it(start: Callable[..., Running], kubelet: KubeletStandIn) -> None:
+    """Review of issue 22: gRPC's pools were made outside the lifecycle, never shut down nor joined."""
+    before = set(threading.enumerate())
+    r = start("--simulate=t4")
+    first = kubelet.registered("nvidia.com/gpu")
+    assert any(t.name.startswith("grpc nvidia.com/gpu") for t in threading.enumerate())
+    r.plugin.request_reload()  # each run's pools go with it
+    kubelet.wait(lambda: kubelet.registrations.get("nvidia.com/gpu") is not first)
+    r.plugin.stop()
+    r.thread.join(5)
+    assert r.plugin.life.exit_status(0) == 0
+    left = [t.name for t in set(threading.enumerate()) - before if not t.name.startswith("kubelet-stand-in")]
+    assert left == []

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import structlog.testing
 
+from gfd.lifecycle import Scope
 from plugin.config import PluginConfig
 from plugin.health import HealthState
 from plugin.host import NodeDevices
@@ -30,11 +31,20 @@ def plugin_dir() -> Iterator[Path]:
         yield Path(directory) / "device-plugins"
 
 
-def registrar(plugin_dir: Path, metrics: PluginMetrics, kubelet_socket: str | None = None) -> KubeletRegistrar:
+@pytest.fixture
+def scope() -> Iterator[Scope]:
+    """The run's scope the servers' pools belong to: closed (every worker joined) after the test."""
+    with Scope("run") as run:
+        yield run
+    assert not run.hung
+
+
+def registrar(plugin_dir: Path, metrics: PluginMetrics, scope: Scope,
+              kubelet_socket: str | None = None) -> KubeletRegistrar:
     config = PluginConfig(mig_strategy="mixed")
     resources = build_resources(model(gpu(0, mig(0, "1g.5gb", 1)), gpu(1)), config)
-    servers = [ResourceServer(DevicePluginService(r, config, NodeDevices(), HealthState(300), (), metrics),
-                              str(plugin_dir)) for r in resources]
+    servers = [ResourceServer(DevicePluginService(r, config, NodeDevices(), HealthState(300), (), metrics,
+                                                  scope.stopping), str(plugin_dir), scope) for r in resources]
     socket = str(plugin_dir / "kubelet.sock") if kubelet_socket is None else kubelet_socket
     return KubeletRegistrar(servers, socket, metrics, poll_s=0.02)
 
@@ -46,11 +56,11 @@ def registrations(metrics: PluginMetrics, resource: str, *reasons: str) -> float
                for reason in reasons)
 
 
-def test_every_resource_registers_and_registers_again_after_a_kubelet_restart(plugin_dir: Path) -> None:
+def test_every_resource_registers_and_registers_again_after_a_kubelet_restart(plugin_dir: Path, scope: Scope) -> None:
     plugin_dir.mkdir()
     kubelet = KubeletStandIn(str(plugin_dir))
     metrics = PluginMetrics()
-    r = registrar(plugin_dir, metrics)
+    r = registrar(plugin_dir, metrics, scope)
     stop = threading.Event()
     watch = threading.Thread(target=r.run, args=(stop,))
     try:
@@ -73,9 +83,9 @@ def test_every_resource_registers_and_registers_again_after_a_kubelet_restart(pl
         kubelet.stop()
 
 
-def test_a_kubelet_that_comes_later_is_registered_with_once_its_socket_appears(plugin_dir: Path) -> None:
+def test_a_kubelet_that_comes_later_is_registered_with_once_its_socket_appears(plugin_dir: Path, scope: Scope) -> None:
     metrics = PluginMetrics()
-    r = registrar(plugin_dir, metrics)
+    r = registrar(plugin_dir, metrics, scope)
     r.start()  # no kubelet.sock yet: the attempt fails and is retried with backoff
     try:
         assert r.pending == {0, 1}
@@ -94,9 +104,9 @@ def test_a_kubelet_that_comes_later_is_registered_with_once_its_socket_appears(p
         r.stop()
 
 
-def test_no_kubelet_socket_serves_without_registering(plugin_dir: Path) -> None:
+def test_no_kubelet_socket_serves_without_registering(plugin_dir: Path, scope: Scope) -> None:
     metrics = PluginMetrics()
-    r = registrar(plugin_dir, metrics, kubelet_socket="")
+    r = registrar(plugin_dir, metrics, scope, kubelet_socket="")
     r.start()
     try:
         assert not r.pending
@@ -106,12 +116,13 @@ def test_no_kubelet_socket_serves_without_registering(plugin_dir: Path) -> None:
         r.stop()
 
 
-def test_each_resource_says_when_it_registers_and_when_it_stops_being_registered(plugin_dir: Path) -> None:
+def test_each_resource_says_when_it_registers_and_when_it_stops_being_registered(plugin_dir: Path,
+                                                                                 scope: Scope) -> None:
     """While the kubelet is away: one compact line per attempt for all the resources waiting, with the backoff,
     the socket named once. Then one line per resource as each registers, loses its registration (a kubelet
     restart) and stops being registered (the plugin stops)."""
     metrics = PluginMetrics()
-    r = registrar(plugin_dir, metrics)
+    r = registrar(plugin_dir, metrics, scope)
     names = [s.service.resource.name for s in r.servers]
     kubelet = None
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from gfd.lifecycle import Scope
 from plugin.api import api_pb2, api_pb2_grpc
 from plugin.config import PluginConfig
 from plugin.health import HealthState
@@ -28,18 +30,27 @@ def plugin_dir() -> Iterator[Path]:
         yield Path(directory)
 
 
-def service(state: HealthState) -> DevicePluginService:
+@pytest.fixture
+def scope() -> Iterator[Scope]:
+    """The run's scope the servers' pools belong to: closed (every worker joined) after the test."""
+    with Scope("run") as run:
+        yield run
+    assert not run.hung and not run.alive()
+
+
+def service(state: HealthState, stopping: threading.Event | None = None) -> DevicePluginService:
     resource = build_resources(model(gpu(0), gpu(1)), PluginConfig())[0]
-    return DevicePluginService(resource, PluginConfig(), NodeDevices(), state, (), PluginMetrics())
+    return DevicePluginService(resource, PluginConfig(), NodeDevices(), state, (), PluginMetrics(),
+                               stopping or threading.Event())
 
 
 def stub(server: ResourceServer) -> api_pb2_grpc.DevicePluginStub:
     return api_pb2_grpc.DevicePluginStub(grpc.insecure_channel(f"unix://{server.path}"))  # type: ignore[no-untyped-call]
 
 
-def test_list_and_watch_streams_health_changes_and_ends_on_stop(plugin_dir: Path) -> None:
+def test_list_and_watch_streams_health_changes_and_ends_on_stop(plugin_dir: Path, scope: Scope) -> None:
     state = HealthState(recovery_s=300)
-    server = ResourceServer(service(state), str(plugin_dir))
+    server = ResourceServer(service(state), str(plugin_dir), scope)
     server.start()
     assert server.path == f"{plugin_dir}/nvidia-gpu.sock"
     lists: list[dict[str, str]] = []
@@ -56,9 +67,10 @@ def test_list_and_watch_streams_health_changes_and_ends_on_stop(plugin_dir: Path
     changed.clear()
     state.fault(("GPU-0001", -1, -1), "XID 79")
     assert changed.wait(5)
-    server.stop()  # the stream ends with the server, and the socket goes
+    stopped = time.monotonic()
+    server.stop()  # the stream ends with the server at once (not at the end of gRPC's grace), the socket goes
     follower.join(5)
-    assert not follower.is_alive()
+    assert not follower.is_alive() and time.monotonic() - stopped < 0.4
     assert lists == [{"GPU-0000": "Healthy", "GPU-0001": "Healthy"}, {"GPU-0000": "Healthy", "GPU-0001": "Unhealthy"}]
     assert not Path(server.path).exists()
 
@@ -67,8 +79,8 @@ def request(*ids: str) -> api_pb2.AllocateRequest:
     return api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids)])
 
 
-def test_allocate_answers_and_refuses_unknown_devices(plugin_dir: Path) -> None:
-    server = ResourceServer(service(HealthState(300)), str(plugin_dir))
+def test_allocate_answers_and_refuses_unknown_devices(plugin_dir: Path, scope: Scope) -> None:
+    server = ResourceServer(service(HealthState(300)), str(plugin_dir), scope)
     server.start()
     try:
         response = stub(server).Allocate(request("GPU-0001"), timeout=5)
@@ -81,12 +93,13 @@ def test_allocate_answers_and_refuses_unknown_devices(plugin_dir: Path) -> None:
         server.stop()
 
 
-def test_a_socket_another_live_process_serves_is_left_alone_and_a_stale_one_replaced(plugin_dir: Path) -> None:
+def test_a_socket_another_live_process_serves_is_left_alone_and_a_stale_one_replaced(plugin_dir: Path,
+                                                                                    scope: Scope) -> None:
     path = plugin_dir / "nvidia-gpu.sock"
     other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     other.bind(str(path))
     other.listen()
-    server = ResourceServer(service(HealthState(300)), str(plugin_dir))
+    server = ResourceServer(service(HealthState(300)), str(plugin_dir), scope)
     with pytest.raises(ServeError, match="served by another running device plugin"):
         server.start()
     assert path.exists()
@@ -100,7 +113,22 @@ def test_a_socket_another_live_process_serves_is_left_alone_and_a_stale_one_repl
         server.stop()
 
 
-def test_a_socket_path_too_long_is_one_clear_error(plugin_dir: Path) -> None:
+def test_a_socket_path_too_long_is_one_clear_error(plugin_dir: Path, scope: Scope) -> None:
     deep = plugin_dir / ("d" * 100)
     with pytest.raises(ServeError, match=r"longer than a unix socket path may be \(107 bytes\)"):
-        ResourceServer(service(HealthState(300)), str(deep)).start()
+        ResourceServer(service(HealthState(300)), str(deep), scope).start()
+
+
+def test_the_runs_stop_ends_every_stream(plugin_dir: Path, scope: Scope) -> None:
+    """The streams' stop is the run's stopping event (the one stop event), set before the server stops."""
+    stopping = threading.Event()
+    server = ResourceServer(service(HealthState(300), stopping), str(plugin_dir), scope)
+    server.start()
+    try:
+        stream = stub(server).ListAndWatch(api_pb2.Empty())
+        assert len(next(stream).devices) == 2
+        stopping.set()
+        with pytest.raises(StopIteration):
+            next(stream)
+    finally:
+        server.stop()

@@ -24,13 +24,16 @@ import structlog
 import structlog.testing
 import yaml
 
+from gfd import signals
 from gfd.config import ConfigError
 from gfd.discovery.session import NodeSource
 from gfd.discovery.simulated.profiles import build_node
 from gfd.discovery.simulated.telemetry import Pattern, parse_telemetry
 from gfd.discovery.telemetry import FIELDS
+from gfd.lifecycle import Lifecycle
 from plugin.cli import DevicePlugin
 from plugin.config import load_plugin_config
+from plugin.telemetry import cli as exporter
 from plugin.telemetry.collector import TelemetryCollector
 from tests.helpers import eventually, free_port, http_get
 from tests.kubelet import KubeletStandIn
@@ -459,3 +462,17 @@ def test_the_standalone_collector_takes_xids_from_nvml_events() -> None:
     assert xid.value == 94 and (xid.labels["err_code"], xid.labels["err_msg"]) == ("94", "Contained ECC error")
     assert {x.value for x in s.series("DCGM_FI_DEV_XID_ERRORS") if x.labels["UUID"] != uuids[2]} == {0}
     assert s.value("DCGM_FI_DEV_XID_ERRORS", UUID=uuids[0]) == 0
+
+
+def test_the_exporter_installs_its_signal_handling_before_it_starts_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of issue 22: the exporter wired its signals after opening NVML and starting its HTTP server's
+    thread; a SIGTERM meanwhile met the default action (killed, no orderly stop). As every program: first."""
+    at_install: list[list[str]] = []
+
+    def install(life: Lifecycle, reload: Callable[[], None] | None = None) -> None:
+        at_install.append(life.alive())
+        life.stop("test")  # and stop at once: the program must still go through its start and end cleanly
+
+    monkeypatch.setattr(signals, "install", install)
+    assert exporter.main([f"--address=127.0.0.1:{free_port()}", "--simulate=t4"], {}) == 0
+    assert at_install == [[]]

@@ -15,14 +15,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
-from kubernetes import client
 
 from gfd import signals
 from gfd.config.loader import load, parse_command_line
 from gfd.configmanager.apply import link_target, point, send
 from gfd.configmanager.options import CONFIG_MANAGER_OPTIONS, Settings
 from gfd.configmanager.selection import SelectError, available_configs, select
-from gfd.kube.client import Kube, connect
+from gfd.kube.client import CoreV1Objects, Kube, connect
 from gfd.kube.errors import CredentialsError, KubeError
 from gfd.kube.watch import Watch
 from gfd.lifecycle import Lifecycle
@@ -35,7 +34,7 @@ class ConfigManager:
     def __init__(self, settings: Settings, kube: Kube) -> None:
         self.s = settings
         self.kube = kube
-        self.core = client.CoreV1Api(kube.api_client)
+        self.core = CoreV1Objects(kube.api_client)
         self.signal_owed = False
         self.label: str | None = None
 
@@ -49,9 +48,9 @@ class ConfigManager:
             send(self.s.process, self.s.signal)
             self.signal_owed = False
 
-    def read_node(self) -> tuple[str | None, str]:
-        node = self.kube.request("get", self.core.read_node_with_http_info, self.s.node_name)
-        return (node.metadata.labels or {}).get(self.s.node_label), node.metadata.resource_version
+    def read_node(self) -> tuple[str | None, str | None]:
+        metadata = self.kube.request("get", self.core.read_node_with_http_info, self.s.node_name).get("metadata") or {}
+        return (metadata.get("labels") or {}).get(self.s.node_label), metadata.get("resourceVersion")
 
     def run_once(self) -> int:
         """The init container: one selection; any failure is one line and exit 1 (the kubelet retries)."""

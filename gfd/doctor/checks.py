@@ -10,13 +10,18 @@ import socket
 import stat
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gfd.discovery.sysfs import GPU_NODE, REQUIRED_CONTROL_DEVICES, device_root, host_path
 from gfd.doctor.hostfiles import HostFileError, get, load_json, name
 from gfd.doctor.runtime import read_runtime_configs
+from gfd.kube.errors import Forbidden, KubeError, NotFound, Unreachable
 from gfd.model import DeviceModel
 from plugin.dra.config import DRIVER_NAME
+from plugin.dra.devices import allocatable_devices
+
+if TYPE_CHECKING:
+    from gfd.doctor.cluster import Cluster
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
 # Which node-level GPU driver doctor runs for: its checks differ (gfd's are the device plugin's).
@@ -60,7 +65,7 @@ class Context:
     features_dir: str = ""
     node_feature_api: bool = False
     runtime_class: str = ""  # the chart's runtimeClassName, when it sets one
-    api: Any = None  # a kubernetes ApiClient, when credentials were given
+    cluster: Cluster | None = None  # the API, when credentials were given
     node_name: str = ""
     driver: str = DEVICE_PLUGIN
     cdi_cri: bool = False  # the runtime gets CDI device names from the kubelet (DRA, or the cdi-cri strategy)
@@ -367,52 +372,40 @@ def node_labels(c: Context) -> Finding:
     return _api(c, lambda api: _labels(api, c.node_name))
 
 
-def _api(c: Context, probe: Callable[[Any], tuple[str, str, str]]) -> Finding:
-    if c.api is None:
+def _api(c: Context, probe: Callable[[Cluster], tuple[str, str, str]]) -> Finding:
+    """A probe of the API, or the typed error it raised as the verdict."""
+    if c.cluster is None:
         return Finding(SKIPPED, "no cluster credentials (in the pod, or --kubeconfig)")
-    from kubernetes.client.exceptions import ApiException
-
     try:
-        verdict, evidence, remedy = probe(c.api)
-    except ApiException as e:
-        return Finding(FAILED, f"the API answered {e.status} {e.reason}",
-                       "grant this ServiceAccount read access (the chart's RBAC does)" if e.status == 403 else "")
-    except Exception as e:  # connection refused, timeout: the API is the problem, not this check
-        return Finding(FAILED, f"the API did not answer: {type(e).__name__}: {str(e)[:200]}",
+        verdict, evidence, remedy = probe(c.cluster)
+    except Forbidden as e:
+        return Finding(FAILED, f"the API answered {e}", "grant this ServiceAccount read access (the chart's RBAC does)")
+    except Unreachable as e:  # connection refused, timeout: the API is the problem, not this check
+        return Finding(FAILED, f"the API did not answer: {str(e)[:200]}",
                        "check the API server address and the network from this node")
+    except KubeError as e:
+        return Finding(FAILED, f"the API answered {e}")
     return Finding(verdict, evidence, remedy)
 
 
-def _node_feature_crd(api: Any) -> tuple[str, str, str]:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
+def _node_feature_crd(api: Cluster) -> tuple[str, str, str]:
     try:
-        client.ApiextensionsV1Api(api).read_custom_resource_definition(NODE_FEATURE_CRD, _request_timeout=3)
-    except ApiException as e:
-        if e.status != 404:
-            raise
+        api.custom_resource_definition(NODE_FEATURE_CRD)
+    except NotFound:
         return FAILED, f"CRD {NODE_FEATURE_CRD} is not served", "install NFD 0.14 or newer (the chart's nfd.enabled)"
     return OK, f"CRD {NODE_FEATURE_CRD} served", ""
 
 
-def _runtime_class(api: Any, name: str) -> tuple[str, str, str]:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
+def _runtime_class(api: Cluster, name: str) -> tuple[str, str, str]:
     try:
-        handler = client.NodeV1Api(api).read_runtime_class(name, _request_timeout=3).handler
-    except ApiException as e:
-        if e.status != 404:
-            raise
+        handler = api.runtime_class(name).handler
+    except NotFound:
         return FAILED, f"RuntimeClass {name} does not exist", f"kubectl apply a RuntimeClass {name} with handler nvidia"
     return OK, f"RuntimeClass {name} (handler {handler})", ""
 
 
-def _labels(api: Any, node: str) -> tuple[str, str, str]:
-    from kubernetes import client
-
-    metadata = client.CoreV1Api(api).read_node(node, _request_timeout=3).metadata
+def _labels(api: Cluster, node: str) -> tuple[str, str, str]:
+    metadata = api.node(node).metadata
     labels = (metadata.labels if metadata else None) or {}
     ours = sorted(k for k in labels if k.startswith("nvidia.com/"))
     if "nvidia.com/gpu.count" not in labels:  # GFD's, on every node with a GPU it can read
@@ -421,10 +414,8 @@ def _labels(api: Any, node: str) -> tuple[str, str, str]:
     return OK, f"node {node}: {len(ours)} nvidia.com labels", ""
 
 
-def _resource_api(api: Any) -> tuple[str, str, str]:
-    from kubernetes import client
-
-    groups = client.ApisApi(api).get_api_versions(_request_timeout=3).groups or []
+def _resource_api(api: Cluster) -> tuple[str, str, str]:
+    groups = api.api_groups()
     served = next((sorted(v.version for v in g.versions) for g in groups if g.name == "resource.k8s.io"), [])
     evidence = f"resource.k8s.io served in {', '.join(served)}" if served else "resource.k8s.io is not served"
     if "v1" not in served:
@@ -432,17 +423,12 @@ def _resource_api(api: Any) -> tuple[str, str, str]:
     return OK, evidence, ""
 
 
-def _device_classes(api: Any) -> tuple[str, str, str]:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
+def _device_classes(api: Cluster) -> tuple[str, str, str]:
     found, missing, foreign = [], [], []
     for class_name in DEVICE_CLASSES:
         try:
-            spec: Any = client.ResourceV1Api(api).read_device_class(class_name, _request_timeout=3).spec
-        except ApiException as e:
-            if e.status != 404:
-                raise
+            spec: Any = api.device_class(class_name).spec
+        except NotFound:
             missing.append(class_name)
             continue
         selectors = " ".join(s.cel.expression for s in (spec.selectors or []) if s.cel is not None)
@@ -461,12 +447,8 @@ def _device_classes(api: Any) -> tuple[str, str, str]:
     return OK, evidence, ""
 
 
-def _slices(api: Any, node: str, model: DeviceModel | None) -> tuple[str, str, str]:
-    from kubernetes import client
-
-    items = client.ResourceV1Api(api).list_resource_slice(field_selector=f"spec.nodeName={node}",
-                                                          _request_timeout=3).items or []
-    ours = [s for s in items if s.spec.driver == DRIVER_NAME]
+def _slices(api: Cluster, node: str, model: DeviceModel | None) -> tuple[str, str, str]:
+    ours = [s for s in api.resource_slices(node) if s.spec.driver == DRIVER_NAME]
     names = {d.name for s in ours for d in (s.spec.devices or [])}
     if not ours:
         return FAILED, f"no ResourceSlice of {DRIVER_NAME} for node {node}", \
@@ -474,9 +456,7 @@ def _slices(api: Any, node: str, model: DeviceModel | None) -> tuple[str, str, s
             "cannot publish: read the driver pod's log"
     evidence = f"{len(ours)} ResourceSlices of {DRIVER_NAME} for node {node}, {len(names)} devices"
     if model is not None:
-        from plugin.dra.devices import allocatable_devices  # the names the driver publishes for this model
-
-        unpublished = sorted({d.name for d in allocatable_devices(model)} - names)
+        unpublished = sorted({d.name for d in allocatable_devices(model)} - names)  # what the driver publishes
         if unpublished:
             return WARNING, f"{evidence}; not published: {', '.join(unpublished[:8])}" + \
                 (f" and {len(unpublished) - 8} more" if len(unpublished) > 8 else ""), \

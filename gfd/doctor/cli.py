@@ -18,6 +18,7 @@ from gfd.config.loader import load, parse_command_line
 from gfd.config.model import DEFAULT_OUTPUT_FILE
 from gfd.config.options import Option, options_of
 from gfd.doctor.checks import DEVICE_PLUGIN, DRA, Context, run
+from gfd.doctor.cluster import Cluster
 from gfd.doctor.report import as_json, as_table, exit_status
 from gfd.kube.client import connect
 from gfd.kube.errors import CredentialsError
@@ -64,6 +65,7 @@ class DoctorConfig:
 SHARED = ("simulate", "container_driver_root", "kubeconfig", "node_name", "use_node_feature_api",
           "device_list_strategy", "device_id_strategy", "cdi_spec_dir", "kubelet_socket", "log_format", "log_level",
           "cdi_root", "kubelet_registrar_directory_path", "kubelet_plugins_directory_path")
+API_TIMEOUT = (3.0, 3.0)  # connect, read (seconds): a doctor answers at once, a hung API server is a finding
 
 
 def main(prog: str, program_options: Sequence[Option], argv: Sequence[str], environ: Mapping[str, str],
@@ -135,15 +137,14 @@ def context(config: DoctorConfig, environ: Mapping[str, str], source: NodeSource
         c.nvml_error = source.init_failure(e) if isinstance(e, NvmlUnavailable) else str(e)
     finally:
         source.close_nvml()
-    c.api = _api_client(config, environ)
+    c.cluster = _cluster(config, environ)
     return c
 
 
-def _api_client(config: DoctorConfig, environ: Mapping[str, str]) -> object | None:
+def _cluster(config: DoctorConfig, environ: Mapping[str, str]) -> Cluster | None:
     if not config.kubeconfig and "KUBERNETES_SERVICE_HOST" not in environ:
         return None
     try:
-        api_client: object = connect(config.kubeconfig, "gfd-doctor").api_client
+        return Cluster(connect(config.kubeconfig, "gfd-doctor", timeout=API_TIMEOUT))
     except CredentialsError:  # unreadable credentials: the API checks say skipped
         return None
-    return api_client

@@ -30,7 +30,7 @@ def read(path: str, limit: int = MAX_FILE_BYTES) -> str:
     try:
         return read_text(path, path, limit)
     except ConfigError as e:
-        raise HostFileError(e.problem, unreadable=True) from None
+        raise HostFileError(e.problem, unreadable=True) from e
 
 
 def load_json(path: str, limit: int = MAX_FILE_BYTES) -> Any:
@@ -45,10 +45,10 @@ def load_toml(path: str) -> dict[str, Any]:
 def _parse(parse: Callable[[str], Any], syntax: str, text: str) -> Any:
     try:
         return parse(text)
-    except RecursionError:  # both parsers recurse once per level of nesting
-        raise HostFileError(f"not {syntax}: nested too deeply to parse") from None
+    except RecursionError as e:  # both parsers recurse once per level of nesting
+        raise HostFileError(f"not {syntax}: nested too deeply to parse") from e
     except ValueError as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
-        raise HostFileError(f"not {syntax}: {e}") from None
+        raise HostFileError(f"not {syntax}: {e}") from e
 
 
 def get(doc: Any, keys: Sequence[str | int], kind: type[T], default: T, mapping: str = "a table") -> T:

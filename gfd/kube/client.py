@@ -7,13 +7,27 @@ counts the request by what the server answered (a watch when its answer's header
 is sent), and turns every failure into a typed `gfd.kube.errors.KubeError` chained to its cause. A stop
 cancels the client as Go's context does: requests in flight get a short grace, then their connections
 are shut, so no thread stays blocked on a hung API server.
+
+What of the official client is loaded, and why here: `import kubernetes.<anything>` first runs the package's
+`__init__`, which imports all of it (config with oauthlib and requests, dynamic with jsonschema, stream,
+watch, utils, leaderelection, informer): 596 modules, +35 MiB RSS and 230-350 ms on our 2-CPU CI machine
+(python 3.11, kubernetes 37.0.2). Our programs use its ApiClient (REST transport, auth, errors) and config
+loaders, so that `__init__` (and `kubernetes.config`'s) runs only if something asks for a name it defines
+(`defer_package_init`). Their few API calls go through `CoreV1Objects` and `CustomObjects`, which answer
+dicts, instead of the generated API classes: CoreV1Api's module is 13 MiB and 310-430 ms to import (V1Pod's
+models 7 MiB more), CustomObjectsApi's 1.5 MiB and 30-40 ms (218 M instructions: pydantic wrapping each of
+its methods). Import the official classes from here, never `from kubernetes import ...` in our programs:
+tests/test_imports.py fails when a program loads the rest again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import re
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -22,13 +36,50 @@ from typing import Any
 
 import structlog
 import urllib3
-from kubernetes import client
-from kubernetes import config as kubeconfig_loader
-from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from gfd import __version__
 from gfd.kube.errors import CredentialsError, KubeError, Unreachable, from_api_exception, from_transport_error
+
+
+def defer_package_init(name: str) -> None:
+    """Register the package `name` without running its `__init__`: its submodules import as usual, and the
+    `__init__` runs on the first use of a name that only it defines (PEP 562), so code that wants the whole
+    package still gets it. Nothing to do when the package was imported already."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        raise ImportError(f"{name} is not an installed package", name=name)
+    package = importlib.util.module_from_spec(spec)
+    lock, ran = threading.RLock(), list[bool]()
+
+    def __getattr__(attribute: str) -> Any:
+        with lock:  # one thread runs __init__; the others wait for it
+            if not ran:
+                ran.append(True)  # first: the __init__'s own `from . import x` looks names up here again
+                spec.loader.exec_module(package)  # type: ignore[union-attr]
+        try:
+            return package.__dict__[attribute]
+        except KeyError:
+            raise AttributeError(f"module {name!r} has no attribute {attribute!r}") from None
+
+    package.__getattr__ = __getattr__  # type: ignore[method-assign]
+    sys.modules[name] = package
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, package)
+
+
+defer_package_init("kubernetes")
+defer_package_init("kubernetes.config")
+
+from kubernetes.client.api_client import ApiClient  # noqa: E402
+from kubernetes.client.configuration import Configuration  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+from kubernetes.config.incluster_config import load_incluster_config  # noqa: E402
+
+__all__ = ["ApiClient", "CoreV1Objects", "CustomObjects", "Kube", "connect", "defer_package_init"]
 
 log = structlog.get_logger("gfd.kube")
 
@@ -61,7 +112,7 @@ class TokenBucket:
 
 
 class Kube:
-    """One API connection: the official `ApiClient` (for building typed APIs on it), and `request` /
+    """One API connection: the official `ApiClient` (for building APIs on it), and `request` /
     `watch_events`, the only ways our code sends it a request."""
 
     def __init__(self, api_client: Any, qps: float = DEFAULT_QPS, burst: int = DEFAULT_BURST,
@@ -160,19 +211,97 @@ def connect(kubeconfig: str, agent: str, qps: float = DEFAULT_QPS, burst: int = 
             count: Count | None = None, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> Kube:
     """A client from `kubeconfig`, or the pod's service account when it is empty. `agent` names the program
     in the User-Agent. CredentialsError (one line) when neither can be read."""
-    configuration = client.Configuration()
+    configuration = Configuration()
     try:
         if kubeconfig:
-            kubeconfig_loader.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
-                                               client_configuration=configuration)
+            # Here, not at the top: a pod reads its service account; the kubeconfig loader brings oauthlib and
+            # requests (+5 MiB, ~40 ms) for a developer's or a test's kubeconfig only.
+            from kubernetes.config.kube_config import load_kube_config
+
+            load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
-            kubeconfig_loader.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except Exception as e:  # the loader parses operator input: ConfigException, OSError, YAML and shape errors
         raise CredentialsError(" ".join(str(e).split())[:1000] or type(e).__name__) from e
     configuration.retries = 0  # the callers own retries and backoff
-    api_client = client.ApiClient(configuration)
+    api_client = ApiClient(configuration)
     api_client.user_agent = f"{agent}/{__version__} (linux) python-kubernetes"
     return Kube(api_client, qps, burst, timeout, count)
+
+
+class _Objects:
+    """Requests whose objects are dicts, built, sent and decoded by the official `ApiClient` exactly as its
+    generated API classes do (path quoting, auth, headers, errors), without their modules: those validate
+    every argument with pydantic and build models at import (see the module docstring for the figures)."""
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self.api_client = api_client
+
+    def _call(self, method: str, path: str, path_params: dict[str, str], body: Any = None,
+              _request_timeout: Any = None, _preload_content: bool = True, **query: Any) -> Any:
+        """(object, status, headers), as a `*_with_http_info` method; a non-2xx answer raises ApiException.
+        `_preload_content=False` returns the raw response (a watch). `query`: the API's parameters in the
+        client's snake_case (resource_version=...)."""
+        params = [(_camel(key), value) for key, value in query.items() if value is not None]
+        request = self.api_client.param_serialize(method, path, path_params=path_params, query_params=params,
+                                                  header_params={"Accept": "application/json"}, body=body,
+                                                  auth_settings=["BearerToken"])
+        response: Any = self.api_client.call_api(*request, _request_timeout=_request_timeout)
+        if not _preload_content and 200 <= response.status <= 299:
+            return response.response
+        response.read()
+        answer = self.api_client.response_deserialize(response, {"2XX": "object"})  # raises for non-2xx
+        return answer.data, answer.status_code, response.getheaders()
+
+
+class CoreV1Objects(_Objects):
+    """The core-group (/api/v1) calls our programs make, named and called as `CoreV1Api`'s (`Kube.request`
+    and `Watch` take them), answering dicts instead of models."""
+
+    def read_namespaced_pod_with_http_info(self, name: str, namespace: str, **options: Any) -> Any:
+        return self._call("GET", "/api/v1/namespaces/{namespace}/pods/{name}",
+                          {"namespace": namespace, "name": name}, **options)
+
+    def read_node_with_http_info(self, name: str, **options: Any) -> Any:
+        return self._call("GET", "/api/v1/nodes/{name}", {"name": name}, **options)
+
+    def list_node(self, **options: Any) -> Any:
+        return self._call("GET", "/api/v1/nodes", {}, **options)
+
+
+class CustomObjects(_Objects):
+    """The calls our programs make on objects of a named API group (custom resources, and built-in kinds
+    outside the core group), named and called as `CustomObjectsApi`'s."""
+
+    _COLLECTION = "/apis/{group}/{version}/namespaces/{namespace}/{plural}"
+
+    def get_namespaced_custom_object_with_http_info(self, group: str, version: str, namespace: str, plural: str,
+                                                    name: str, **options: Any) -> Any:
+        return self._call("GET", self._COLLECTION + "/{name}", _params(group, version, namespace, plural, name),
+                          **options)
+
+    def create_namespaced_custom_object_with_http_info(self, group: str, version: str, namespace: str, plural: str,
+                                                       body: dict[str, Any], **options: Any) -> Any:
+        return self._call("POST", self._COLLECTION, _params(group, version, namespace, plural), body, **options)
+
+    def replace_namespaced_custom_object_with_http_info(self, group: str, version: str, namespace: str,
+                                                        plural: str, name: str, body: dict[str, Any],
+                                                        **options: Any) -> Any:
+        return self._call("PUT", self._COLLECTION + "/{name}", _params(group, version, namespace, plural, name),
+                          body, **options)
+
+    def list_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
+                                      **options: Any) -> Any:
+        return self._call("GET", self._COLLECTION, _params(group, version, namespace, plural), **options)
+
+
+def _params(group: str, version: str, namespace: str, plural: str, name: str | None = None) -> dict[str, str]:
+    params = {"group": group, "version": version, "namespace": namespace, "plural": plural}
+    return params if name is None else params | {"name": name}
+
+
+def _camel(name: str) -> str:
+    return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
 
 
 class _Status:

@@ -16,10 +16,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from kubernetes import client
 
 from gfd.config import Config
-from gfd.kube.client import Kube, connect
+from gfd.kube.client import CoreV1Objects, CustomObjects, Kube, connect
 from gfd.kube.errors import Conflict, CredentialsError, KubeError, NotFound
 from gfd.kube.watch import Watch
 from gfd.outputs import OutputError
@@ -40,14 +39,17 @@ class NodeFeatureOutput:
                  resync_seconds: float = 3600.0, on_deleted: Callable[[], None] | None = None,
                  scope: Scope | None = None) -> None:
         """`on_deleted` and `scope`: a deletion by someone else is watched for (on a thread of `scope`, whose
-        stop also cancels this output's API requests) and reported through `on_deleted`."""
+        stop also cancels this output's API requests, from here on: the owner references are read below)
+        and reported through `on_deleted`."""
+        if scope is not None:
+            scope.on_stop(kube.cancel)
         if not node_name:
             raise OutputError("failed to create label outputer: required flag node-name not set")
         if not namespace:
             raise OutputError("failed to create label outputer: required flag namespace not set")
         self.kube = kube
-        self.custom = client.CustomObjectsApi(kube.api_client)
-        self.core = client.CoreV1Api(kube.api_client)
+        self.custom = CustomObjects(kube.api_client)
+        self.core = CoreV1Objects(kube.api_client)
         self.namespace, self.node_name, self.pod_name = namespace, node_name, pod_name
         self.name = f"nvidia-features-for-{node_name}"
         self.resync_seconds = resync_seconds
@@ -63,8 +65,6 @@ class NodeFeatureOutput:
         self.on_deleted = on_deleted
         self.scope = scope
         self.watcher: threading.Thread | None = None
-        if scope is not None:
-            scope.on_stop(kube.cancel)
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics | None = None,
@@ -75,8 +75,12 @@ class NodeFeatureOutput:
             kube = connect(config.kubeconfig, "gfd", config.kube_api_qps, config.kube_api_burst, count)
         except CredentialsError as e:
             raise OutputError(f"failed to create clientsets: {e}") from e
-        return cls(kube, config.namespace, config.node_name, config.pod_name, config.node_feature_resync_ns / 1e9,
-                   on_deleted, scope)
+        try:
+            return cls(kube, config.namespace, config.node_name, config.pod_name,
+                       config.node_feature_resync_ns / 1e9, on_deleted, scope)
+        except BaseException:
+            kube.close()  # no output owns it: its caller never gets one to close
+            raise
 
     # -- the Output interface ---------------------------------------------------------------------
     def needs_resync(self) -> bool:
@@ -199,15 +203,15 @@ class NodeFeatureOutput:
         except KubeError as e:
             log.warning("Failed to resolve owner references", error=str(e))
             return []
-        meta = pod.metadata
-        owner = next((o for o in (meta.owner_references if meta else None) or [] if o.kind == "DaemonSet"), None)
-        if meta is None or owner is None:
+        meta = pod.get("metadata") or {}
+        owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), None)
+        if owner is None:
             log.info("Pod has no DaemonSet owner, skipping owner references", pod=self.pod_name)
             return []
         return [
-            {"apiVersion": owner.api_version, "kind": "DaemonSet", "name": owner.name, "uid": owner.uid,
-             "controller": True},
-            {"apiVersion": "v1", "kind": "Pod", "name": meta.name, "uid": meta.uid},
+            {"apiVersion": owner.get("apiVersion"), "kind": "DaemonSet", "name": owner.get("name"),
+             "uid": owner.get("uid"), "controller": True},
+            {"apiVersion": "v1", "kind": "Pod", "name": meta.get("name"), "uid": meta.get("uid")},
         ]
 
 

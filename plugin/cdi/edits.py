@@ -85,7 +85,7 @@ def mig_nodes(gpu: Gpu, mig: MigDevice, cap_minors: dict[str, int], roots: Roots
     try:
         caps = mig_cap_nodes(gpu.minor_number, mig, cap_minors)
     except ResourceError as e:
-        raise CdiError(f"failed to create CDI spec: {e}") from None
+        raise CdiError(f"failed to create CDI spec: {e}") from e
     return (*parent, *(_required(path, roots) for path in caps))
 
 

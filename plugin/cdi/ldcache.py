@@ -58,7 +58,7 @@ def read_cache(path: str) -> Cache:
     try:
         data = read_bytes(path, path, MAX_SIZE, "linker cache")
     except ConfigError as e:
-        raise CacheError(str(e)) from None
+        raise CacheError(str(e)) from e
     return parse_cache(data, path)
 
 

@@ -133,4 +133,4 @@ class Spec:
             return json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
         except UnicodeEncodeError as e:
             raise CdiError(f"failed to create CDI spec {self.kind}: a path is not UTF-8 "
-                           f"({e.object[max(e.start - 40, 0):e.end + 20]!a})") from None
+                           f"({e.object[max(e.start - 40, 0):e.end + 20]!a})") from e

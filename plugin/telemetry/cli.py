@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def run(config: PluginConfig, host: str) -> int:
     life = Lifecycle(PROG, main="waiting for a stop signal")
+    signals.install(life)  # before any thread starts (NVML's, the HTTP server's)
     with life:
         status = _serve(life, config, host)
     log.info("Exiting")
@@ -75,7 +76,6 @@ def _serve(life: Lifecycle, config: PluginConfig, host: str) -> int:
     except AddressError as e:
         log.error(str(e))
         return 1
-    signals.install(life)
     life.start_thread("gpu-telemetry", functools.partial(collector.run, life.stopping))
     log.info("serving GPU telemetry", address=config.gpu_metrics_address,
              interval_s=config.collect_interval_ns / 1e9)

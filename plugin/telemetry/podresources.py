@@ -45,7 +45,7 @@ def holders(socket: str, resource_prefix: str = "nvidia.com/",
             response = PodResourcesListerStub(channel).List(  # type: ignore[no-untyped-call]
                 ListPodResourcesRequest(), timeout=TIMEOUT_S)
     except grpc.RpcError as e:
-        raise PodResourcesError(f"kubelet PodResources List on {socket}: {e.code().name}: {e.details()}") from None
+        raise PodResourcesError(f"kubelet PodResources List on {socket}: {e.code().name}: {e.details()}") from e
     by_name = dra_devices or {}
     found: dict[str, set[Holder]] = {}
     for pod in response.pod_resources:
