@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -176,7 +176,6 @@ class Workloads:
 
     cluster: Cluster
     namespace: str
-    created: list[str] = field(default_factory=list)
 
     def pod(self, name: str, script: str, claim_template_name: str = "",
             limits: dict[str, str] | None = None) -> dict[str, Any]:
