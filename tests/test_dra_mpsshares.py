@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,10 @@ class Health:
 
 @pytest.fixture
 def root(monkeypatch: pytest.MonkeyPatch) -> Iterator[MpsRoot]:
-    """Short: a unix socket's path has at most 107 bytes, as for the real MPS. The stand-in is on PATH."""
+    """The stand-in on PATH; the root of its daemons."""
     monkeypatch.setenv("PATH", standin.path_with_stand_in())
-    with tempfile.TemporaryDirectory(prefix="mps-", dir="/tmp") as d:
-        yield MpsRoot(d)
-        for entry in Path(d).iterdir():
-            standin.kill_daemon(entry / "pipe")
+    with standin.daemons_root() as d:
+        yield MpsRoot(str(d))
 
 
 @pytest.fixture

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,12 +57,9 @@ def script(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def mps_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="mps-", dir="/tmp"))  # the host's mps.root; short for unix sockets
-    (root / "shm").mkdir()
-    yield root
-    for entry in root.iterdir():
-        standin.kill_daemon(entry / "pipe")
-    shutil.rmtree(root, ignore_errors=True)
+    with standin.daemons_root() as root:  # the host's mps.root
+        (root / "shm").mkdir()
+        yield root
 
 
 @pytest.fixture(scope="module")
