@@ -23,6 +23,7 @@ import argparse
 import ctypes
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,7 @@ def check(index: int, allocate_mib: int, limits_mib: list[int], simulate: str) -
             c.communicate("", timeout=30)
         report["daemon_stopped"] = daemon.stop()
         report["mode_after"] = compute_mode(index)
+        shutil.rmtree(root.path, ignore_errors=True)
     expected = [CUDA_SUCCESS if allocate_mib < limit else CUDA_ERROR_OUT_OF_MEMORY for limit in limits_mib]
     report["held"] = {
         "allocations": [c.get("allocate") for c in report["clients"]] == expected,
