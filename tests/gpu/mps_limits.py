@@ -117,6 +117,7 @@ def check(index: int, allocate_mib: int, limits_mib: list[int], simulate: str) -
         daemon.start()
     except MpsError as e:
         print(f"the MPS daemon did not start: {e}", file=sys.stderr)
+        shutil.rmtree(root.path, ignore_errors=True)
         return 2
     clients: list[subprocess.Popen[str]] = []
     try:
