@@ -66,8 +66,7 @@ class PluginConfig:
                                        (*_MOUNTED, "nvidiaCTKPath"),
                                        help="the path to use for NVIDIA CDI hooks in the generated spec").field()
     container_driver_root: str = common.CONTAINER_DRIVER_ROOT.field()
-    mps_root: str = Option(("--mps-root",), ("MPS_ROOT",), "str", "", ("flags", "mpsRoot"),
-                           help="the MPS root on the host").field()
+    mps_root: str = common.MPS_ROOT.field()
     shared_devices_allocation_policy: str = Option(
         ("--shared-devices-allocation-policy",), ("SHARED_DEVICES_ALLOCATION_POLICY",), "str", "distributed",
         (*_MOUNTED, "sharedDevicesAllocationPolicy"), ALLOCATION_POLICIES,
@@ -96,9 +95,7 @@ class PluginConfig:
     # Ours, not upstream's.
     cdi_spec_dir: str = Option(("--cdi-spec-dir",), ("CDI_SPEC_DIR",), "str", "/var/run/cdi",
                                help="where CDI specs are written (the container runtime's CDI directory)").field()
-    mps_container_root: str = Option(("--mps-container-root",), ("MPS_CONTAINER_ROOT",), "str", "/mps",
-                                     help="where --mps-root is mounted in this container (the MPS pipe, log and shm "
-                                          "directories)").field()
+    mps_container_root: str = common.MPS_CONTAINER_ROOT.field()
     simulate: str = common.SIMULATE.field(envs=("DP_SIMULATE", "GFD_SIMULATE"))
     log_format: str = common.LOG_FORMAT.field(envs=("DP_LOG_FORMAT",))
     log_level: str = common.LOG_LEVEL.field(envs=("DP_LOG_LEVEL",))

@@ -15,7 +15,7 @@ from kubernetes import client
 
 from gfd.model import DeviceModel
 from plugin.dra import taints
-from plugin.dra.claims import AllocationResult, ClaimRef, parse_claim
+from plugin.dra.claims import AllocationResult, ClaimRef, PodRef, parse_claim
 from plugin.dra.sharing import ConsumableShares
 from plugin.dra.slices import pool
 from tests import builders
@@ -74,6 +74,9 @@ def without_time_added(spec: dict[str, Any]) -> dict[str, Any]:
 
 CASES: dict[str, tuple[Callable[[], DeviceModel], str, bool]] = {
     "dgx-a100": (lambda: simulated_model("dgx-a100"), "disabled", False),
+    "dgx-h100 shares=memory enforced by MPS, a fault": (lambda: simulated_model("dgx-h100"), "memory/mps", True),
+    "a100-80gb-mig-mixed shares=memory enforced (MIG whole)": (lambda: simulated_model("a100-80gb-mig-mixed"),
+                                                                "memory/mps", False),
     "dgx-h100 shares=4, a fault": (lambda: simulated_model("dgx-h100"), "4", True),
     "a100-mig-single shares=memory, a fault": (lambda: simulated_model("a100-mig-single"), "memory", True),
     "a100-80gb-mig-mixed unlimited": (lambda: simulated_model("a100-80gb-mig-mixed"), "unlimited", False),
@@ -91,7 +94,7 @@ def test_the_api_server_accepts_every_slice_and_reads_it_back_unchanged(api: cli
         if faulty else taints.HEALTHY
     node_uid = client.CoreV1Api(api).read_node(NODE).metadata.uid  # type: ignore[union-attr]
     resources = Resources(api)
-    specs = pool(model, NODE, ConsumableShares.parse(shares), health).specs(1)
+    specs = pool(model, NODE, ConsumableShares.parse(*shares.split("/")), health).specs(1)
     assert specs
     try:
         for spec in specs:
@@ -126,16 +129,18 @@ def test_claims_parse_as_the_api_server_returns_them(api: client.ApiClient) -> N
     created["status"] = {"allocation": {
         "devices": {"results": [
             {"request": "gpu/big", "driver": "gpu.nvidia.com", "pool": NODE, "device": "gpu-0", "shareID": share,
-             "consumedCapacity": {"memory": "4Gi"}},
+             "consumedCapacity": {"memory": "4Gi", "compute": "0"}},
             {"request": "monitor", "driver": "gpu.nvidia.com", "pool": NODE, "device": "gpu-1", "adminAccess": True}]},
         "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [
-            {"key": "metadata.name", "operator": "In", "values": [NODE]}]}]}}}
+            {"key": "metadata.name", "operator": "In", "values": [NODE]}]}]}},
+        "reservedFor": [{"resource": "pods", "name": "train-0", "uid": "5e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"}]}
     resources.custom.replace_namespaced_custom_object_status(GROUP, VERSION, "dra", "resourceclaims", "training",
                                                             created)
     read = resources.get("resourceclaims", "training", "dra")
     got = parse_claim(read)
     assert got.ref == ClaimRef("dra", "training", created["metadata"]["uid"]) and got.allocated
     assert got.results == (
-        AllocationResult("gpu/big", "gpu.nvidia.com", NODE, "gpu-0", share, False, {"memory": "4Gi"}),
+        AllocationResult("gpu/big", "gpu.nvidia.com", NODE, "gpu-0", share, False, {"memory": "4Gi", "compute": "0"}),
         AllocationResult("monitor", "gpu.nvidia.com", NODE, "gpu-1", None, True))
+    assert got.pods == (PodRef("train-0", "5e1d2c3b-4a59-4687-9a8b-7c6d5e4f3a2b"),)
     assert [r.base_request for r in got.results] == ["gpu", "monitor"]

@@ -25,7 +25,10 @@ from plugin.dra.checkpoint import (
     PreparedClaim,
     PreparedDevice,
     read_boot_id,
+    read_prepared,
 )
+from plugin.dra.claims import PodRef
+from plugin.dra.shares import ShareLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOT = "5f2a7c1e-0b9d-4f3e-8a61-2d4c9e7b1a00"
@@ -46,6 +49,25 @@ def test_claims_survive_a_restart(tmp_path: Path) -> None:
     again = Checkpoint(str(tmp_path), BOOT)
     assert again.claims == {"uid-1": claim(1, PREPARE_STARTED), "uid-2": claim(2)}
     assert json.loads((tmp_path / FILE_NAME).read_text())["nodeBootID"] == BOOT
+
+
+def test_shares_and_the_pods_holding_them_are_checkpointed(tmp_path: Path) -> None:
+    """What the telemetry reads of a share (its GPU, limits, claim and pods), from another process too."""
+    device = PreparedDevice(("gpu",), "node-1", "gpu-0", ("k8s.gpu.nvidia.com/claim=uid-s-gpu-0",), "0b7c",
+                            share=ShareLimits("GPU-0", 30720, 25, True))
+    whole = PreparedDevice(("gpu",), "node-1", "gpu-1", ("k8s.gpu.nvidia.com/claim=uid-s-gpu-1",), "9d1e",
+                           share=ShareLimits("GPU-1", None))
+    shared = PreparedClaim("uid-s", "team-a", "train", PREPARE_COMPLETED, (device, whole),
+                           (PodRef("train-0", "pod-1"), PodRef("train-1", "pod-2")))
+    Checkpoint(str(tmp_path), BOOT).put(shared)
+    Checkpoint(str(tmp_path), BOOT).put(claim(1))
+    assert Checkpoint(str(tmp_path), BOOT).claims["uid-s"] == shared
+    assert read_prepared(str(tmp_path)) == {"uid-s": shared, "uid-1": claim(1)}
+    assert read_prepared(str(tmp_path / "none")) == {}
+    (tmp_path / FILE_NAME).write_text("{")
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / FILE_NAME} unreadable"):
+        read_prepared(str(tmp_path))
+    assert (tmp_path / FILE_NAME).read_text() == "{"  # a reader changes nothing
 
 
 def test_a_reboot_drops_the_prepared_claims(tmp_path: Path) -> None:

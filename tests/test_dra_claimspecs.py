@@ -17,6 +17,7 @@ import referencing.jsonschema
 
 from gfd.discovery.session import NodeSource
 from plugin.cdi import CdiError
+from plugin.cdi.spec import IPC_OPTIONS, ContainerEdits, Mount
 from plugin.dra.claimspecs import ClaimSpecFiles, NodeEdits, dra_roots
 from plugin.dra.devices import allocatable_devices
 from plugin.dra.prepare import claim_spec_file
@@ -143,3 +144,18 @@ def test_after_a_reboot_every_claims_spec_goes_and_nothing_else(node: Any) -> No
     (n.cdi_root / "k8s.device-plugin.nvidia.com-gpu.json").write_text("{}\n")  # the device plugin's
     assert n.specs.remove_all() == 2
     assert os.listdir(n.cdi_root) == ["k8s.device-plugin.nvidia.com-gpu.json"]
+
+
+def test_an_enforced_share_adds_its_mps_edits_to_its_device(node: Any, validator: jsonschema.Draft7Validator) -> None:
+    n = node("dgx-h100")
+    mps = ContainerEdits(env=("CUDA_MPS_PIPE_DIRECTORY=/mps/GPU-x/pipe", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=4096M"),
+                         mounts=(Mount("/run/nvidia/mps/GPU-x/pipe", "/mps/GPU-x/pipe", IPC_OPTIONS),
+                                 Mount("/run/nvidia/mps/shm", "/dev/shm", IPC_OPTIONS)))
+    n.specs.write(UID, [n.devices["gpu-1"], n.devices["gpu-2"]], {"gpu-1": mps})
+    spec = n.spec()
+    validator.validate(spec)
+    first, second = (d["containerEdits"] for d in spec["devices"])
+    assert [d["path"] for d in first["deviceNodes"]] == ["/dev/nvidia1"]
+    assert first["env"] == list(mps.env) and [m["containerPath"] for m in first["mounts"]] == [
+        "/mps/GPU-x/pipe", "/dev/shm"]
+    assert "env" not in second and "mounts" not in second

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -128,3 +130,56 @@ def test_options_without_meaning_here_are_accepted_and_logged_once() -> None:
         log_ignored(load_dra_config(NODE, {}))
     assert [e["event"] for e in logs] == ["options accepted for compatibility have no effect"]
     assert logs[0]["options"] == list(c.ignored)
+
+
+SHARED = [*NODE, "--consumable-shares=memory", "--feature-gates=ConsumableShares=true"]
+
+
+def test_memory_shares_are_nvidias_unless_enforcement_is_asked_for() -> None:
+    """The default keeps NVIDIA's behaviour, so a DaemonSet written for NVIDIA's driver starts unchanged."""
+    c = load_dra_config(SHARED, {})
+    assert c.share_enforcement == "none" and not c.shares.enforced
+    c = load_dra_config([*SHARED, "--mps-root=/run/nvidia/mps"], {"SHARE_ENFORCEMENT": "mps"})
+    assert c.shares.enforced and (c.mps_root, c.mps_container_root) == ("/run/nvidia/mps", "/mps")
+
+
+@pytest.mark.parametrize("value", ["MPS", "cuda", "hami", ""])
+def test_share_enforcement_is_mps_or_none(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"share-enforcement.*accepted: none, mps"):
+        load_dra_config([*SHARED, f"--share-enforcement={value}"], {})
+
+
+def test_enforcement_needs_the_hosts_mps_root() -> None:
+    with pytest.raises(ConfigError, match="mps-root: using MPS requires --mps-root to be specified"):
+        load_dra_config([*SHARED, "--share-enforcement=mps"], {})
+
+
+@pytest.mark.parametrize("shares", ["disabled", "unlimited", "4"])
+def test_enforcement_of_time_slicing_shares_or_of_none_is_logged_as_without_effect(shares: str) -> None:
+    c = load_dra_config([*NODE, f"--consumable-shares={shares}", "--feature-gates=ConsumableShares=true",
+                         "--share-enforcement=mps"], {})  # no --mps-root needed: nothing will be enforced
+    assert not c.shares.enforced
+    assert c.ignored == (f"--share-enforcement=mps (with --consumable-shares={shares})",)
+
+
+def test_the_sharing_options_come_from_the_per_node_config_file(write_yaml: Callable[..., str]) -> None:
+    """config-manager writes the node's config (the chart's config.map) where CONFIG_FILE names it; the device
+    plugin reads the same file (flags.mpsRoot is shared with it, its `sharing` section means nothing here)."""
+    path = write_yaml({"version": "v1", "flags": {"mpsRoot": "/run/nvidia/mps", "dra": {
+        "consumableShares": "memory", "shareEnforcement": "mps", "featureGates": ["ConsumableShares=true"]}},
+        "sharing": {"mps": {"resources": [{"name": "nvidia.com/gpu", "replicas": 4}]}}})
+    c = load_dra_config([*NODE, f"--config-file={path}"], {})
+    assert c.shares == ConsumableShares("memory", enforcement="mps") and c.mps_root == "/run/nvidia/mps"
+    assert load_dra_config([*NODE, "--consumable-shares=4"], {"CONFIG_FILE": path}).shares.mode == "unlimited"
+    bad = write_yaml({"version": "v1", "flags": {"dra": {"shareEnforcement": "hami"}}}, "bad.yaml")
+    with pytest.raises(ConfigError, match=r"config file .*bad.yaml: flags.dra.shareEnforcement: .*none, mps"):
+        load_dra_config([*NODE, f"--config-file={bad}"], {})
+
+
+def test_help_names_the_sharing_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        load_dra_config(["--help"], {})
+    text = capsys.readouterr().out
+    for flag in ("--share-enforcement", "SHARE_ENFORCEMENT", "--mps-root", "--mps-container-root",
+                 "--config-file"):
+        assert flag in text, flag

@@ -85,3 +85,19 @@ def test_an_ignored_xid_is_a_note_that_keeps_the_device_allocatable(feed: tuple[
     eventually(lambda: f.current is not None and f.current.of(sim.node.gpus[1].uuid) == (taints.xid(48, False),))
     assert board.snapshot()[1]["gpu-1"] == ("Healthy", "")
     eventually(lambda: f.current == taints.HEALTHY, timeout=5)  # the note expires with the recovery period
+
+
+def test_a_gpu_whose_mps_daemon_does_not_answer_is_tainted_until_it_does(
+        feed: tuple[Any, HealthFeed, HealthBoard, list[taints.DeviceHealth]]) -> None:
+    """Enforced memory shares (plugin/dra/mpsshares.py) report their GPU's daemon through the same feed."""
+    sim, f, board, _ = feed
+    uuid = sim.node.gpus[3].uuid
+    eventually(lambda: f.current == taints.HEALTHY)
+    f.mps_health(uuid, "no answer in 10s")
+    eventually(lambda: f.current is not None and f.current.of(uuid) == (taints.mps_not_ready(),))
+    assert [t.as_api() for t in f.current.of(uuid)] == [{"key": "gfd-py.github.io/mps-not-ready",  # type: ignore[union-attr]
+                                                         "effect": "NoSchedule"}]
+    assert board.snapshot()[1]["gpu-3"] == ("Unhealthy", "the MPS daemon of its shares does not answer")
+    f.mps_health(uuid, None)
+    eventually(lambda: f.current == taints.HEALTHY)
+    assert board.snapshot()[1]["gpu-3"] == ("Healthy", "")

@@ -5,7 +5,7 @@ expected answers and error texts are NVIDIA's (/work/notes/dra-research.md §4).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,10 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gfd.model import DeviceModel
+from plugin.cdi.spec import ContainerEdits
 from plugin.dra.checkpoint import Checkpoint, PreparedDevice
-from plugin.dra.claims import AllocationResult, ClaimFormatError, ClaimRef, ResourceClaim, parse_claim
+from plugin.dra.claims import AllocationResult, ClaimFormatError, ClaimRef, PodRef, ResourceClaim, parse_claim
 from plugin.dra.devices import Allocatable, allocatable_devices
 from plugin.dra.prepare import Prepared, Preparer, cdi_device_id, claim_spec_file
+from plugin.dra.shares import ShareLimits
+from plugin.dra.sharing import ConsumableShares
 from tests import builders
 
 NODE = "gpu-node-1"
@@ -55,13 +58,16 @@ class Specs:
 
     def __init__(self) -> None:
         self.written: dict[str, list[str]] = {}
+        self.extra: dict[str, Mapping[str, ContainerEdits]] = {}
         self.removed: list[str] = []
         self.fail = ""
 
-    def write(self, claim_uid: str, devices: Sequence[Allocatable]) -> None:
+    def write(self, claim_uid: str, devices: Sequence[Allocatable],
+              extra: Mapping[str, ContainerEdits] | None = None) -> None:
         if self.fail:
             raise OSError(self.fail)
         self.written[claim_uid] = [d.name for d in devices]
+        self.extra[claim_uid] = dict(extra or {})
 
     def remove(self, claim_uid: str) -> None:
         self.removed.append(claim_uid)
@@ -75,7 +81,8 @@ def node() -> DeviceModel:
 
 def preparer(tmp_path: Path, claims: Claims, specs: Specs, shared: bool = False) -> Preparer:
     devices = {d.name: d for d in allocatable_devices(node())}
-    return Preparer(NODE, Checkpoint(str(tmp_path), BOOT), claims, specs, devices, shared)
+    return Preparer(NODE, Checkpoint(str(tmp_path), BOOT), claims, specs, devices,
+                    ConsumableShares.parse("memory" if shared else "disabled"))
 
 
 @pytest.fixture
@@ -124,7 +131,8 @@ def test_only_this_drivers_results_count_and_subrequests_are_stripped(world: tup
         AllocationResult("gpu/a100", "gpu.nvidia.com", NODE, "gpu-1", share_id="7f3c"),
     ))
     assert p.prepare([ref])["uid-m"].devices == (
-        PreparedDevice(("gpu",), NODE, "gpu-1", (cdi_device_id("uid-m", "gpu-1"),), share_id="7f3c"),)
+        PreparedDevice(("gpu",), NODE, "gpu-1", (cdi_device_id("uid-m", "gpu-1"),), share_id="7f3c",
+                       share=ShareLimits(node().gpus[1].uuid, None)),)
 
 
 def test_a_claim_with_no_devices_of_ours_prepares_nothing(world: tuple[Claims, Specs, Preparer]) -> None:
@@ -254,7 +262,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner,
                                                                                 max_size=4), max_leaves=20)
 KEYS = st.sampled_from(["metadata", "status", "allocation", "devices", "results", "namespace", "name", "uid",
-                        "request", "driver", "pool", "device", "shareID", "adminAccess", "consumedCapacity"])
+                        "request", "driver", "pool", "device", "shareID", "adminAccess", "consumedCapacity",
+                        "reservedFor", "resource", "apiGroup"])
 CLAIMISH = st.recursive(JSON, lambda inner: st.dictionaries(KEYS, inner, max_size=5) | st.lists(inner, max_size=2),
                         max_leaves=30)
 
@@ -284,3 +293,134 @@ def test_a_prepare_writes_the_checkpoint_once(world: tuple[Claims, Specs, Prepar
     monkeypatch.setattr(p.checkpoint, "_write", counted)
     assert not p.prepare([claims.add("c", "uid-a", "gpu-0", "gpu-1")])["uid-a"].error
     assert writes == [1]
+
+
+# -- memory shares enforced by MPS --------------------------------------------------------------------------------
+class Enforcer:
+    """The GPUs' MPS daemons as prepare sees them (plugin/dra/mpsshares.py runs the real ones, tested with the MPS
+    stand-in in test_dra_mpsshares.py): which GPUs run one, and a daemon that fails to start on request."""
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self.fail = ""
+
+    def ensure(self, uuid: str) -> None:
+        if self.fail:
+            raise RuntimeError(self.fail)
+        self.running.add(uuid)
+
+    def release(self, uuid: str) -> None:
+        self.running.discard(uuid)
+
+    def client_edits(self, uuid: str, limits: ShareLimits) -> ContainerEdits:
+        return ContainerEdits(env=(f"LIMITS={uuid}:{limits.memory_mib}:{limits.compute_percent}",))
+
+
+SHARES = ConsumableShares.parse("memory", "mps")
+GPU0, GPU1 = node().gpus[0].uuid, node().gpus[1].uuid
+
+
+def share(claims: Claims, name: str, *devices: str, memory: str = "10Gi", compute: str = "0",
+          pods: tuple[PodRef, ...] = ()) -> ClaimRef:
+    """A claim of shares of `devices` as the scheduler allocates them: a shareID and the consumed capacity each."""
+    ref = ClaimRef("default", name, f"uid-{name}")
+    results = tuple(AllocationResult("gpu", "gpu.nvidia.com", NODE, d, share_id=f"{name}-{i}",
+                                     consumed_capacity={"memory": memory, "compute": compute})
+                    for i, d in enumerate(devices))
+    claims.claims[("default", name)] = ResourceClaim(ref, True, results, pods)
+    return ref
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> tuple[Claims, Specs, Enforcer, Preparer]:
+    claims, specs, enforcer = Claims(), Specs(), Enforcer()
+    devices = {d.name: d for d in allocatable_devices(node())}
+    return claims, specs, enforcer, Preparer(NODE, Checkpoint(str(tmp_path), BOOT), claims, specs, devices, SHARES,
+                                             enforcer)
+
+
+def test_an_enforced_share_runs_its_gpus_daemon_and_its_containers_get_their_limits(
+        shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
+    claims, specs, enforcer, p = shared
+    pod = PodRef("train-0", "pod-uid-1")
+    ref = share(claims, "a", "gpu-0", memory="30Gi", compute="25", pods=(pod,))
+    (device,) = p.prepare([ref])["uid-a"].devices
+    assert device.share == ShareLimits(GPU0, 30 * 1024, 25, True) and device.share_id == "a-0"
+    assert enforcer.running == {GPU0}
+    assert specs.extra["uid-a"] == {"gpu-0": ContainerEdits(env=(f"LIMITS={GPU0}:30720:25",))}
+    assert p.checkpoint.claims["uid-a"].pods == (pod,)  # for whoever asks who holds a share
+    assert p.enforced_gpus() == {GPU0}
+    assert [(s.claim.name, s.pods, s.device, s.limits.memory_mib) for s in p.shares()] == [
+        ("a", (pod,), "gpu-0", 30 * 1024)]
+
+
+def test_a_gpus_daemon_stops_with_its_last_enforced_share(shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
+    claims, _, enforcer, p = shared
+    a, b = share(claims, "a", "gpu-0"), share(claims, "b", "gpu-0")
+    p.prepare([a, b])
+    p.unprepare([a])
+    assert enforcer.running == {GPU0}
+    p.unprepare([b])
+    assert enforcer.running == set() and p.enforced_gpus() == set()
+
+
+def test_a_claim_of_the_whole_gpu_gets_it_without_mps(shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
+    """It named no amount, so it consumed the policy's default: all of the GPU's memory."""
+    claims, specs, enforcer, p = shared
+    ref = share(claims, "whole", "gpu-1", memory=f"{node().gpus[1].memory_mib}Mi")
+    (device,) = p.prepare([ref])["uid-whole"].devices
+    assert device.share is not None and not device.share.enforced
+    assert enforcer.running == set() and specs.extra["uid-whole"] == {}
+
+
+def test_shares_of_two_gpus_in_one_claim_are_refused(shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
+    """A container's CUDA goes through one MPS daemon, and each daemon serves one GPU."""
+    claims, specs, enforcer, p = shared
+    answer = p.prepare([share(claims, "two", "gpu-0", "gpu-1")])["uid-two"]
+    assert answer.error == ("error preparing devices for claim default/two:uid-two: prepare devices failed: a claim "
+                            "with a memory share enforced by MPS holds nothing else (a container's CUDA runs through "
+                            "one GPU's MPS daemon); this one holds gpu-0, gpu-1")
+    ref = ClaimRef("default", "mixed", "uid-mixed")
+    claims.claims[("default", "mixed")] = ResourceClaim(ref, True, (
+        AllocationResult("s", "gpu.nvidia.com", NODE, "gpu-0", share_id="s", consumed_capacity={"memory": "1Gi"}),
+        AllocationResult("m", "gpu.nvidia.com", NODE, "gpu-2-mig-1g5gb-19-0")))
+    assert "this one holds gpu-0, gpu-2-mig-1g5gb-19-0" in p.prepare([ref])["uid-mixed"].error
+    assert enforcer.running == set() and specs.written == {} and p.checkpoint.claims == {}
+
+
+def test_a_daemon_that_cannot_start_fails_the_claim_and_leaves_nothing(
+        shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
+    claims, specs, enforcer, p = shared
+    enforcer.fail = "nvidia-cuda-mps-control -d: exit 1: An instance of this daemon is already running"
+    assert p.prepare([share(claims, "a", "gpu-0")])["uid-a"].error == (
+        f"error preparing devices for claim default/a:uid-a: prepare devices failed: MPS daemon of GPU {GPU0}: "
+        "nvidia-cuda-mps-control -d: exit 1: An instance of this daemon is already running")
+    assert specs.written == {} and p.checkpoint.claims == {}
+
+
+def test_a_failed_spec_write_gives_an_unneeded_daemon_back(shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
+    claims, specs, enforcer, p = shared
+    p.prepare([share(claims, "a", "gpu-0")])
+    specs.fail = "No space left on device"
+    assert "No space left on device" in p.prepare([share(claims, "b", "gpu-0")])["uid-b"].error
+    assert "No space left on device" in p.prepare([share(claims, "c", "gpu-1")])["uid-c"].error
+    assert enforcer.running == {GPU0}  # GPU 0's daemon serves claim a; GPU 1's served nobody
+
+
+def test_enforced_shares_survive_a_restart_of_the_plugin(tmp_path: Path) -> None:
+    claims, specs, enforcer = Claims(), Specs(), Enforcer()
+    devices = {d.name: d for d in allocatable_devices(node())}
+    first = Preparer(NODE, Checkpoint(str(tmp_path), BOOT), claims, specs, devices, SHARES, enforcer)
+    first.prepare([share(claims, "a", "gpu-1", memory="2Gi")])
+    again = Preparer(NODE, Checkpoint(str(tmp_path), BOOT), Claims(), specs, devices, SHARES, enforcer)
+    assert again.enforced_gpus() == {GPU1}  # what the next start's daemons are reconciled with
+    assert again.unprepare([ClaimRef("default", "a", "uid-a")]) == {"uid-a": ""} and enforcer.running == set()
+
+
+def test_without_enforcement_shares_are_counted_as_nvidias(tmp_path: Path) -> None:
+    claims, specs = Claims(), Specs()
+    devices = {d.name: d for d in allocatable_devices(node())}
+    p = Preparer(NODE, Checkpoint(str(tmp_path), BOOT), claims, specs, devices, ConsumableShares.parse("memory"))
+    answers = p.prepare([share(claims, "a", "gpu-0"), share(claims, "b", "gpu-0", "gpu-1")])
+    assert all(not a.error for a in answers.values()) and specs.extra == {"uid-a": {}, "uid-b": {}}
+    assert all(d.share is not None and not d.share.enforced for a in answers.values() for d in a.devices)

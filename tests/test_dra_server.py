@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from plugin.api import (
     pluginregistration_pb2,
     pluginregistration_pb2_grpc,
 )
+from plugin.cdi.spec import ContainerEdits
 from plugin.dra import taints
 from plugin.dra.checkpoint import Checkpoint
 from plugin.dra.claims import AllocationResult, ClaimRef, ResourceClaim
@@ -50,7 +51,8 @@ class Specs:
     def __init__(self) -> None:
         self.written: dict[str, list[str]] = {}
 
-    def write(self, claim_uid: str, devices: Sequence[Allocatable]) -> None:
+    def write(self, claim_uid: str, devices: Sequence[Allocatable],
+              extra: Mapping[str, ContainerEdits] | None = None) -> None:
         self.written[claim_uid] = [d.name for d in devices]
 
     def remove(self, claim_uid: str) -> None:

@@ -207,6 +207,40 @@ def test_consumable_shares_have_nvidias_shape(setting: str, memory: dict[str, An
     assert device["capacity"].get("shares") == shares
 
 
+def test_enforced_memory_shares_add_a_compute_capacity_that_memory_only_claims_do_not_consume() -> None:
+    """--share-enforcement=mps: NVIDIA's memory shape unchanged, plus `compute` in percent of SMs with default 0,
+    so a claim written for NVIDIA's driver (naming memory only) consumes none of it and several still fit."""
+    enforced = ConsumableShares.parse("memory", "mps")
+    (device,) = devices(pool(builders.model(builders.gpu(0)), "n", enforced))
+    nvidias = devices(pool(builders.model(builders.gpu(0)), "n", ConsumableShares.parse("memory")))[0]
+    assert device["capacity"]["memory"] == nvidias["capacity"]["memory"]
+    assert device["capacity"]["compute"] == {"value": "100", "requestPolicy": {
+        "default": "0", "validRange": {"min": "0", "max": "100", "step": "1"}}}
+    assert device["attributes"]["gfd-py.github.io/shareEnforcement"] == {"string": "mps"}
+    assert "compute" not in nvidias["capacity"] and "gfd-py.github.io/shareEnforcement" not in nvidias["attributes"]
+
+
+@pytest.mark.parametrize("setting", ["disabled", "unlimited", "4"])
+def test_enforcement_changes_nothing_but_memory_shares(setting: str) -> None:
+    """Time-slicing shares stay NVIDIA's (counted, not enforced), and without shares there is nothing to enforce."""
+    model = simulated_model("a100-80gb-mig-mixed")
+    assert pool(model, "n", ConsumableShares.parse(setting, "mps")) == pool(model, "n", ConsumableShares.parse(setting))
+
+
+def test_under_enforcement_mig_devices_and_gpus_of_unknown_memory_are_not_shared() -> None:
+    """MPS is not offered on MIG devices here (README, "MPS and MIG"), and a share is sized by memory: such
+    devices are published whole, so that every share the node offers is enforced."""
+    unknown = replace(builders.gpu(1), memory_mib=None)
+    mig = builders.gpu(2, a100_mig(0, (0, 1)))
+    got = by_name(pool(builders.model(builders.gpu(0), unknown, mig), "n", ConsumableShares.parse("memory", "mps")))
+    assert got["gpu-0"]["allowMultipleAllocations"] is True
+    for name in ("gpu-1", "gpu-2-mig-1g5gb-19-0"):
+        assert "allowMultipleAllocations" not in got[name]
+        assert "requestPolicy" not in got[name].get("capacity", {}).get("memory", {})
+        assert "compute" not in got[name].get("capacity", {})
+    assert got["gpu-2-mig-1g5gb-19-0"]["capacity"]["memory"] == {"value": "4864Mi"}
+
+
 def test_shared_memory_is_rounded_down_to_whole_mebibytes() -> None:
     """The API server wants max and default to be multiples of the 1Mi step."""
     capacity = ConsumableShares.parse("memory").memory_capacity(40 * GI + 1000)

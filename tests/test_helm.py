@@ -468,6 +468,60 @@ def test_dra_daemonset_passes_what_nvidias_chart_passes_gpu_kubelet_plugin(chart
         "volumes"]}["driver-root"] == {"path": "/", "type": "Directory"}
 
 
+def test_dra_memory_shares_enforced_by_mps_get_the_mps_root_and_shared_memory(chart: Any) -> None:
+    """dra.shareEnforcement=mps: the plugin runs the MPS daemons in its container, so it gets mps.root at /mps (where
+    its --mps-container-root default looks) and the MPS tmpfs as its /dev/shm, mounted by the device plugin's
+    mount-shm init step; the host path goes to --mps-root for the claims' CDI mounts."""
+    from plugin.dra.config import load_dra_config
+
+    values = {**DRA_ONLY, "dra": {"enabled": True, "consumableShares": "memory", "shareEnforcement": "mps",
+                                  "featureGates": {"ConsumableShares": True}}, "mps": {"root": "/run/nvidia/mps"}}
+    objects = render(chart, values)
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    config = load_dra_config([], {**dra_env(objects), "NODE_NAME": "gpu-node-1"})
+    assert config.shares.enforced and config.mps_root == "/run/nvidia/mps"
+    pod = objects[("DaemonSet", DRA)]["spec"]["template"]["spec"]
+    host = {v["name"]: v.get("hostPath") for v in pod["volumes"]}
+    mounted = {m["mountPath"]: m["name"] for m in container(objects, DRA, DRA_CTR)["volumeMounts"]}
+    assert host[mounted[config.mps_container_root]] == {"path": "/run/nvidia/mps", "type": "DirectoryOrCreate"}
+    assert host[mounted["/dev/shm"]] == {"path": "/run/nvidia/mps/shm"}
+    init = container(objects, DRA, "mps-mounts")
+    assert init["command"] == ["mps-control-daemon", "mount-shm"] and init["securityContext"] == {"privileged": True}
+    assert init["volumeMounts"] == [{"name": "mps-root", "mountPath": "/mps", "mountPropagation": "Bidirectional"}]
+    # Unset (the default), NVIDIA's behaviour: nothing of MPS.
+    plain = render(chart, DRA_ONLY)[("DaemonSet", DRA)]["spec"]["template"]["spec"]
+    assert "initContainers" not in plain and not {"mps-root", "mps-shm"} & {v["name"] for v in plain["volumes"]}
+    assert "SHARE_ENFORCEMENT" not in dra_env(render(chart, DRA_ONLY))
+
+
+def test_dra_per_node_sharing_comes_from_config_manager(chart: Any, tmp_path: Path) -> None:
+    """config.map as for the device plugin: config-manager writes the node's config (init) and signals the plugin
+    when its label changes (sidecar, one process namespace); the plugin reads flags.dra.* from it. A config may
+    turn on enforcement, so the MPS mounts are there; the plugin's account may follow its node's label."""
+    from plugin.dra.config import load_dra_config
+
+    shares = ("version: v1\nflags:\n  mpsRoot: /run/nvidia/mps\n  dra:\n    consumableShares: memory\n"
+              "    shareEnforcement: mps\n    featureGates: [ConsumableShares=true]\n")
+    objects = render(chart, {**DRA_ONLY, "config": {"map": {"shares": shares, "whole": "version: v1\n"},
+                                                    "default": "whole"}})
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pod = objects[("DaemonSet", DRA)]["spec"]["template"]["spec"]
+    assert pod["shareProcessNamespace"] is True
+    assert [c["name"] for c in pod["initContainers"]] == ["mps-mounts", "nvidia-dra-plugin-init"]
+    sidecar = container(objects, DRA, "nvidia-dra-plugin-sidecar")
+    assert env(sidecar)["PROCESS_TO_SIGNAL"] == "nvidia-dra-plugin" and env(sidecar)["SIGNAL"] == "1"
+    plugin_env = dra_env(objects)
+    assert plugin_env["CONFIG_FILE"] == "/config/config.yaml" and "SHARE_ENFORCEMENT" not in plugin_env
+    written = tmp_path / "config.yaml"
+    written.write_text(objects[("ConfigMap", "nvdp-nvidia-device-plugin-configs")]["data"]["shares"])
+    config = load_dra_config([], {**plugin_env, "CONFIG_FILE": str(written), "NODE_NAME": "gpu-node-1"})
+    assert config.shares.enforced and config.mps_root == "/run/nvidia/mps"
+    assert rules(objects, "ClusterRole", "nvdp-nvidia-device-plugin-dra")[-1] == (
+        ("",), ("nodes",), ("get", "list", "watch"))
+
+
 def node_requirements(objects: dict[tuple[str, str], Any], daemonset: str) -> list[list[dict[str, Any]]]:
     """Each node selector term's match expressions (terms are OR-ed)."""
     affinity = objects[("DaemonSet", daemonset)]["spec"]["template"]["spec"]["affinity"]
@@ -595,6 +649,7 @@ def test_dra_metrics_service_monitor_and_gpu_telemetry(chart: Any) -> None:
     ({"dra": {"featureGates": {"ConsumableShares": "yes"}}}, "at '/dra/featureGates/ConsumableShares'"),
     ({"dra": {"extendedResourceName": "gpu"}}, "at '/dra/extendedResourceName'"),
     ({"dra": {"enable": True}}, "additional properties 'enable' not allowed"),
+    ({"dra": {"shareEnforcement": "hami"}}, "at '/dra/shareEnforcement'"),
 ])
 def test_schema_rejects_mistyped_dra_values(chart: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm_python.HelmValuesError, match=message):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import threading
 import time
 import tracemalloc
@@ -30,13 +29,10 @@ EXCLUSIVE_PROCESS, DEFAULT = 3, 0  # nvml.h nvmlComputeMode_t
 
 @pytest.fixture
 def root(monkeypatch: pytest.MonkeyPatch) -> Iterator[MpsRoot]:
-    """Short: the control socket's path must fit a unix socket address (108 bytes), as for the real MPS.
-    The stand-in is on PATH; its daemons are killed after the test, whatever it left."""
+    """The stand-in on PATH; the root of its daemons."""
     monkeypatch.setenv("PATH", standin.path_with_stand_in())
-    with tempfile.TemporaryDirectory(prefix="mps-", dir="/tmp") as d:
-        yield MpsRoot(d)
-        for entry in Path(d).iterdir():
-            standin.kill_daemon(entry / "pipe")
+    with standin.daemons_root() as d:
+        yield MpsRoot(str(d))
 
 
 @pytest.fixture
@@ -259,3 +255,42 @@ def test_a_log_that_is_not_a_regular_file_is_not_opened_for_long(tmp_path: Path)
     with capture_logs() as logs:
         tail.poll()
     assert time.monotonic() - began < 1 and logs == []
+
+
+def left_by_an_earlier_process(root: MpsRoot, gpu: Gpu) -> int | None:
+    """The GPU's daemon started by a process that has ended (the daemon serves on, the GPU still exclusive); its PID."""
+    earlier = MpsDaemon.for_gpu(root, gpu)
+    earlier.start()
+    pid = standin.daemon_pid(Path(earlier.pipe_dir))
+    earlier.detach()
+    return pid
+
+
+def test_a_daemon_an_earlier_process_left_is_adopted_and_stops_as_if_started_here(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]]) -> None:
+    sim, gpus = node
+    pid = left_by_an_earlier_process(root, gpus[4])
+    assert pid is not None and not standin.gone(pid) and modes(sim)[4] == EXCLUSIVE_PROCESS
+    later = MpsDaemon.for_gpu(root, gpus[4])
+    with capture_logs() as logs:
+        assert later.adopt() is True and later.adopt() is True
+    assert [e["event"] for e in logs] == ["Adopted the running MPS daemon"]
+    assert later.not_ready() is None and standin.commands(Path(later.log_dir)).count("quit") == 0
+    assert later.stop() is True
+    assert standin.gone(pid) and modes(sim) == [DEFAULT] * 8
+
+
+def test_what_is_left_of_a_dead_daemon_is_not_adopted_but_its_gpu_is_given_back(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]]) -> None:
+    sim, gpus = node
+    pid = left_by_an_earlier_process(root, gpus[1])
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    standin.wait_gone(pid)
+    later = MpsDaemon.for_gpu(root, gpus[1])
+    assert later.adopt() is False and later.not_ready() is not None
+    assert later.stop() is True and modes(sim) == [DEFAULT] * 8  # its directory says the GPU was made exclusive
+    untouched = MpsDaemon.for_gpu(root, gpus[2])
+    with capture_logs() as logs:
+        assert untouched.adopt() is False and untouched.stop() is True
+    assert not [e for e in logs if e["event"] == "compute mode set"]  # never made exclusive: left alone

@@ -34,6 +34,7 @@ KUBECONFIG = Option(("--kubeconfig",), ("KUBECONFIG",), "str", "", help="absolut
 KUBE_API_QPS = Option(("--kube-api-qps",), ("KUBE_API_QPS",), "float", 5.0, help="QPS to the API server")
 KUBE_API_BURST = Option(("--kube-api-burst",), ("KUBE_API_BURST",), "int", 10, help="burst to the API server")
 NODE_NAME = Option(("--node-name",), ("NODE_NAME",), "str", "", help="the name of this node")
+MPS_ROOT = Option(("--mps-root",), ("MPS_ROOT",), "str", "", ("flags", "mpsRoot"), help="the MPS root on the host")
 # Ours, not upstream's.
 SIMULATE = Option(("--simulate",), (), "str", "",
                   help="run on a simulated node: a built-in profile name, a profile YAML path, or 'list'")
@@ -44,5 +45,8 @@ HEALTH_RECOVERY_PERIOD = Option(("--health-recovery-period",), (), "duration", 3
                                 help="an unhealthy device is healthy again after its checks pass for this long")
 HEALTH_PROBE_INTERVAL = Option(("--health-probe-interval",), (), "duration", 30_000_000_000,
                                help="how often every GPU is probed (finds GPUs lost without an XID)")
+MPS_CONTAINER_ROOT = Option(("--mps-container-root",), ("MPS_CONTAINER_ROOT",), "str", "/mps",
+                            help="where --mps-root is mounted in this container (the MPS pipe, log and shm "
+                                 "directories)")
 METRICS_ADDRESS = Option(("--metrics-address",), (), "str", "",
                          help="serve Prometheus /metrics and /healthz on HOST:PORT (off when empty)")

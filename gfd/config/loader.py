@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -165,6 +166,8 @@ def load(cmdline: CommandLine, options: Sequence[Option], factory: Callable[...,
         file_values, sharing, imex = read_config_file(path, options)
         values.update(file_values)
         explicit |= set(file_values)
-        kwargs = {"sharing": sharing, "imex": imex}
+        # The file's sections, for the programs that read them (the DRA driver reads only its options).
+        accepted = inspect.signature(factory).parameters
+        kwargs = {name: section for name, section in (("sharing", sharing), ("imex", imex)) if name in accepted}
     values.update(cmdline.given)
     return factory(**values, **kwargs, explicit=frozenset(explicit))

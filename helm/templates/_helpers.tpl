@@ -79,6 +79,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* The DRA driver may enforce memory shares with MPS: dra.shareEnforcement is mps, or unset while a per-node
+     config file may set it (flags.dra.shareEnforcement). */}}
+{{- define "nvidia-device-plugin.draMpsPossible" -}}
+{{- $enforcement := .Values.dra.shareEnforcement -}}
+{{- if eq (toString $enforcement) "mps" -}}true
+{{- else if and (not $enforcement) (include "nvidia-device-plugin.hasConfigMap" .) -}}true
+{{- end -}}
+{{- end -}}
+
 {{- define "nvidia-device-plugin.requiresSysAdmin" -}}
 {{- if include "nvidia-device-plugin.migPossible" . -}}true
 {{- else if kindIs "string" .Values.deviceListStrategy -}}

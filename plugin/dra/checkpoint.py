@@ -26,9 +26,12 @@ from typing import Any
 
 import structlog
 
+from gfd.config.errors import ConfigError
 from gfd.config.reading import read_text
 from gfd.outputs import OutputError
 from gfd.outputs.featurefile import temp_prefix, write_atomically
+from plugin.dra.claims import PodRef
+from plugin.dra.shares import ShareLimits
 
 log = structlog.get_logger("plugin.dra")
 
@@ -48,7 +51,8 @@ class CheckpointError(Exception):
 
 @dataclass(frozen=True)
 class PreparedDevice:
-    """A device of a prepared claim, as the kubelet was (or will be) told."""
+    """A device of a prepared claim, as the kubelet was (or will be) told; `share`: the claim's share of it, when
+    it holds one (plugin/dra/shares.py)."""
 
     request_names: tuple[str, ...]
     pool: str
@@ -56,6 +60,7 @@ class PreparedDevice:
     cdi_device_ids: tuple[str, ...]
     share_id: str | None = None
     admin_access: bool = False
+    share: ShareLimits | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class PreparedClaim:
     name: str
     state: str
     devices: tuple[PreparedDevice, ...] = ()
+    pods: tuple[PodRef, ...] = ()  # the pods the claim was reserved for when it was prepared
 
 
 class Checkpoint:
@@ -124,6 +130,19 @@ class Checkpoint:
         return claims
 
 
+def read_prepared(directory: str) -> dict[str, PreparedClaim]:
+    """The prepared claims of the checkpoint in `directory`, for another process (telemetry) that reads what the
+    plugin holds without changing anything; {} when there is none. ValueError for a file this code did not
+    write whole (a write is a rename, so a reader never sees one half-written)."""
+    path = os.path.join(directory, FILE_NAME)
+    if not os.path.lexists(path):
+        return {}
+    try:
+        return _parse(json.loads(read_text(path, "checkpoint", limit=READ_LIMIT)))[0]
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {path} unreadable: {e}") from e
+
+
 def read_boot_id(path: str = BOOT_ID_PATH) -> str:
     """The kernel's id of this boot ("" where there is none: such a node's checkpoint never expires)."""
     try:
@@ -156,7 +175,24 @@ def _claim_json(c: PreparedClaim) -> dict[str, Any]:
     return {"namespace": c.namespace, "name": c.name, "state": c.state, "devices": [
         {"requestNames": list(d.request_names), "poolName": d.pool, "deviceName": d.device,
          "cdiDeviceIDs": list(d.cdi_device_ids), **({"shareID": d.share_id} if d.share_id is not None else {}),
-         **({"adminAccess": True} if d.admin_access else {})} for d in c.devices]}
+         **({"adminAccess": True} if d.admin_access else {}),
+         **({"share": _share_json(d.share)} if d.share is not None else {})} for d in c.devices],
+        **({"pods": [{"name": p.name, "uid": p.uid} for p in c.pods]} if c.pods else {})}
+
+
+def _share_json(share: ShareLimits) -> dict[str, Any]:
+    return {"uuid": share.uuid, "memoryMiB": share.memory_mib, "computePercent": share.compute_percent,
+            "enforced": share.enforced}
+
+
+def _share(doc: Any) -> ShareLimits | None:
+    if doc is None:
+        return None
+    memory = doc["memoryMiB"]
+    if not isinstance(doc["uuid"], str) or not (memory is None or isinstance(memory, int)) or \
+            not isinstance(doc["computePercent"], int) or not isinstance(doc["enforced"], bool):
+        raise TypeError("a share's fields are not of their types")
+    return ShareLimits(doc["uuid"], memory, doc["computePercent"], doc["enforced"])
 
 
 def _parse(doc: Any) -> tuple[dict[str, PreparedClaim], str]:
@@ -172,8 +208,9 @@ def _parse(doc: Any) -> tuple[dict[str, PreparedClaim], str]:
             raise ValueError(f"claim {uid}: unknown state {c['state']!r}")
         devices = tuple(PreparedDevice(tuple(_strings(d["requestNames"])), str(d["poolName"]), str(d["deviceName"]),
                                        tuple(_strings(d["cdiDeviceIDs"])), d.get("shareID"),
-                                       d.get("adminAccess") is True) for d in c["devices"])
-        claims[str(uid)] = PreparedClaim(str(uid), str(c["namespace"]), str(c["name"]), c["state"], devices)
+                                       d.get("adminAccess") is True, _share(d.get("share"))) for d in c["devices"])
+        pods = tuple(PodRef(str(p["name"]), str(p["uid"])) for p in c.get("pods", ()))
+        claims[str(uid)] = PreparedClaim(str(uid), str(c["namespace"]), str(c["name"]), c["state"], devices, pods)
     return claims, str(doc["nodeBootID"])
 
 

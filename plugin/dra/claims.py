@@ -1,5 +1,6 @@
-"""A ResourceClaim as prepare needs it: who it is (namespace, name, UID) and its allocation results, read from
-the API's JSON form (resource.k8s.io/v1) however the claim was fetched (a GET, a watch, an informer's cache)."""
+"""A ResourceClaim as prepare needs it: who it is (namespace, name, UID), its allocation results and the pods it is
+reserved for, read from the API's JSON form (resource.k8s.io/v1) however the claim was fetched (a GET, a watch,
+an informer's cache)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,19 @@ class AllocationResult:
 
 
 @dataclass(frozen=True)
+class PodRef:
+    """A pod the claim is reserved for (status.reservedFor), in the claim's namespace."""
+
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
 class ResourceClaim:
     ref: ClaimRef
     allocated: bool
     results: tuple[AllocationResult, ...] = ()
+    pods: tuple[PodRef, ...] = ()
 
 
 def parse_claim(doc: object) -> ResourceClaim:
@@ -56,15 +66,25 @@ def parse_claim(doc: object) -> ResourceClaim:
     meta = _mapping(obj.get("metadata"), "metadata")
     ref = ClaimRef(_text(meta.get("namespace"), "metadata.namespace"), _text(meta.get("name"), "metadata.name"),
                    _text(meta.get("uid"), "metadata.uid"))
-    allocation = _mapping(obj.get("status") or {}, "status").get("allocation")
+    status = _mapping(obj.get("status") or {}, "status")
+    allocation = status.get("allocation")
     if allocation is None:
         return ResourceClaim(ref, False)
     devices = _mapping(_mapping(allocation, "status.allocation").get("devices") or {}, "status.allocation.devices")
-    results = devices.get("results") or []
-    if not isinstance(results, list):
-        raise ClaimFormatError("status.allocation.devices.results: not a list")
+    results = _list(devices.get("results"), "status.allocation.devices.results")
     return ResourceClaim(ref, True, tuple(_result(r, f"status.allocation.devices.results[{i}]")
-                                          for i, r in enumerate(results)))
+                                          for i, r in enumerate(results)), _pods(status.get("reservedFor")))
+
+
+def _pods(value: Any) -> tuple[PodRef, ...]:
+    """The pods among the claim's consumers (a consumer of another resource or API group is not a pod)."""
+    pods = []
+    for i, item in enumerate(_list(value, "status.reservedFor")):
+        consumer = _mapping(item, f"status.reservedFor[{i}]")
+        if consumer.get("resource") == "pods" and not consumer.get("apiGroup"):
+            pods.append(PodRef(_text(consumer.get("name"), f"status.reservedFor[{i}].name"),
+                               _text(consumer.get("uid"), f"status.reservedFor[{i}].uid")))
+    return tuple(pods)
 
 
 def _result(obj: Any, where: str) -> AllocationResult:
@@ -77,6 +97,15 @@ def _result(obj: Any, where: str) -> AllocationResult:
         share_id=None if share_id is None else _text(share_id, f"{where}.shareID"),
         admin_access=r.get("adminAccess") is True,
         consumed_capacity={str(k): str(v) for k, v in consumed.items()})
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    """An optional list (absent or null is empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ClaimFormatError(f"{where}: not a list")
+    return value
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:

@@ -24,7 +24,7 @@ from gfd.model import DeviceModel
 from gfd.outputs import OutputError
 from gfd.outputs.featurefile import write_atomically
 from plugin.cdi import CdiError
-from plugin.cdi.driver import find_driver_files
+from plugin.cdi.driver import DriverFiles, find_driver_files
 from plugin.cdi.edits import CONTROL_NODES, HookSettings, common_edits, gpu_nodes, mig_nodes
 from plugin.cdi.roots import Roots
 from plugin.cdi.spec import ContainerEdits, Device, Spec
@@ -87,18 +87,19 @@ def dra_roots(container_driver_root: str, host_driver_root: str, host_root: str 
 
 @dataclass(frozen=True)
 class NodeEdits:
-    """What every claim's spec shares, read from the node once."""
+    """What every claim's spec shares, read from the node once (`files`: the driver's files they name)."""
 
     roots: Roots
     common: ContainerEdits
     mig_cap_minors: Mapping[str, int]
+    files: DriverFiles
 
     @classmethod
     def read(cls, model: DeviceModel, roots: Roots, hook_path: str, host_root: str = "/") -> NodeEdits:
         """CdiError (one line) when the driver's files cannot be found: fatal at start, as NVIDIA's."""
         files = find_driver_files(roots.driver, model.driver_version)
         common = common_edits(files, roots.nodes(CONTROL_NODES), roots, HookSettings(hook_path, DRA_DISABLED_HOOKS))
-        return cls(roots, common, mig_minors(host_root))
+        return cls(roots, common, mig_minors(host_root), files)
 
 
 class ClaimSpecFiles:
@@ -108,9 +109,10 @@ class ClaimSpecFiles:
         self.cdi_root, self.node = cdi_root, node
         self._devices: dict[tuple[str, str], ContainerEdits] = {}  # (device name, uuid) -> its nodes
 
-    def write(self, claim_uid: str, devices: Sequence[Allocatable]) -> None:
-        spec = Spec(CDI_CLASS, tuple(Device(cdi_device_name(claim_uid, d.name), self._edits(d)) for d in devices),
-                    self.node.common, CDI_VENDOR)
+    def write(self, claim_uid: str, devices: Sequence[Allocatable],
+              extra: Mapping[str, ContainerEdits] | None = None) -> None:
+        spec = Spec(CDI_CLASS, tuple(Device(cdi_device_name(claim_uid, d.name), _merged(
+            self._edits(d), (extra or {}).get(d.name))) for d in devices), self.node.common, CDI_VENDOR)
         try:
             # Not flushed to disk: a spec matters until the next reboot, after which the kubelet prepares its
             # claim again (and the earlier boot's specs are removed at start).
@@ -144,3 +146,11 @@ class ClaimSpecFiles:
                 mig_nodes(gpu, device.mig, dict(self.node.mig_cap_minors), roots)
             edits = self._devices[key] = ContainerEdits(device_nodes=nodes)
         return edits
+
+
+def _merged(device: ContainerEdits, extra: ContainerEdits | None) -> ContainerEdits:
+    """A device's nodes with what its claim adds to it (an enforced share: MPS's environment and mounts)."""
+    if extra is None:
+        return device
+    return ContainerEdits(device.env + extra.env, device.device_nodes + extra.device_nodes,
+                          device.mounts + extra.mounts, device.hooks + extra.hooks)

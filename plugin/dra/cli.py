@@ -1,10 +1,12 @@
 """`nvidia-dra-plugin`: the DRA driver gpu.nvidia.com on one node, with NVIDIA's gpu-kubelet-plugin's flags.
 
 Start-up is a sequence of resources entered into the program's lifecycle and closed in reverse at a stop (or
-when a later step fails): read the node → serve the kubelet's sockets (registration, DRA, health) → watch the
-claims and publish the ResourceSlices → watch device health. Every thread is a thread of the lifecycle; /metrics
-and /healthz are the one HTTP server's (gfd/httpserver). /healthz is ok once the kubelet has registered the
-driver and the API server holds the node's slices.
+when a later step fails): read the node → take over the MPS daemons of enforced shares → serve the kubelet's
+sockets (registration, DRA, health) → watch the claims and publish the ResourceSlices → watch device health and
+the MPS daemons. Every thread is a thread of the lifecycle; /metrics and /healthz are the one HTTP server's
+(gfd/httpserver). /healthz is ok once the kubelet has registered the driver and the API server holds the node's
+slices. SIGHUP reads the config again (config-manager's per-node file): a change of the sharing options applies at
+once (slices, later prepares); other options take effect at the next start.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -35,15 +39,18 @@ from plugin.dra.checkpoint import Checkpoint, read_boot_id
 from plugin.dra.claimcache import ClaimCache
 from plugin.dra.claimspecs import ClaimSpecFiles, NodeEdits, dra_roots, hook_path, prepare_cdi_root
 from plugin.dra.config import DRA_OPTIONS, PROGRAM, DraConfig, load_dra_config, log_ignored
-from plugin.dra.devices import allocatable_devices
+from plugin.dra.devices import Allocatable, allocatable_devices
 from plugin.dra.health import HealthFeed, xid_policy
 from plugin.dra.metrics import DraMetrics
+from plugin.dra.mpsshares import MpsShares, find_program
 from plugin.dra.prepare import Preparer
 from plugin.dra.publisher import SlicePublisher
 from plugin.dra.server import DraPluginServer, HealthBoard
 from plugin.dra.slices import pool
 from plugin.dra.topology import pcie_roots
 from plugin.health import HealthChecker, HealthState
+from plugin.mps import MpsError
+from plugin.mps.root import checked_root
 from plugin.server import ServeError
 
 log = structlog.get_logger("plugin.dra")
@@ -54,12 +61,19 @@ class StartError(Exception):
 
 
 class DraPlugin:
-    def __init__(self, config: DraConfig) -> None:
+    def __init__(self, config: DraConfig, argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> None:
         self.config = config
+        self.argv, self.environ = list(argv), dict(environ or {})  # what a reload reads again
         self.metrics = DraMetrics()
         self.life = Lifecycle(PROGRAM, main="waiting for a stop")
         self.server: DraPluginServer | None = None
         self.publisher: SlicePublisher | None = None
+        self.preparer: Preparer | None = None
+        self.mps: MpsShares | None = None
+        self._node: _Node | None = None
+        self._feed: HealthFeed | None = None
+        self._health = taints.HEALTHY
+        self._lock = threading.Lock()  # the sharing options: a reload against the health feed's republish
 
     def healthy(self) -> Health:
         """/healthz: registered with the kubelet, and the node's ResourceSlices published."""
@@ -104,9 +118,22 @@ class DraPlugin:
         checkpoint, specs = Checkpoint(config.plugin_dir, read_boot_id()), ClaimSpecFiles(config.cdi_root, edits)
         if checkpoint.from_earlier_boot:
             log.info("CDI specs of the earlier boot removed", specs=specs.remove_all(), cdi_root=config.cdi_root)
-        preparer = Preparer(config.node_name, checkpoint, claims, specs, {d.name: d for d in devices},
-                            config.shares.enabled)
+        self.preparer = preparer = Preparer(config.node_name, checkpoint, claims, specs, {d.name: d for d in devices},
+                                            config.shares)
+        # Device health: the device plugin's checker, reported as taints (in the slices) and to the kubelet.
         board = HealthBoard()
+        state = HealthState(config.health_recovery_ns / 1e9)
+        policy = xid_policy(config.additional_xids_to_ignore)
+        self._feed = feed = HealthFeed(state, policy, devices, board, self._publish)
+        # Enforced shares: the MPS daemons of the checkpointed ones, before the kubelet can call.
+        self._node = _Node(model, devices, edits, pcie_roots((g.pci_bus_id for g in model.gpus), source.host_root))
+        if config.shares.enforced or preparer.enforced_gpus():
+            self.mps = self._mps_shares(config, feed.mps_health, required=config.shares.enforced)
+        if self.mps is not None:
+            life.callback("MPS daemons", self.mps.detach)  # they serve their clients on; the next start adopts them
+            self.mps.reconcile(preparer.enforced_gpus())
+            preparer.update_sharing(config.shares, self.mps)
+            life.start_thread("mps", functools.partial(self.mps.run, life.stopping))
         self.server = server = DraPluginServer(config.registration_socket, config.dra_socket, preparer, board,
                                                self.metrics)
         life.callback("kubelet sockets", server.stop)
@@ -114,22 +141,12 @@ class DraPlugin:
             server.start()
         except ServeError as e:
             raise StartError(str(e)) from e
-        # The slices: published now, again at every change of device health.
-        roots_by_bus = pcie_roots((g.pci_bus_id for g in model.gpus), source.host_root)
+        # The slices: published now, again at every change of device health or of the sharing options.
         self.publisher = publisher = SlicePublisher(kube, config.node_name,
                                                     lambda verb: self.metrics.slice_writes.labels(verb=verb).inc())
-
-        def publish(health: taints.DeviceHealth) -> None:
-            self.metrics.tainted.set(len(taints.unschedulable(devices, health)))
-            publisher.publish(pool(model, config.node_name, config.shares, health, roots_by_bus))
-
-        publish(taints.HEALTHY)
+        self._publish(taints.HEALTHY)
         life.start_thread("resourceslices watch", functools.partial(publisher.watch, life.stopping))
         life.start_thread("resourceslices", functools.partial(publisher.run, life.stopping), wake=publisher.wake)
-        # Device health: the device plugin's checker, reported as taints and to the kubelet.
-        state = HealthState(config.health_recovery_ns / 1e9)
-        policy = xid_policy(config.additional_xids_to_ignore)
-        feed = HealthFeed(state, policy, devices, board, publish)
         checker = HealthChecker(model.gpus, state, policy, config.health_probe_ns / 1e9, xid_seen=feed.xid_seen)
         life.start_thread("health", functools.partial(checker.run, life.stopping))
         life.start_thread("health taints", functools.partial(feed.run, life.stopping), wake=feed.wake)
@@ -137,6 +154,68 @@ class DraPlugin:
         # garbage collector's full passes, which would otherwise walk it all and stall a prepare now and then.
         gc.freeze()
         log.info("started", node=config.node_name, devices=len(devices), seconds=round(time.monotonic() - started, 3))
+
+    def _publish(self, health: taints.DeviceHealth) -> None:
+        """The node's pool with this health and the sharing options in force (the health feed's callback)."""
+        node, publisher = self._node, self.publisher
+        if node is None or publisher is None:
+            return  # before the publisher: the start publishes the first pool itself
+        with self._lock:
+            self._health = health
+            self.metrics.tainted.set(len(taints.unschedulable(node.devices, health)))
+            publisher.publish(pool(node.model, self.config.node_name, self.config.shares, health, node.pcie_roots))
+
+    def _mps_shares(self, config: DraConfig, on_health: Callable[[str, str | None], None],
+                    required: bool) -> MpsShares | None:
+        """The MPS daemons of enforced shares (their root checked, nvidia-cuda-mps-control found): StartError
+        when `required` (memory shares are enforced) and they cannot be had; else None, logged (the checkpoint
+        names enforced shares of an earlier configuration, whose daemons cannot be managed now)."""
+        assert self._node is not None
+        node = self._node
+        try:
+            root = checked_root(config.mps_container_root, "mps-container-root")
+            program, environment = find_program(node.edits.roots.driver, node.edits.files)
+        except (ConfigError, MpsError) as e:
+            if required:
+                raise StartError(f"memory shares enforced by MPS: {e}") from e
+            log.error("prepared claims hold MPS shares, but MPS cannot be used", error=str(e))
+            return None
+        gpus = [g for g in node.model.gpus if not g.mig_enabled]
+        return MpsShares(config.mps_root, root, gpus, program, environment, on_health)
+
+    def reload(self) -> None:
+        """SIGHUP: the config read again; the sharing options applied (slices, later prepares), other changes
+        logged as waiting for the next start. A config that cannot be read or applied leaves the running one."""
+        try:
+            config = load_dra_config(self.argv, self.environ)
+        except ConfigError as e:
+            log.error("reload failed; keeping the running config", error=str(e))
+            return
+        preparer, feed = self.preparer, self._feed
+        if preparer is None or feed is None:
+            return  # still starting: the start reads the file itself
+        applied = {"consumable_shares", "share_enforcement", "feature_gates", "explicit"}
+        if config.shares.enforced and self.mps is None:  # MPS set up now, with the root the file names
+            try:
+                self.mps = self._mps_shares(config, feed.mps_health, required=True)
+            except StartError as e:
+                log.error("reload failed; keeping the running config", error=str(e))
+                return
+            assert self.mps is not None
+            self.life.callback("MPS daemons", self.mps.detach)
+            self.life.start_thread("mps", functools.partial(self.mps.run, self.life.stopping))
+            applied.add("mps_root")
+        later = [o.config_name for o in DRA_OPTIONS if o.dest not in applied and
+                 getattr(config, o.dest) != getattr(self.config, o.dest)]
+        if later:
+            log.warning("changed options take effect at the next start", options=later)
+        with self._lock:
+            self.config = replace(self.config, **{name: getattr(config, name) for name in applied})
+            health = self._health
+        preparer.update_sharing(self.config.shares, self.mps)
+        self._publish(health)
+        log.info("config reloaded", consumableShares=self.config.consumable_shares,
+                 shareEnforcement=self.config.share_enforcement)
 
     def _serve_http(self) -> None:
         try:
@@ -175,6 +254,16 @@ class DraPlugin:
         return source, model, edits
 
 
+@dataclass(frozen=True)
+class _Node:
+    """What start-up read of the node, for the slices published at every change."""
+
+    model: DeviceModel
+    devices: tuple[Allocatable, ...]
+    edits: NodeEdits
+    pcie_roots: Mapping[str, str]
+
+
 @with_doctor(PROGRAM, lambda: DRA_OPTIONS)
 def main(argv: list[str], environ: Mapping[str, str]) -> int:
     config = configured(f"{PROGRAM}: error", lambda: load_dra_config(argv, environ))
@@ -183,6 +272,6 @@ def main(argv: list[str], environ: Mapping[str, str]) -> int:
     logs.configure(config.effective_log_format, config.effective_log_level)  # klog's -v and --logging-format count
     log.info("Running with config", **running_config(config, DRA_OPTIONS))
     log_ignored(config)
-    plugin = DraPlugin(config)
-    signals.install(plugin.life)
+    plugin = DraPlugin(config, argv, environ)
+    signals.install(plugin.life, plugin.reload)
     return plugin.run()

@@ -12,7 +12,7 @@ import structlog
 from gfd.config import ConfigError, common
 from gfd.config.loader import load, parse_command_line
 from gfd.config.options import Option, options_of, parse_go_bool
-from plugin.dra.sharing import ConsumableShares
+from plugin.dra.sharing import ENFORCEMENTS, NO_ENFORCEMENT, ConsumableShares
 
 log = structlog.get_logger("plugin.dra")
 
@@ -39,6 +39,7 @@ EFFECTIVE_GATES = (CONSUMABLE_SHARES_GATE,)
 # klog verbosity from which our log level is debug (Kubernetes' logging conventions: 4 is debug).
 DEBUG_VERBOSITY = 4
 _IGNORED = "accepted for compatibility with NVIDIA's gpu-kubelet-plugin; no effect here"
+_FILE = ("flags", "dra")  # the DRA driver's keys in the config file (config-manager's per-node file)
 
 
 def _ignored(flag: str, env: str, kind: str, default: object, what: str) -> Option:
@@ -73,11 +74,11 @@ class DraConfig:
         ("--additional-xids-to-ignore",), ("ADDITIONAL_XIDS_TO_IGNORE",), "list", (),
         help="XIDs (numbers) that do not make a device unhealthy").field()
     consumable_shares: str = Option(
-        ("--consumable-shares",), ("CONSUMABLE_SHARES",), "str", "disabled",
+        ("--consumable-shares",), ("CONSUMABLE_SHARES",), "str", "disabled", (*_FILE, "consumableShares"),
         help="let several claims share a device: 'disabled', 'memory', 'unlimited', or a positive integer "
              "(needs the ConsumableShares feature gate)").field()
     feature_gates: tuple[str, ...] = Option(
-        ("--feature-gates",), ("FEATURE_GATES",), "list", (),
+        ("--feature-gates",), ("FEATURE_GATES",), "list", (), (*_FILE, "featureGates"),
         help="key=value pairs of feature gates: " + ", ".join(sorted(DRIVER_GATES | LOGGING_GATES))).field()
     kubeconfig: str = common.KUBECONFIG.field()
     kube_api_qps: float = common.KUBE_API_QPS.field()
@@ -118,6 +119,18 @@ class DraConfig:
     log_json_info_buffer_size: str = _ignored("--log-json-info-buffer-size", "LOG_JSON_INFO_BUFFER_SIZE", "str",
                                               "0", "klog's JSON info buffer").field()
     # Ours, not NVIDIA's.
+    share_enforcement: str = Option(
+        ("--share-enforcement",), ("SHARE_ENFORCEMENT",), "str", NO_ENFORCEMENT, (*_FILE, "shareEnforcement"),
+        ENFORCEMENTS, "how memory shares (--consumable-shares=memory) are held to their size: 'mps' runs each shared "
+        "GPU's clients under an MPS daemon with their claim's memory and compute as limits (needs --mps-root); "
+        "'none' counts them in the scheduler only, as NVIDIA's driver").field()
+    mps_root: str = common.MPS_ROOT.field(help="the MPS root on the host (the pipe directories and shm that "
+                                               "containers of enforced shares mount)")
+    mps_container_root: str = common.MPS_CONTAINER_ROOT.field()
+    config_file: str = common.CONFIG_FILE.field(help="a config file (the chart's per-node config, written by "
+                                                     "config-manager) with flags.dra.consumableShares, "
+                                                     "flags.dra.shareEnforcement, flags.dra.featureGates and "
+                                                     "flags.mpsRoot; SIGHUP reads it again")
     simulate: str = common.SIMULATE.field(envs=("DRA_SIMULATE",))
     log_format: str = common.LOG_FORMAT.field(envs=("DRA_LOG_FORMAT",))
     log_level: str = common.LOG_LEVEL.field(envs=("DRA_LOG_LEVEL",))
@@ -135,7 +148,7 @@ class DraConfig:
 
     @property
     def shares(self) -> ConsumableShares:
-        return ConsumableShares.parse(self.consumable_shares)
+        return ConsumableShares.parse(self.consumable_shares, self.share_enforcement)
 
     @property
     def plugin_dir(self) -> str:
@@ -170,7 +183,12 @@ class DraConfig:
         defaults = DRIVER_GATES | LOGGING_GATES
         gates = tuple(f"feature gate {name}={str(value).lower()}" for name, value in parse_gates(
             self.feature_gates).items() if name not in EFFECTIVE_GATES and value != defaults[name])
-        return options + gates
+        unenforced: tuple[str, ...] = ()
+        if "share_enforcement" in self.explicit and self.share_enforcement != NO_ENFORCEMENT and \
+                not self.shares.enforced:  # only memory shares are enforced; time-slicing shares stay NVIDIA's
+            unenforced = (f"--share-enforcement={self.share_enforcement} (with --consumable-shares="
+                          f"{self.consumable_shares})",)
+        return options + gates + unenforced
 
 
 DRA_OPTIONS = options_of(DraConfig)
@@ -221,6 +239,9 @@ def validate(config: DraConfig) -> DraConfig:
         raise ConfigError("invalid CLI flags", "consumable-shares",
                           f"--consumable-shares requires feature gate {CONSUMABLE_SHARES_GATE} to be enabled",
                           f"--feature-gates={CONSUMABLE_SHARES_GATE}=true")
+    if shares.enforced and not config.mps_root:  # the device plugin's check, in its words
+        raise ConfigError("invalid CLI flags", "mps-root", "using MPS requires --mps-root to be specified",
+                          "the host directory mounted at --mps-container-root")
     for xid in config.additional_xids_to_ignore:
         if not xid.isdigit():
             raise ConfigError("invalid CLI flags", "additional-xids-to-ignore", f"not an XID number: {xid!r}",

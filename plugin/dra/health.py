@@ -8,13 +8,15 @@ kubelet's health service.
 - An XID the policy ignores (NVIDIA's list, plus `--additional-xids-to-ignore`) taints its GPU with effect None:
   a note for the operator that keeps the device allocatable, gone after the recovery period as a fault would be.
 - A unit that recovers (its probe passes for the recovery period) loses its taints.
+- A GPU whose MPS daemon (enforced memory shares) does not answer is tainted `gfd-py.github.io/mps-not-ready:
+  NoSchedule` until the daemon started again answers (plugin/dra/mpsshares.py says so through `mps_health`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import structlog
 
@@ -33,9 +35,10 @@ def xid_policy(additional_ignored: Sequence[str]) -> XidPolicy:
     return XidPolicy(ignored=DEFAULT_IGNORED_XIDS | {int(x) for x in additional_ignored})
 
 
-def device_health(faults: dict[Unit, Fault], everything: str | None,
-                  noted: dict[Unit, int] | None = None) -> taints.DeviceHealth:
-    """The taints of the checker's faults (plugin.health.HealthState.faults), and of XIDs only noted."""
+def device_health(faults: dict[Unit, Fault], everything: str | None, noted: dict[Unit, int] | None = None,
+                  mps_down: Collection[str] = ()) -> taints.DeviceHealth:
+    """The taints of the checker's faults (plugin.health.HealthState.faults), of XIDs only noted, and of GPUs
+    (by UUID) whose MPS daemon does not serve their shares."""
     units: dict[Unit, tuple[taints.Taint, ...]] = {}
     for unit, fault in faults.items():
         if fault.kind == XID and fault.xid is not None:
@@ -47,6 +50,9 @@ def device_health(faults: dict[Unit, Fault], everything: str | None,
             units[unit] = (taints.gpu_lost(),)
     for unit, number in (noted or {}).items():
         units[unit] = (*units.get(unit, ()), taints.xid(number, critical=False))
+    for uuid in mps_down:
+        unit = (uuid, taints.WHOLE_GPU, taints.WHOLE_GPU)
+        units[unit] = (*units.get(unit, ()), taints.mps_not_ready())
     return taints.DeviceHealth(units, (taints.unmonitored(),) if everything is not None else ())
 
 
@@ -60,7 +66,8 @@ class HealthFeed:
         self.state, self.policy, self.board, self.on_change = state, policy, board, on_change
         self.devices = tuple(devices)
         self._noted: dict[Unit, tuple[float, int]] = {}  # unit -> (when, the ignored XID)
-        self._notes = 0  # changes of _noted, so that a note made while the feed computes is not missed
+        self._mps_down: dict[str, str] = {}  # GPU UUID -> why its MPS daemon does not serve
+        self._notes = 0  # changes of _noted and _mps_down, so that one made while the feed computes is not missed
         self.current: taints.DeviceHealth | None = None
 
     def xid_seen(self, gpu_uuid: str, xid: int) -> None:
@@ -68,6 +75,18 @@ class HealthFeed:
             return  # the checker faults the unit itself
         with self.state.changed:
             self._noted[(gpu_uuid, taints.WHOLE_GPU, taints.WHOLE_GPU)] = (time.monotonic(), xid)
+            self._notes += 1
+            self.state.changed.notify_all()
+
+    def mps_health(self, gpu_uuid: str, reason: str | None) -> None:
+        """The GPU's MPS daemon does not serve its shares (`reason`), or serves them again (None)."""
+        with self.state.changed:
+            if (self._mps_down.get(gpu_uuid) is None) == (reason is None):
+                return
+            if reason is None:
+                del self._mps_down[gpu_uuid]
+            else:
+                self._mps_down[gpu_uuid] = reason
             self._notes += 1
             self.state.changed.notify_all()
 
@@ -80,8 +99,9 @@ class HealthFeed:
             with self.state.changed:  # a reentrant lock: faults() takes it too
                 noted = self._unexpired()
                 version, faults, everything = self.state.faults()
+                mps_down = tuple(self._mps_down)
                 seen = (version, self._notes)
-            health = device_health(faults, everything, noted)
+            health = device_health(faults, everything, noted, mps_down)
             self.board.update(taints.kubelet_view(self.devices, health))
             if health != self.current:
                 if self.current is not None:

@@ -1,11 +1,15 @@
 """NodePrepareResources / NodeUnprepareResources as a small core with its edges injected: a claim reader (the
-API server, or an informer's cache of it) and the per-claim CDI spec writer.
+API server, or an informer's cache of it), the per-claim CDI spec writer, and, for memory shares enforced by MPS,
+the GPUs' MPS daemons.
 
 Per claim, never for the batch: every failure is that claim's `error`, worded as NVIDIA's driver and the kubelet
 plugin helper word it, so the kubelet retries only what failed. Prepared claims are checkpointed, so prepare is
 idempotent (a claim already prepared answers from the checkpoint without reading the API) and unprepare works
 after a restart; a prepare writes the checkpoint once. A device prepared for one claim is refused to another
 unless it allows multiple allocations (consumable shares) or either allocation is for admin access.
+
+Shares (plugin/dra/shares.py) are checkpointed with their claim. An enforced share makes sure its GPU's MPS daemon
+runs and gives the claim's containers its limits; unprepare of a GPU's last enforced share stops the daemon.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from typing import Protocol
 
 import structlog
 
+from plugin.cdi.spec import ContainerEdits
 from plugin.dra.checkpoint import PREPARE_COMPLETED, Checkpoint, PreparedClaim, PreparedDevice
 from plugin.dra.claims import ClaimRef, ResourceClaim
 from plugin.dra.config import DRIVER_NAME
 from plugin.dra.devices import Allocatable
+from plugin.dra.shares import Share, ShareLimits, gpu_limits, node_shares, share_limits
+from plugin.dra.sharing import NOT_SHARED, ConsumableShares
 
 log = structlog.get_logger("plugin.dra")
 
@@ -56,11 +63,27 @@ class ClaimReader(Protocol):
 
 class ClaimSpecs(Protocol):
     """Writes and removes the one CDI spec of a claim (kind k8s.gpu.nvidia.com/claim, a device named
-    cdi_device_name(uid, device) per allocated device); remove of a missing spec is not an error."""
+    cdi_device_name(uid, device) per allocated device, with `extra` edits by device name); remove of a missing spec
+    is not an error."""
 
-    def write(self, claim_uid: str, devices: Sequence[Allocatable]) -> None: ...
+    def write(self, claim_uid: str, devices: Sequence[Allocatable],
+              extra: Mapping[str, ContainerEdits] | None = None) -> None: ...
 
     def remove(self, claim_uid: str) -> None: ...
+
+
+class ShareEnforcer(Protocol):
+    """Holds enforced shares of a GPU to their limits (plugin/dra/mpsshares.py: the GPU's MPS daemon)."""
+
+    def ensure(self, uuid: str) -> None:
+        """The GPU's daemon runs; an exception (its text reported) when it cannot."""
+
+    def release(self, uuid: str) -> None:
+        """The GPU holds no enforced share any more."""
+
+    def client_edits(self, uuid: str, limits: ShareLimits) -> ContainerEdits:
+        """What a claim's containers get to be held to `limits` on the GPU."""
+        ...
 
 
 class ClaimFailed(Exception):
@@ -77,18 +100,37 @@ class Prepared:
 
 class Preparer:
     """The node's prepared claims: `allocatable` is what the node offers now (devices.allocatable_devices by
-    name); `shared` says whether its devices allow multiple allocations (consumable shares)."""
+    name); `sharing` how its devices are shared (consumable shares, and whether MPS enforces memory shares, through
+    `enforcer`, which must be given where it does)."""
 
     def __init__(self, node_name: str, checkpoint: Checkpoint, reader: ClaimReader, specs: ClaimSpecs,
-                 allocatable: Mapping[str, Allocatable], shared: bool = False) -> None:
+                 allocatable: Mapping[str, Allocatable], sharing: ConsumableShares = NOT_SHARED,
+                 enforcer: ShareEnforcer | None = None) -> None:
         self.node_name, self.checkpoint, self.reader, self.specs = node_name, checkpoint, reader, specs
-        self.allocatable, self.shared = dict(allocatable), shared
+        self.allocatable = dict(allocatable)
+        self.sharing, self.enforcer = sharing, enforcer
         self._lock = threading.Lock()
 
     def update_devices(self, allocatable: Mapping[str, Allocatable]) -> None:
         """The node's devices changed (a GPU lost, a MIG layout changed): later prepares see the new set."""
         with self._lock:
             self.allocatable = dict(allocatable)
+
+    def update_sharing(self, sharing: ConsumableShares, enforcer: ShareEnforcer | None) -> None:
+        """The node's sharing changed (its config was reloaded): later prepares follow it; prepared shares keep
+        what they got until they are unprepared."""
+        with self._lock:
+            self.sharing, self.enforcer = sharing, enforcer or self.enforcer
+
+    def enforced_gpus(self) -> set[str]:
+        """The GPUs (UUIDs) that prepared claims hold enforced shares of."""
+        with self._lock:
+            return _enforced(self.checkpoint.claims.values())
+
+    def shares(self) -> list[Share]:
+        """Every share the node's prepared claims hold (plugin/dra/shares.py)."""
+        with self._lock:
+            return node_shares(self.checkpoint.claims.values())
 
     def prepare(self, claims: Iterable[ClaimRef]) -> dict[str, Prepared]:
         """By claim UID, every claim of the request."""
@@ -129,21 +171,71 @@ class Preparer:
                 if r.device not in self.allocatable:
                     raise ClaimFailed(f'{fail}: prepare devices failed: allocatable not found for device "{r.device}"')
             self._refuse_overlaps(ref.uid, [r.device for r in results if not r.admin_access], fail)
-            devices = tuple(PreparedDevice((r.base_request,), r.pool, r.device, (cdi_device_id(ref.uid, r.device),),
-                                           r.share_id, r.admin_access) for r in results)
-            # One checkpoint write per prepare, after the spec: the spec is this prepare's only side effect, and
-            # unprepare removes a claim's spec whether or not the claim was checkpointed, so a crash between the
-            # two leaves nothing that unprepare (or the kubelet's retried prepare) does not clean up. (NVIDIA's
+            try:
+                devices = tuple(PreparedDevice(
+                    (r.base_request,), r.pool, r.device, (cdi_device_id(ref.uid, r.device),), r.share_id,
+                    r.admin_access, share_limits(r, self.allocatable[r.device], self.sharing)) for r in results)
+            except ValueError as e:
+                raise ClaimFailed(f"{fail}: prepare devices failed: consumed capacity: {e}") from None
+            enforced = self._enforced_gpu(devices, fail)
+            # One checkpoint write per prepare, after the spec: the spec is this prepare's only side effect the
+            # checkpoint does not name (unprepare removes a claim's spec whether or not the claim was checkpointed,
+            # and a start stops an MPS daemon no checkpointed share needs), so a crash between the two leaves
+            # nothing that unprepare, the kubelet's retried prepare or the next start does not clean up. (NVIDIA's
             # PrepareStarted write before the work is for side effects that only the checkpoint can name.)
-            if devices:
-                unique = list(dict.fromkeys(r.device for r in results))  # one spec device per device of the claim
-                try:
-                    self.specs.write(ref.uid, [self.allocatable[d] for d in unique])
-                except Exception as e:
-                    raise ClaimFailed(f"{fail}: unable to create CDI spec file for claim: {e}") from None
-            self._checkpoint(PreparedClaim(ref.uid, ref.namespace, ref.name, PREPARE_COMPLETED, devices), fail)
-        log.info("claim prepared", claim=str(ref), devices=[d.device for d in devices])
+            try:
+                if devices:
+                    unique = list(dict.fromkeys(r.device for r in results))  # one spec device per device of the claim
+                    self._write_spec(ref.uid, [self.allocatable[d] for d in unique], devices, enforced, fail)
+                self._checkpoint(PreparedClaim(ref.uid, ref.namespace, ref.name, PREPARE_COMPLETED, devices,
+                                               claim.pods), fail)
+            except ClaimFailed:
+                if enforced is not None:
+                    self._release_unused({enforced[0]})
+                raise
+        log.info("claim prepared", claim=str(ref), devices=[d.device for d in devices],
+                 **({"mps": enforced[0], **_limits_log(enforced[1])} if enforced is not None else {}))
         return devices
+
+    def _enforced_gpu(self, devices: Sequence[PreparedDevice], fail: str) -> tuple[str, ShareLimits] | None:
+        """The GPU whose MPS daemon the claim's containers are to be clients of, with the claim's limits there
+        (its shares of that GPU added up), or None. A container's CUDA goes through one MPS daemon, which serves
+        one GPU: a claim with an enforced share and any other device is refused."""
+        limits = gpu_limits(d.share for d in devices if d.share is not None)
+        if not limits:
+            return None
+        others = sorted({d.device for d in devices if not d.admin_access and (d.share is None or not d.share.enforced)})
+        if len(limits) > 1 or others:
+            held = sorted({d.device for d in devices if not d.admin_access})
+            raise ClaimFailed(f"{fail}: prepare devices failed: a claim with a memory share enforced by MPS holds "
+                              f"nothing else (a container's CUDA runs through one GPU's MPS daemon); this one holds "
+                              f"{', '.join(held)}")
+        return next(iter(limits.items()))
+
+    def _write_spec(self, uid: str, unique: Sequence[Allocatable], devices: Sequence[PreparedDevice],
+                    enforced: tuple[str, ShareLimits] | None, fail: str) -> None:
+        extra: dict[str, ContainerEdits] = {}
+        if enforced is not None:
+            uuid, limits = enforced
+            if self.enforcer is None:
+                raise ClaimFailed(f"{fail}: prepare devices failed: memory shares are enforced but no MPS is set up")
+            try:
+                self.enforcer.ensure(uuid)
+            except Exception as e:
+                raise ClaimFailed(f"{fail}: prepare devices failed: MPS daemon of GPU {uuid}: {e}") from None
+            edits = self.enforcer.client_edits(uuid, limits)
+            extra = {d.device: edits for d in devices if d.share is not None and d.share.enforced}
+        try:
+            self.specs.write(uid, unique, extra)
+        except Exception as e:
+            raise ClaimFailed(f"{fail}: unable to create CDI spec file for claim: {e}") from None
+
+    def _release_unused(self, gpus: set[str]) -> None:
+        """With the lock held: the GPUs among `gpus` that no prepared claim holds an enforced share of any more."""
+        if self.enforcer is None:
+            return
+        for uuid in sorted(gpus - _enforced(self.checkpoint.claims.values())):
+            self.enforcer.release(uuid)
 
     def _read(self, ref: ClaimRef) -> ResourceClaim:
         """The kubelet plugin helper's checks and wording (it fails the whole call on them; here the claim)."""
@@ -159,7 +251,7 @@ class Preparer:
         return claim
 
     def _refuse_overlaps(self, uid: str, wanted: Sequence[str], fail: str) -> None:
-        if self.shared:
+        if self.sharing.enabled:
             return
         for other in self.checkpoint.claims.values():
             if other.uid == uid or other.state != PREPARE_COMPLETED:
@@ -193,4 +285,13 @@ class Preparer:
             except Exception as e:
                 raise ClaimFailed(f"error unpreparing devices for claim {ref}: error deleting claim from "
                                   f"checkpoint: {e}") from None
+            self._release_unused(_enforced([known]))
         log.info("claim unprepared", claim=str(ref), state=known.state)
+
+
+def _enforced(claims: Iterable[PreparedClaim]) -> set[str]:
+    return {d.share.uuid for c in claims for d in c.devices if d.share is not None and d.share.enforced}
+
+
+def _limits_log(limits: ShareLimits) -> dict[str, int]:
+    return {"memoryMiB": limits.memory_mib or 0, "computePercent": limits.compute_percent}

@@ -9,7 +9,8 @@ values, and capacities, so ResourceClaims and CEL selectors written for it selec
   `gpu-<minor>-counter-set` (partitionable devices, KEP 4815, NVIDIA's dynamic-MIG names): a device that takes
   the whole set, as a full GPU does in NVIDIA's dynamic-MIG shape, can never be allocated together with one of
   them.
-- Unhealthy devices carry NVIDIA's device taints; shareable devices (consumable shares) NVIDIA's request policies.
+- Unhealthy devices carry NVIDIA's device taints; shareable devices (consumable shares) NVIDIA's request policies,
+  and, where shares are enforced by MPS, our `compute` capacity (plugin/dra/sharing.py).
 - Our own attributes are under `gfd-py.github.io/`, a domain NVIDIA's names (unqualified: gpu.nvidia.com) cannot
   collide with.
 
@@ -28,7 +29,7 @@ from gfd.discovery.sysfs import sysfs_address
 from gfd.model import DeviceModel, Gpu, MigDevice
 from plugin.dra.config import DRIVER_NAME
 from plugin.dra.devices import allocatable_devices, minor
-from plugin.dra.sharing import MIB, NOT_SHARED, ConsumableShares, quantity
+from plugin.dra.sharing import COMPUTE, MIB, NOT_SHARED, ConsumableShares, quantity
 from plugin.dra.taints import HEALTHY, DeviceHealth
 
 STANDARD = "resource.kubernetes.io"
@@ -138,7 +139,7 @@ def _gpu_device(name: str, gpu: Gpu, common: _Common, shares: ConsumableShares, 
         attributes[f"{OURS}/clique"] = {"string": f"{gpu.fabric.cluster_uuid}.{gpu.fabric.clique_id}"}
     memory = None if gpu.memory_mib is None else gpu.memory_mib * MIB
     return _finish({"name": name, "attributes": attributes, "capacity": {}}, memory, shares,
-                   health.as_api(gpu.uuid))
+                   health.as_api(gpu.uuid), mig=False)
 
 
 def _mig_device(name: str, gpu: Gpu, mig: MigDevice, common: _Common, shares: ConsumableShares,
@@ -151,20 +152,24 @@ def _mig_device(name: str, gpu: Gpu, mig: MigDevice, common: _Common, shares: Co
     counters = {name: {"value": _counter_text(name, value)} for name, value in _counters(mig).items()}
     result = {"name": name, "attributes": attributes, "capacity": capacity,
               "consumesCounters": [{"counterSet": counter_set_name(gpu), "counters": counters}]}
-    return _finish(result, mig.memory_mib * MIB, shares, health.as_api(gpu.uuid, mig.gi_id, mig.ci_id))
+    return _finish(result, mig.memory_mib * MIB, shares, health.as_api(gpu.uuid, mig.gi_id, mig.ci_id), mig=True)
 
 
 def _finish(device: dict[str, Any], memory: int | None, shares: ConsumableShares,
-            taints: list[dict[str, Any]]) -> dict[str, Any]:
-    """What any kind of device has: its memory (shaped for consumable shares) and its taints."""
-    if shares.enabled:
+            taints: list[dict[str, Any]], mig: bool) -> dict[str, Any]:
+    """What any kind of device has: its memory (shaped for consumable shares, where the device is shared) and its
+    taints."""
+    shareable = shares.shareable(mig, memory is not None)
+    if shareable:
         device["allowMultipleAllocations"] = True
+        if shares.enforced:
+            device["attributes"][f"{OURS}/shareEnforcement"] = {"string": shares.enforcement}
     if memory is not None:
-        device["capacity"]["memory"] = shares.memory_capacity(memory) if shares.enabled else \
-            {"value": quantity(memory)}
-        extra = shares.shares_capacity()
-        if shares.enabled and extra is not None:  # NVIDIA adds shares only where a device has memory
-            device["capacity"]["shares"] = extra
+        device["capacity"]["memory"] = shares.memory_capacity(memory) if shareable else {"value": quantity(memory)}
+        # NVIDIA adds shares only where a device has memory; compute goes with enforced memory shares.
+        for name, extra in (("shares", shares.shares_capacity()), (COMPUTE, shares.compute_capacity())):
+            if shareable and extra is not None:
+                device["capacity"][name] = extra
     if not device["capacity"]:
         del device["capacity"]
     if taints:

@@ -1,7 +1,8 @@
 """Device health as DRA device taints (DRADeviceTaints, beta and on in Kubernetes 1.36): the scheduler does not
 allocate a device with a NoSchedule taint to a claim that does not tolerate it. Keys and effects are NVIDIA's
 (gpu.nvidia.com/xid with the XID as value, gpu.nvidia.com/gpu-lost, gpu.nvidia.com/unmonitored), so tolerations
-written for NVIDIA's driver match ours."""
+written for NVIDIA's driver match ours; ours besides: gfd-py.github.io/mps-not-ready on a GPU whose MPS daemon
+(enforced memory shares) is being started again."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from plugin.dra.devices import Allocatable
 XID = f"{DRIVER_NAME}/xid"
 GPU_LOST = f"{DRIVER_NAME}/gpu-lost"
 UNMONITORED = f"{DRIVER_NAME}/unmonitored"
+# Ours (NVIDIA's driver has no MPS shares): the GPU's MPS daemon does not serve its shares' clients.
+MPS_NOT_READY = "gfd-py.github.io/mps-not-ready"
 NO_SCHEDULE = "NoSchedule"
 NONE = "None"  # informational: the device stays allocatable
 WHOLE_GPU = -1  # the gi/ci of a unit that is a whole GPU (and every MIG device on it)
@@ -42,6 +45,10 @@ def gpu_lost() -> Taint:
 
 def unmonitored() -> Taint:
     return Taint(UNMONITORED, effect=NONE)
+
+
+def mps_not_ready() -> Taint:
+    return Taint(MPS_NOT_READY)
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,8 @@ HEALTH_HEALTHY, HEALTH_UNHEALTHY, HEALTH_UNKNOWN = "Healthy", "Unhealthy", "Unkn
 def kubelet_health(device_taints: Sequence[Taint]) -> tuple[str, str]:
     """A device's health as the kubelet's DRA health service reports it, read from its taints as NVIDIA reads
     them: a lost GPU, then a critical XID, is Unhealthy; an unmonitored device Unknown; anything else Healthy."""
-    for key, message in ((GPU_LOST, "GPU is lost"), (XID, "critical XID {} reported by NVML")):
+    for key, message in ((GPU_LOST, "GPU is lost"), (XID, "critical XID {} reported by NVML"),
+                         (MPS_NOT_READY, "the MPS daemon of its shares does not answer")):
         for taint in device_taints:
             if taint.key == key and taint.effect != NONE:
                 return HEALTH_UNHEALTHY, message.format(taint.value)

@@ -17,8 +17,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from plugin.mps import MpsError
 from plugin.mps.root import MpsRoot
@@ -55,18 +55,20 @@ def find_control() -> str:
 @dataclass(frozen=True)
 class Control:
     """`program` (nvidia-cuda-mps-control, by path or found on PATH) speaking to the daemon of one pipe
-    directory, the daemon logging to `log_dir`."""
+    directory, the daemon logging to `log_dir`; `env`: what the program's environment adds (a driver root's
+    programs and libraries, when the program is not the system's)."""
 
     pipe_dir: str
     log_dir: str
     program: str = CONTROL
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def under(cls, root: MpsRoot, name: str, program: str = CONTROL) -> Control:
-        return cls(root.pipe_dir(name), root.log_dir(name), program)
+    def under(cls, root: MpsRoot, name: str, program: str = CONTROL, env: Mapping[str, str] | None = None) -> Control:
+        return cls(root.pipe_dir(name), root.log_dir(name), program, env or {})
 
     def environment(self) -> dict[str, str]:
-        return {"CUDA_MPS_PIPE_DIRECTORY": self.pipe_dir, "CUDA_MPS_LOG_DIRECTORY": self.log_dir}
+        return {**self.env, "CUDA_MPS_PIPE_DIRECTORY": self.pipe_dir, "CUDA_MPS_LOG_DIRECTORY": self.log_dir}
 
     def start_daemon(self, visible: Sequence[str]) -> None:
         """`nvidia-cuda-mps-control -d` serving the GPUs `visible` (UUIDs): returns once the daemon has forked
@@ -115,12 +117,12 @@ class Control:
         return out
 
 
-def not_ready(root: MpsRoot, name: str, program: str = CONTROL) -> str | None:
+def not_ready(root: MpsRoot, name: str, program: str = CONTROL, env: Mapping[str, str] | None = None) -> str | None:
     """Why the daemon `name` under `root` cannot serve clients now, or None: it has signalled readiness
     (`.started`, written once its limits are set) and answers."""
     if not os.path.exists(root.started(name)):
         return "the MPS control daemon has not signalled readiness"
-    return Control.under(root, name, program).answers()
+    return Control.under(root, name, program, env).answers()
 
 
 class _TooLong(Exception):

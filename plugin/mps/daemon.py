@@ -5,7 +5,8 @@ one per shared resource (plugin/mps/replicas.py), the DRA driver one per shared 
 set to EXCLUSIVE_PROCESS through NVML, the daemon started, its default client limits set, `.started`
 written. `not_ready`: why it cannot serve clients now. `stop`: `quit`, a bounded wait, then SIGTERM and
 SIGKILL to its process group (its MPS servers with it), then every GPU back in DEFAULT whatever happened
-before, all within STOP_BOUND_S. The caller's NVML session must be open while it starts and stops.
+before, all within STOP_BOUND_S. `adopt` takes over a daemon an earlier process started under the same name,
+`detach` leaves one running for the next. The caller's NVML session must be open while it starts and stops.
 """
 
 from __future__ import annotations
@@ -79,16 +80,18 @@ class Limits:
 
 class MpsDaemon:
     """One MPS control daemon serving `gpus`, its files under `root` as `name` (`<root>/<name>/pipe`,
-    `log`, `.started`). `program` is nvidia-cuda-mps-control's path, found on PATH at `start` when empty.
-    `start`, `restart` and `stop` may be called from any thread; one runs at a time."""
+    `log`, `.started`). `program` is nvidia-cuda-mps-control's path, found on PATH at `start` when empty;
+    `environment` what its runs add to ours (see Control). `start`, `adopt`, `restart` and `stop` may be called
+    from any thread; one runs at a time."""
 
     def __init__(self, root: MpsRoot, name: str, gpus: Sequence[Gpu], limits: Limits | None = None,
-                 program: str = "") -> None:
+                 program: str = "", environment: Mapping[str, str] | None = None) -> None:
         if not gpus:
             raise ValueError("an MPS daemon needs at least one GPU")
         self.root, self.name, self.gpus = root, name, tuple(gpus)
         self.limits = Limits.whole(self.gpus) if limits is None else limits
         self.program = program
+        self.environment = dict(environment or {})
         self._process: _DaemonProcess | None = None
         self._launched = False  # `-d` was run since the last stop: there may be a daemon to end
         self._touched = False  # a compute mode was set since the last stop: the GPUs go back to DEFAULT
@@ -96,9 +99,10 @@ class MpsDaemon:
         self._lock = threading.RLock()
 
     @classmethod
-    def for_gpu(cls, root: MpsRoot, gpu: Gpu, limits: Limits | None = None, program: str = "") -> MpsDaemon:
+    def for_gpu(cls, root: MpsRoot, gpu: Gpu, limits: Limits | None = None, program: str = "",
+                environment: Mapping[str, str] | None = None) -> MpsDaemon:
         """The daemon of one GPU, named by its UUID; by default each client may use the whole GPU."""
-        return cls(root, gpu.uuid, (gpu,), limits, program)
+        return cls(root, gpu.uuid, (gpu,), limits, program, environment)
 
     @property
     def pipe_dir(self) -> str:
@@ -110,7 +114,7 @@ class MpsDaemon:
 
     @property
     def control(self) -> Control:
-        return Control(self.pipe_dir, self.log_dir, self.program or CONTROL)
+        return Control(self.pipe_dir, self.log_dir, self.program or CONTROL, self.environment)
 
     def start(self) -> None:
         """MpsError (one line) when it cannot start; what it had done by then is undone (`stop`). A GPU is
@@ -140,19 +144,50 @@ class MpsDaemon:
         log.info("Starting MPS daemon", name=self.name, gpus=[g.uuid for g in self.gpus])
         self._launched = True
         self.control.start_daemon([g.uuid for g in self.gpus])
-        self._process = _DaemonProcess.from_pidfile(os.path.join(self.pipe_dir, PIDFILE))
-        # What MPS writes (control.log, and server.log once a client has started a server) shows in our log.
-        self._tails = Scope(f"MPS logs of {self.name}")
-        for f in ("control.log", "server.log"):
-            tail = LogTail(os.path.join(self.log_dir, f), self.name)
-            self._tails.start_thread("mps-log", functools.partial(tail.run, self._tails.stopping))
+        self._process = _DaemonProcess.from_pidfile(self._pidfile)
+        self._follow_logs(from_start=True)
         for command in self.limits.commands(self.gpus):
             self.control.send(command)
         mark(self.root.started(self.name))
 
+    def adopt(self) -> bool:
+        """Take over what an earlier process (this program before a restart) left under this daemon's name: a
+        daemon that still runs is this object's from now on, as if `start` had started it (True; `not_ready`
+        says whether it still serves). Whether or not one runs, the GPUs count as set to EXCLUSIVE_PROCESS when
+        the daemon's directory is there, so that `stop` returns them to DEFAULT. ControlError when
+        nvidia-cuda-mps-control cannot be found (nothing is touched)."""
+        with self._lock:
+            if self._launched:
+                return True
+            if not self.program:
+                self.program = find_control()
+            if os.path.isdir(os.path.dirname(self.pipe_dir)):
+                self._touched = True
+            process = _DaemonProcess.from_pidfile(self._pidfile)
+            if process is None:
+                return False
+            self._launched, self._process = True, process
+            self._follow_logs(from_start=False)  # what it logged before is in the earlier process's log
+            log.info("Adopted the running MPS daemon", name=self.name, pid=process.pid)
+            return True
+
+    @property
+    def _pidfile(self) -> str:
+        return os.path.join(self.pipe_dir, PIDFILE)
+
+    def _follow_logs(self, from_start: bool) -> None:
+        """What MPS writes (control.log, and server.log once a client has started a server) shows in our log."""
+        self._tails = Scope(f"MPS logs of {self.name}")
+        for f in ("control.log", "server.log"):
+            tail = LogTail(os.path.join(self.log_dir, f), self.name)
+            if not from_start:
+                with contextlib.suppress(OSError):
+                    tail.offset = os.stat(tail.path).st_size
+            self._tails.start_thread("mps-log", functools.partial(tail.run, self._tails.stopping))
+
     def not_ready(self) -> str | None:
         """None while the daemon has started and answers; else why it cannot serve clients."""
-        return not_ready(self.root, self.name, self.program or CONTROL)
+        return not_ready(self.root, self.name, self.program or CONTROL, self.environment)
 
     def restart(self) -> None:
         """A daemon that stopped answering: ended (killed if it must be) and started again, its GPUs left in
@@ -175,6 +210,14 @@ class MpsDaemon:
             self._touched = False
             shutil.rmtree(self.log_dir, ignore_errors=True)
             return gone and all(restored)
+
+    def detach(self) -> None:
+        """Stop following the daemon's logs and leave it running with its GPUs as they are (a program that stops
+        while the daemon's clients keep working; the next one `adopt`s it)."""
+        with self._lock:
+            self._tails.close()
+            self._launched = self._touched = False
+            self._process = None
 
     def client_environment(self, pipe_dir: str, memory_mib: Mapping[str, int] | None = None,
                            active_thread_percentage: int | None = None) -> dict[str, str]:
@@ -209,7 +252,7 @@ class MpsDaemon:
         except MpsError as e:
             log.warning("MPS daemon did not take quit", name=self.name, error=str(e))
             took_quit = False
-        process = self._process or _DaemonProcess.from_pidfile(os.path.join(self.pipe_dir, PIDFILE))
+        process = self._process or _DaemonProcess.from_pidfile(self._pidfile)
         self._process = None
         if process is None or (process.wait_gone(EXIT_S) if took_quit else not process.members()):
             if took_quit:

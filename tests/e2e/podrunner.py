@@ -2,7 +2,9 @@
 
 Each container runs with exactly the command, args and env of the rendered pod spec (fieldRefs
 resolved from a real Pod object the runner creates), in a mount namespace of its own where every
-volume is bind-mounted at its mountPath: emptyDir and hostPath volumes are temp directories, a
+volume is bind-mounted at its mountPath (a `Bidirectional` one of a real host path as a peer of that path,
+so that what the container mounts there is seen on the host, as the kubelet's rshared mount gives it):
+emptyDir and hostPath volumes are temp directories, a
 configMap volume holds the ConfigMap's keys read from the API, and the ServiceAccount token is a
 TokenRequest token of the pod's ServiceAccount bound to that Pod, at the in-cluster path with the
 API server's CA, as the kubelet projects it. The containers share the runner's PID namespace
@@ -39,6 +41,7 @@ class PodRunner:
         self.root = Path(tempfile.mkdtemp(prefix=f"pod-{name}-"))
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.created_dirs: list[str] = []
+        self.shared_paths: list[str] = []
         spec = pod_template["spec"]
         pod = client.V1Pod(metadata=client.V1ObjectMeta(name=name, namespace=namespace,
                                                         labels=pod_template["metadata"].get("labels")),
@@ -89,6 +92,10 @@ class PodRunner:
         container = next(c for c in spec["containers"] + spec.get("initContainers", [])
                          if c["name"] == container_name)
         mounts = [(self.volumes[m["name"]], m["mountPath"]) for m in container.get("volumeMounts", [])]
+        bidirectional = [self.volumes[m["name"]] for m in container.get("volumeMounts", [])
+                         if m.get("mountPropagation") == "Bidirectional"]
+        for source in bidirectional:
+            self._share(source)
         if spec.get("automountServiceAccountToken", True):
             mounts.append((self.volumes["__token__"], SA_DIR))
         script = ["set -e"]
@@ -103,10 +110,20 @@ class PodRunner:
         argv = container.get("command", []) + container.get("args", [])
         script.append("exec " + " ".join(shlex.quote(a) for a in argv))
         log = open(self.root / f"{container_name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(script)],
+        # "unchanged": this namespace's mounts are private (the tier's unshare made them so) but for the shared ones.
+        propagation = "unchanged" if bidirectional else "private"
+        proc = subprocess.Popen(["unshare", "--mount", "--propagation", propagation, "sh", "-c", "\n".join(script)],
                                 env=self.env(container, extra_env or {}), stdout=log, stderr=log)
         self.procs.append((container_name, proc))
         return proc
+
+    def _share(self, path: str) -> None:
+        """`path` a shared mount point (a bind mount of itself), so that a container's bind mount of it is its peer."""
+        if path in self.shared_paths:
+            return
+        subprocess.run(["mount", "--bind", path, path], check=True)
+        subprocess.run(["mount", "--make-shared", path], check=True)
+        self.shared_paths.append(path)
 
     def run_to_completion(self, container_name: str, extra_env: dict[str, str] | None = None,
                           timeout: float = 60) -> int:
@@ -126,6 +143,8 @@ class PodRunner:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for path in self.shared_paths:  # with what the containers mounted under it
+            subprocess.run(["umount", "--lazy", path], check=False)
         for target in sorted(set(self.created_dirs), key=len, reverse=True):  # mount points it had to create
             with contextlib.suppress(OSError):
                 os.rmdir(target)
