@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,13 @@ import structlog.testing
 import yaml
 
 from gfd.discovery.session import NodeSource
+from gfd.discovery.simulated.install import Simulation
 from gfd.discovery.simulated.profiles import SimProcess
 from gfd.discovery.telemetry import GpuProcess
+from gfd.model import DeviceModel
 from plugin.dra.checkpoint import PREPARE_COMPLETED, Checkpoint, PreparedClaim, PreparedDevice
 from plugin.dra.claims import AllocationResult, ClaimRef, PodRef
-from plugin.dra.devices import allocatable_devices
+from plugin.dra.devices import Allocatable, allocatable_devices
 from plugin.dra.shares import Share, ShareLimits, share_limits
 from plugin.dra.sharing import MPS, ConsumableShares
 from plugin.telemetry.cgroups import CgroupOwner
@@ -88,15 +89,6 @@ def test_a_pod_with_two_shares_of_a_device_counts_its_processes_in_the_first() -
     assert [(u.share.claim.name, u.used_mib) for u in found.uses] == [("a-claim", 5.0), ("b-claim", 0.0)]
 
 
-@pytest.fixture
-def kubelet() -> Iterator[KubeletStandIn]:
-    with tempfile.TemporaryDirectory(prefix="k-", dir="/tmp") as tmp:  # short: a unix socket path
-        os.makedirs(os.path.join(tmp, "device-plugins"))
-        stand_in = KubeletStandIn(os.path.join(tmp, "device-plugins"))
-        yield stand_in
-        stand_in.stop()
-
-
 @pytest.fixture(params=["real-cgroups", "proc-root"])
 def pods(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PodProcesses]:
     """Processes in pods: in real cgroups (root, a writable hierarchy), and by a proc root of the test's."""
@@ -109,7 +101,19 @@ def pods(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PodProcesse
     world.close()
 
 
-def prepared(checkpoint: Path, claim: str, pod: PodRef, device: Any, memory: str, share_id: str) -> ShareLimits:
+def shared_node(simulate: Any, request: pytest.FixtureRequest) -> tuple[Simulation, DeviceModel, Allocatable]:
+    """Two simulated A100s, NVML open while the test runs (as the exporter holds it): the simulation, the model
+    and the DRA driver's device `gpu-0`."""
+    sim = simulate(SHARED)
+    source = NodeSource("auto")
+    source.host_root = sim.host_root
+    source.open()
+    request.addfinalizer(source.close)
+    model = source.read()
+    return sim, model, next(d for d in allocatable_devices(model) if d.name == "gpu-0")
+
+
+def prepared(checkpoint: Path, claim: str, pod: PodRef, device: Allocatable, memory: str, share_id: str) -> ShareLimits:
     """The claim prepared as the DRA driver checkpoints it: its share's limits from the scheduler's
     consumedCapacity, through the driver's own share_limits and Checkpoint."""
     result = AllocationResult("gpu", "gpu.nvidia.com", NODE, device.name, share_id, consumed_capacity={
@@ -125,13 +129,7 @@ def prepared(checkpoint: Path, claim: str, pod: PodRef, device: Any, memory: str
 def test_each_share_shows_its_pod_limit_and_the_memory_its_processes_use(
         simulate: Any, kubelet: KubeletStandIn, pods: PodProcesses, tmp_path: Path,
         request: pytest.FixtureRequest) -> None:
-    sim = simulate(SHARED)
-    source = NodeSource("auto")
-    source.host_root = sim.host_root
-    source.open()
-    request.addfinalizer(source.close)
-    model = source.read()
-    gpu0 = next(d for d in allocatable_devices(model) if d.name == "gpu-0")
+    sim, model, gpu0 = shared_node(simulate, request)
     trainer, server = pods.start(), pods.start(SYSTEMD)
     stranger, host = pods.start(), pods.outside()  # a pod holding no share; a process of no pod
     checkpoint = tmp_path / "gpu.nvidia.com"
@@ -221,13 +219,7 @@ def test_series_per_device_are_bounded_and_the_shares_all_counted(
     """More one-GiB shares of one GPU than MAX_HOLDERS, and 300 processes of the first share's pod on it:
     MAX_HOLDERS shares get series and the count has them all; the MAX_PROCESSES largest processes are looked up and
     attributed, the rest count as no share's, and one line says so."""
-    sim = simulate(SHARED)
-    source = NodeSource("auto")
-    source.host_root = sim.host_root
-    source.open()
-    request.addfinalizer(source.close)
-    model = source.read()
-    gpu0 = next(d for d in allocatable_devices(model) if d.name == "gpu-0")
+    sim, model, gpu0 = shared_node(simulate, request)
     checkpoint = tmp_path / "gpu.nvidia.com"
     checkpoint.mkdir()
     shares = MAX_HOLDERS + 12
