@@ -89,6 +89,38 @@ def test_a_pod_with_two_shares_of_a_device_counts_its_processes_in_the_first() -
     assert [(u.share.claim.name, u.used_mib) for u in found.uses] == [("a-claim", 5.0), ("b-claim", 0.0)]
 
 
+def test_the_reader_takes_long_lists_in_one_more_call_and_refuses_endless_ones(simulate: Any) -> None:
+    """Both queries, a PID listed by both counted once; a list longer than the first buffer read in a second call
+    sized by NVML's answer; one longer than MAX_PROCESS_BUFFER an error naming its length; a lost GPU GpuLost; a GPU
+    before Volta has no MPS query, its compute list still read."""
+    import pynvml
+
+    from gfd.discovery.errors import DiscoveryError, GpuLost
+    from gfd.discovery.telemetry import MAX_PROCESS_BUFFER, PROCESS_BUFFER, running_processes
+
+    sim = simulate({"gpus": [{"model": "A100-SXM4-80GB"}, {"model": "TITAN-X-Pascal"}]})
+    pynvml.nvmlInit()
+    try:
+        ampere, pascal = (pynvml.nvmlDeviceGetHandleByIndex(i) for i in (0, 1))
+        sim.node.gpus[0].processes[:] = [SimProcess(1, 10, "M+C"), SimProcess(2, 20, "M"), SimProcess(3, 30)]
+        assert running_processes(ampere) == [GpuProcess(1, 10 << 20), GpuProcess(2, 20 << 20), GpuProcess(3, 30 << 20)]
+        many = [SimProcess(100 + i, 1) for i in range(3 * PROCESS_BUFFER)]
+        sim.node.gpus[0].processes[:] = many
+        calls = sim.library.calls["nvmlDeviceGetComputeRunningProcesses_v3"]
+        assert [p.pid for p in running_processes(ampere) or []] == [p.pid for p in many]
+        assert sim.library.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == calls + 2
+        sim.node.gpus[0].processes[:] = [SimProcess(100 + i, 1) for i in range(MAX_PROCESS_BUFFER + 1)]
+        with pytest.raises(DiscoveryError, match=f"{MAX_PROCESS_BUFFER + 1} processes: ERROR_INSUFFICIENT_SIZE"):
+            running_processes(ampere)
+        sim.node.gpus[1].processes[:] = [SimProcess(7, 1)]
+        assert running_processes(pascal) == [GpuProcess(7, 1 << 20)]
+        sim.node.gpus[1].lost = True
+        with pytest.raises(GpuLost):
+            running_processes(pascal)
+    finally:
+        pynvml.nvmlShutdown()
+
+
 @pytest.fixture(params=["real-cgroups", "proc-root"])
 def pods(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PodProcesses]:
     """Processes in pods: in real cgroups (root, a writable hierarchy), and by a proc root of the test's."""

@@ -263,7 +263,7 @@ class GpuProcess:
 # listed with its own memory by nvmlDeviceGetMPSComputeRunningProcesses ("processes ... utilizing MPS", Volta and
 # later); whether NVML also lists them among the compute processes is not documented (nvidia-smi on the host shows
 # them as type "M+C", NVIDIA's DRA driver MPS guide). Both lists are read and a PID counts once. The MPS server
-# itself is a compute process of its own.
+# (a compute process as nvidia-smi lists it) runs in the DRA driver's container: no share's.
 PROCESS_QUERIES = (("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2"),
                    ("nvmlDeviceGetMPSComputeRunningProcesses_v3", "nvmlDeviceGetMPSComputeRunningProcesses_v2"))
 PROCESS_BUFFER = 64  # entries of the first call: more than CUDA MPS serves per device (48 clients since Volta)
@@ -317,7 +317,7 @@ def _processes(handle: Any, names: tuple[str, ...]) -> list[GpuProcess] | None:
         if code != pynvml.NVML_ERROR_INSUFFICIENT_SIZE or count.value > MAX_PROCESS_BUFFER:
             raise translated(error, name, f"{count.value} processes" if code == pynvml.NVML_ERROR_INSUFFICIENT_SIZE
                              else "") from error
-        size = max(count.value, size)  # processes come and go between the calls: a shorter list still fits
+        size = min(MAX_PROCESS_BUFFER, count.value * 2)  # room for processes started between the two calls
     raise translated(pynvml.NVMLError(pynvml.NVML_ERROR_INSUFFICIENT_SIZE), names[0], "the process list kept growing")
 
 

@@ -140,6 +140,8 @@ class TelemetryCollector:
     def _shares(self, handles: dict[str, Any], pods: ListPodResourcesResponse | None) -> dict[str, DeviceShares]:
         """The shares of the devices sampled this time, with their processes and the pods those run in."""
         shares = [s for s in self.shares.read() if s.limits.uuid in handles]
+        if not shares:
+            return {}
         processes: dict[str, list[telemetry.GpuProcess] | None] = {}
         owners: dict[int, CgroupOwner | None] = {}
         for uuid in sorted({s.limits.uuid for s in shares}):
