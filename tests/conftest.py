@@ -73,6 +73,21 @@ def write_yaml(tmp_path: Any) -> Any:
 
 
 @pytest.fixture
+def kubelet() -> Iterator[Any]:
+    """A kubelet stand-in under a short /tmp path (a unix socket path has at most 107 bytes), for its PodResources
+    socket (the telemetry tests; the plugin's tests have one of their own)."""
+    import tempfile
+
+    from tests.kubelet import KubeletStandIn
+
+    with tempfile.TemporaryDirectory(prefix="k-", dir="/tmp") as tmp:
+        os.makedirs(os.path.join(tmp, "device-plugins"))
+        stand_in = KubeletStandIn(os.path.join(tmp, "device-plugins"))
+        yield stand_in
+        stand_in.stop()
+
+
+@pytest.fixture
 def apiserver() -> Iterator[Any]:
     from tests.apiserver import FakeApiServer
 

@@ -113,3 +113,56 @@ def test_a_mig_layout_that_cannot_exist_is_refused() -> None:
         build_node({"gpus": [{"model": "A100-SXM4-40GB", "mig": ["4g.20gb", "4g.20gb"]}]}, "<test>")
     placed = build_node({"gpus": [{"model": "A100-SXM4-40GB", "mig": ["3g.20gb", "3g.20gb"]}]}, "<test>")
     assert [m.placement for m in placed.gpus[0].mig] == [(0, 4), (4, 4)]
+
+
+PROCESSES = {"gpus": [{"model": "A100-SXM4-40GB", "mig": ["3g.20gb", "1g.5gb"]}, {"model": "A100-SXM4-40GB"},
+                      {"model": "TITAN-X-Pascal"}],
+             "processes": [{"gpu": 1, "pid": 4242, "used_memory_mib": 1024, "kind": "M+C"},
+                           {"gpu": 1, "pid": 77, "used_memory_mib": 5},
+                           {"gpu": 1, "pid": 78, "used_memory_mib": 6, "kind": "M"},
+                           {"gpu": 0, "mig": 2, "pid": 99, "used_memory_mib": 3, "kind": "M+C"},
+                           {"gpu": 2, "pid": 5, "used_memory_mib": 1}]}
+
+
+def test_running_processes_through_pynvmls_own_wrappers(simulate: Any) -> None:
+    """pynvml asks the count with a NULL buffer first and reads nvmlProcessInfo_t (pid, usedGpuMemory in bytes,
+    gpuInstanceId, computeInstanceId; 0xFFFFFFFF for both without MIG), as nvml.h documents them."""
+    sim = simulate(PROCESSES)
+    pynvml.nvmlInit()
+    try:
+        def listed(handle: Any, mps: bool = False) -> list[tuple[int, int, int, int]]:
+            query = pynvml.nvmlDeviceGetMPSComputeRunningProcesses if mps else \
+                pynvml.nvmlDeviceGetComputeRunningProcesses
+            return [(p.pid, p.usedGpuMemory, p.gpuInstanceId, p.computeInstanceId) for p in query(handle)]
+
+        whole, mig_gpu, pascal = (pynvml.nvmlDeviceGetHandleByIndex(i) for i in (1, 0, 2))
+        none = 0xFFFFFFFF
+        assert listed(whole) == [(4242, 1024 << 20, none, none), (77, 5 << 20, none, none)]
+        assert listed(whole, mps=True) == [(4242, 1024 << 20, none, none), (78, 6 << 20, none, none)]
+        small = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(mig_gpu, 1)
+        assert listed(small, mps=True) == [(99, 3 << 20, 2, 0)]
+        assert listed(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(mig_gpu, 0)) == []
+        assert listed(mig_gpu) == [(99, 3 << 20, 2, 0)]  # the parent's handle: the aggregate
+        assert listed(pascal) == [(5, 1 << 20, none, none)]
+        with pytest.raises(pynvml.NVMLError_NotSupported):  # "for Volta or newer fully supported devices"
+            listed(pascal, mps=True)
+        sim.node.gpus[1].processes.clear()  # the list is read at each call
+        assert listed(whole) == []
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@pytest.mark.parametrize(("processes", "problem"), [
+    ([{"gpu": 3, "pid": 1}], r"processes\[0\]: not a process of this node"),
+    ([{"gpu": 0, "pid": 0}], r"processes\[0\]: not a process of this node"),
+    ([{"gpu": 0, "pid": 1, "kind": "G"}], r"processes\[0\]: not a process of this node"),
+    ([{"gpu": 1, "pid": 1, "mig": 1}], r"processes\[0\]\.mig: GPU 1 has no MIG device with GPU instance 1"),
+    ([{"gpu": 0, "pid": 1, "cmdline": "x"}], r"processes\[0\]: expected \{gpu, mig, pid, used_memory_mib, kind\}"),
+    ([{"gpu": 0, "pid": 1}] * 4097, r"processes: expected a list of at most 4096 processes"),
+])
+def test_a_process_the_node_cannot_run_is_refused(processes: list[Any], problem: str) -> None:
+    from gfd.config import ConfigError
+    from gfd.discovery.simulated.profiles import build_node
+
+    with pytest.raises(ConfigError, match=problem):
+        build_node({**PROCESSES, "processes": processes}, "<test>")

@@ -99,4 +99,4 @@ def test_the_nodes_shares_name_claim_pods_device_and_share() -> None:
         PreparedDevice(("nic",), "node", "gpu-1", ("k8s.gpu.nvidia.com/claim=uid-1-gpu-1",))),
         (PodRef("train-0", "pod-uid"),))
     assert node_shares([claim]) == [Share(ClaimRef("team-a", "train", "uid-1"), (PodRef("train-0", "pod-uid"),),
-                                          "gpu-0", "0b7c", limits)]
+                                          "gpu-0", "0b7c", limits, "node")]

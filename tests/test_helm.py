@@ -628,17 +628,24 @@ def test_dra_metrics_service_monitor_and_gpu_telemetry(chart: Any) -> None:
     exporter = container(objects, DRA, "gpu-metrics-exporter-ctr")
     assert exporter["command"] == ["gpu-metrics-exporter"]
     assert exporter["ports"] == [{"name": "gpu-metrics", "containerPort": 9101, "protocol": "TCP"}]
-    # The exporter's config from the rendered env: its address, and the pod-resources socket and driver root
-    # where the chart mounts the host's.
+    # The exporter's config from the rendered env: its address, and the pod-resources socket, driver root, the DRA
+    # driver's checkpoint directory and the processes where the chart mounts the host's (read-only).
     from gfd.config.loader import load, parse_command_line
-    from plugin.config import PluginConfig
+    from plugin.dra.config import load_dra_config
+    from plugin.telemetry.cli import ExporterConfig
 
     strings = {k: v for k, v in env(exporter).items() if isinstance(v, str)}
-    config = load(parse_command_line([], strings, OPTIONS, "gpu-metrics-exporter"), OPTIONS, PluginConfig)
-    mounts = {m["mountPath"]: m["name"] for m in exporter["volumeMounts"]}
+    config = load(parse_command_line([], strings, OPTIONS, "gpu-metrics-exporter"), OPTIONS, ExporterConfig)
+    mounts = {m["mountPath"]: m for m in exporter["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert config.gpu_metrics_address == ":9101"
-    assert mounts[os.path.dirname(config.pod_resources_socket)] == "pod-resources"
-    assert mounts[config.container_driver_root] == "driver-root"
+    assert mounts[os.path.dirname(config.pod_resources_socket)]["name"] == "pod-resources"
+    assert mounts[config.container_driver_root]["name"] == "driver-root"
+    driver = load_dra_config([], dra_env(objects) | {"NODE_NAME": "node-1"})
+    plugins = mounts[os.path.dirname(config.dra_checkpoint_dir)]
+    assert config.dra_checkpoint_dir == driver.plugin_dir and plugins["name"] == "plugins" and plugins["readOnly"]
+    proc = mounts[config.proc_root]
+    assert volumes[proc["name"]]["hostPath"]["path"] == "/proc" and proc["readOnly"]
     off = render(chart, {**DRA_ONLY, "dra": {"enabled": True, "metrics": {"enabled": False}}})
     assert not [k for k in off if k[0] == "Service"] and "ports" not in container(off, DRA, DRA_CTR)
     assert "HTTP_ENDPOINT" not in dra_env(off)

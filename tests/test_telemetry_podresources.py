@@ -5,9 +5,6 @@ and one warning says so."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -29,15 +26,6 @@ def reply_size(kubelet: KubeletStandIn) -> int:
     with grpc.insecure_channel(f"unix://{kubelet.pod_resources_socket}") as channel:
         stub = PodResourcesListerStub(channel)  # type: ignore[no-untyped-call]
         return int(stub.List(ListPodResourcesRequest(), timeout=10).ByteSize())
-
-
-@pytest.fixture
-def kubelet() -> Iterator[KubeletStandIn]:
-    with tempfile.TemporaryDirectory(prefix="k-", dir="/tmp") as tmp:  # short: a unix socket path
-        os.makedirs(os.path.join(tmp, "device-plugins"))
-        stand_in = KubeletStandIn(os.path.join(tmp, "device-plugins"))
-        yield stand_in
-        stand_in.stop()
 
 
 def test_twenty_thousand_containers_on_one_gpu_make_a_bounded_exposition(kubelet: KubeletStandIn) -> None:

@@ -21,12 +21,19 @@ from typing import Any
 import pytest
 import yaml
 
+from gfd.discovery.simulated.profiles import PROFILE_DIR as PROFILES
+from gfd.discovery.simulated.profiles import load_profile
+from plugin.dra.checkpoint import PREPARE_COMPLETED, Checkpoint, PreparedClaim, PreparedDevice
+from plugin.dra.claims import PodRef
+from plugin.dra.shares import ShareLimits
+from tests.cgroups import PodProcesses
 from tests.helpers import eventually, free_port, http_get, kill_all
 from tests.requirements import require_command
 from tests.scrape import scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+PROFILE_DIR = Path(PROFILES)
 DASHBOARD = yaml.safe_load((ROOT / "tests" / "data" / "dcgm-exporter-dashboard.yaml").read_text())
 NODE = "hopper-node-1"
 # What promtool's linter may still say: each comes from a name dcgm-exporter's users query, kept as it is.
@@ -40,14 +47,39 @@ INHERITED = {
 
 
 @pytest.fixture(scope="module")
-def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, str]]:
+    """A simulated DGX H100 whose GPU 0 holds two DRA shares (the driver's checkpoint) with a process each, and a
+    process of no pod: (profile, checkpoint directory, proc root)."""
+    tmp = tmp_path_factory.mktemp("shared")
+    world = PodProcesses(False, tmp / "proc")
+    try:
+        trainer, server, host = world.start(), world.start(), world.outside()
+        profile = yaml.safe_load((PROFILE_DIR / "dgx-h100.yaml").read_text())
+        profile["processes"] = [{"gpu": 0, "pid": trainer.pid, "used_memory_mib": 12 * 1024, "kind": "M+C"},
+                                {"gpu": 0, "pid": server.pid, "used_memory_mib": 3 * 1024, "kind": "M"},
+                                {"gpu": 0, "pid": host, "used_memory_mib": 500}]
+        (tmp / "dgx-h100.yaml").write_text(yaml.safe_dump(profile))  # the same name: the same GPU UUIDs
+        uuid = load_profile(str(tmp / "dgx-h100.yaml")).gpus[0].uuid
+        checkpoint = Checkpoint(str(tmp), "boot")
+        for claim, pod, memory in (("train", trainer, 30), ("infer", server, 20)):
+            checkpoint.put(PreparedClaim(f"uid-{claim}", "ml", claim, PREPARE_COMPLETED, (PreparedDevice(
+                ("gpu",), NODE, "gpu-0", (f"k8s.gpu.nvidia.com/claim=uid-{claim}-gpu-0",), f"share-{claim}",
+                share=ShareLimits(uuid, memory * 1024, 0, True)),), (PodRef(f"{claim}-0", pod.pod_uid),)))
+        yield tmp / "dgx-h100.yaml", tmp, world.proc_root
+    finally:
+        world.close()
+
+
+@pytest.fixture(scope="module")
+def exporter(tmp_path_factory: pytest.TempPathFactory, shared_node: tuple[Path, Path, str]) -> Iterator[int]:
     """The standalone exporter on a simulated DGX H100, every family present (rates need a second collection)."""
     port = free_port()
+    profile, checkpoint, proc_root = shared_node
     log = (tmp_path_factory.mktemp("exporter") / "exporter.log").open("w")
-    proc = subprocess.Popen([str(BIN / "gpu-metrics-exporter"), "--simulate=dgx-h100", f"--address=127.0.0.1:{port}",
+    proc = subprocess.Popen([str(BIN / "gpu-metrics-exporter"), f"--simulate={profile}", f"--address=127.0.0.1:{port}",
                              "--collect-interval=250ms", "--pod-resources-socket=/nonexistent/kubelet.sock",
-                             "--log-format=json"], env={"PATH": os.environ["PATH"], "NODE_NAME": NODE},
-                            stdout=log, stderr=subprocess.STDOUT)
+                             f"--dra-checkpoint-dir={checkpoint}", f"--proc-root={proc_root}", "--log-format=json"],
+                            env={"PATH": os.environ["PATH"], "NODE_NAME": NODE}, stdout=log, stderr=subprocess.STDOUT)
     try:
         eventually(lambda: (http_get(f"http://127.0.0.1:{port}/healthz") or (0, ""))[0] == 200, timeout=20)
         eventually(lambda: "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE" in scrape(port).types, timeout=10)
@@ -156,3 +188,20 @@ def test_every_panel_of_nvidias_dashboard_has_data_on_a_hopper_node(prometheus: 
     per_gpu = query(prometheus, DASHBOARD["panels"]["Tensor Core Utilization"].replace('$Hostname', filled["Hostname"])
                     .replace("$gpu", filled["gpu"]))
     assert sorted(r["metric"]["gpu"] for r in per_gpu) == [str(i) for i in range(8)]
+
+
+def test_the_readmes_queries_say_who_uses_what_on_the_shared_gpu(prometheus: str) -> None:
+    """The PromQL of the README's "Who uses what on a shared GPU", as Prometheus evaluates it."""
+    eventually(lambda: len(query(prometheus, "gpu_metrics_share_memory_used_mib")) == 3, timeout=20)
+
+    def values(expr: str, *keys: str) -> dict[tuple[str, ...], float]:
+        return {tuple(r["metric"].get(k, "") for k in keys): float(r["value"][1]) for r in query(prometheus, expr)}
+
+    assert values('sum by (Hostname, gpu, namespace, pod) (gpu_metrics_share_memory_used_mib{pod!=""})',
+                  "gpu", "pod") == {("0", "train-0"): 12 * 1024, ("0", "infer-0"): 3 * 1024}
+    assert values("gpu_metrics_share_memory_used_mib / gpu_metrics_share_memory_limit_mib > 0.3",
+                  "pod", "dra_claim_name") == {("train-0", "train"): 0.4}
+    assert values('gpu_metrics_share_memory_used_mib{dra_share_id=""}', "gpu") == {("0",): 500}
+    allotted = values("sum by (Hostname, UUID) (gpu_metrics_share_memory_limit_mib) / on (Hostname, UUID) "
+                      "max by (Hostname, UUID) (DCGM_FI_DEV_FB_TOTAL)", "Hostname")
+    assert list(allotted) == [(NODE,)] and allotted[(NODE,)] == pytest.approx(50 * 1024 / 81559, rel=0.01)

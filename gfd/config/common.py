@@ -5,6 +5,7 @@ device plugin only `MIG_STRATEGY`)."""
 from __future__ import annotations
 
 from gfd.config.options import Option
+from plugin.dra.sharing import DISABLED, ENFORCEMENTS, NO_ENFORCEMENT
 
 MIG_STRATEGIES = ("none", "single", "mixed")
 DISCOVERY_STRATEGIES = ("auto", "nvml", "tegra", "vfio")
@@ -50,3 +51,16 @@ MPS_CONTAINER_ROOT = Option(("--mps-container-root",), ("MPS_CONTAINER_ROOT",), 
                                  "directories)")
 METRICS_ADDRESS = Option(("--metrics-address",), (), "str", "",
                          help="serve Prometheus /metrics and /healthz on HOST:PORT (off when empty)")
+# The DRA driver's sharing settings (NVIDIA's --consumable-shares and --feature-gates, our --share-enforcement). GFD
+# reads them from the same per-node config file (flags.dra.*), or its env, for its memory-shares labels.
+CONSUMABLE_SHARES = Option(("--consumable-shares",), ("CONSUMABLE_SHARES",), "str", DISABLED,
+                           ("flags", "dra", "consumableShares"),
+                           help="let several claims share a device: 'disabled', 'memory', 'unlimited', or a positive "
+                                "integer (needs the ConsumableShares feature gate)")
+DRA_FEATURE_GATES = Option(("--feature-gates",), ("FEATURE_GATES",), "list", (), ("flags", "dra", "featureGates"),
+                           help="key=value pairs of the DRA driver's feature gates")
+SHARE_ENFORCEMENT = Option(("--share-enforcement",), ("SHARE_ENFORCEMENT",), "str", NO_ENFORCEMENT,
+                           ("flags", "dra", "shareEnforcement"), ENFORCEMENTS,
+                           "how memory shares (--consumable-shares=memory) are held to their size: 'mps' runs each "
+                           "shared GPU's clients under an MPS daemon with their claim's memory and compute as limits "
+                           "(needs --mps-root); 'none' counts them in the scheduler only, as NVIDIA's driver")

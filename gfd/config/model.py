@@ -105,6 +105,11 @@ class Config:
                                          3_600_000_000_000,
                                          help="how often the NodeFeature object is re-read when nothing "
                                               "changed").field()
+    # The DRA driver's sharing settings, as the per-node config file gives them to both programs (flags.dra.*), or
+    # the env: the memory-shares labels. No flags; a value the driver refuses is the driver's to report.
+    consumable_shares: str = common.CONSUMABLE_SHARES.field(flags=())
+    dra_feature_gates: tuple[str, ...] = common.DRA_FEATURE_GATES.field(flags=())
+    share_enforcement: str = common.SHARE_ENFORCEMENT.field(flags=(), choices=None)
     sharing: Sharing = field(default_factory=Sharing)
     imex: Imex = field(default_factory=Imex)
     # Options given explicitly (flag, env or file), by attribute name: decides the output (see outputs).

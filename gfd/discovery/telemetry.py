@@ -16,6 +16,7 @@ any other failure leaves them out of that sample; GPU_IS_LOST raises GpuLost.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -246,6 +247,78 @@ def mig_handle(gpu: Any, index: int) -> Any:
         raise GpuLost("nvmlDeviceGetMigDeviceHandleByIndex", e.value) from e
     except NVMLError as e:
         raise translated(e, "nvmlDeviceGetMigDeviceHandleByIndex", f"error getting MIG device {index}") from e
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process with a CUDA context on a device (nvml.h nvmlProcessInfo_t): its PID in the host's PID namespace,
+    and the device memory it uses, "all of the memory used by the application" (None where NVML cannot say)."""
+
+    pid: int
+    used_bytes: int | None
+
+
+# The running-process queries, newest symbol first; _v3 and _v2 fill the same struct (nvmlProcessInfo_v2_t).
+# Volta+ MPS clients have their own contexts and address spaces (NVIDIA's MPS guide, "Volta MPS"), so each is
+# listed with its own memory by nvmlDeviceGetMPSComputeRunningProcesses ("processes ... utilizing MPS", Volta and
+# later); whether NVML also lists them among the compute processes is not documented (nvidia-smi on the host shows
+# them as type "M+C", NVIDIA's DRA driver MPS guide). Both lists are read and a PID counts once. The MPS server
+# (a compute process as nvidia-smi lists it) runs in the DRA driver's container: no share's.
+PROCESS_QUERIES = (("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2"),
+                   ("nvmlDeviceGetMPSComputeRunningProcesses_v3", "nvmlDeviceGetMPSComputeRunningProcesses_v2"))
+PROCESS_BUFFER = 64  # entries of the first call: more than CUDA MPS serves per device (48 clients since Volta)
+MAX_PROCESS_BUFFER = 4096  # the one larger call a longer list gets; a list longer still is an error
+
+
+def running_processes(handle: Any) -> list[GpuProcess] | None:
+    """The processes on a GPU or MIG device (its handle), by PID; None when neither query is supported.
+    DiscoveryError (GpuLost for a lost GPU) when a query fails or lists more than MAX_PROCESS_BUFFER.
+
+    Called as go-nvml calls it (NVIDIA's Go tools, dcgm-exporter among them): with a buffer, once, and once more
+    with the size NVML answered when it was too small (nvml.h: NVML_ERROR_INSUFFICIENT_SIZE and the count needed).
+    pynvml's wrappers first ask the count with a NULL buffer, which NVIDIA's mock NVML answers SUCCESS (nvml.h:
+    INSUFFICIENT_SIZE), so they would read no process there; and the buffer here is bounded."""
+    found: dict[int, GpuProcess] = {}
+    supported = False
+    for names in PROCESS_QUERIES:
+        listed = _processes(handle, names)
+        if listed is None:
+            continue
+        supported = True
+        for process in listed:
+            before = found.get(process.pid)
+            if before is None or (process.used_bytes or 0) > (before.used_bytes or 0):
+                found[process.pid] = process
+    return [found[pid] for pid in sorted(found)] if supported else None
+
+
+def _processes(handle: Any, names: tuple[str, ...]) -> list[GpuProcess] | None:
+    for name in names:
+        try:
+            query = pynvml._nvmlGetFunctionPointer(name)  # pynvml's own lookup; its wrappers are not used, above
+            break
+        except NVMLError as e:
+            if getattr(e, "value", None) not in UNSUPPORTED:
+                raise translated(e, name) from e
+    else:
+        return None
+    size = PROCESS_BUFFER
+    for _ in range(2):
+        count, infos = ctypes.c_uint(size), (pynvml.c_nvmlProcessInfo_v2_t * size)()
+        code = query(handle, ctypes.byref(count), infos)
+        if code == pynvml.NVML_SUCCESS:
+            return [GpuProcess(int(i.pid), None if i.usedGpuMemory == pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
+                               else int(i.usedGpuMemory)) for i in infos[:min(count.value, size)]]
+        error = pynvml.NVMLError(code)
+        if code == pynvml.NVML_ERROR_GPU_IS_LOST:
+            raise GpuLost(name, code) from error
+        if code in UNSUPPORTED:
+            return None
+        if code != pynvml.NVML_ERROR_INSUFFICIENT_SIZE or count.value > MAX_PROCESS_BUFFER:
+            raise translated(error, name, f"{count.value} processes" if code == pynvml.NVML_ERROR_INSUFFICIENT_SIZE
+                             else "") from error
+        size = min(MAX_PROCESS_BUFFER, count.value * 2)  # room for processes started between the two calls
+    raise translated(pynvml.NVMLError(pynvml.NVML_ERROR_INSUFFICIENT_SIZE), names[0], "the process list kept growing")
 
 
 @dataclass

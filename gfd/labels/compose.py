@@ -23,6 +23,7 @@ def compose(model: DeviceModel, config: Config, started_at: int) -> Labels:
         labels.update(system.version_labels(model))
         labels.update(resources.mig_capable_labels(model, config))
         labels.update(resources.mps_capable_labels(model, config))
+        labels.update(resources.memory_shares_labels(model, config))
         labels.update(resources.resource_labels(model, config))
         labels.update(system.mode_labels(model))
         labels.update(system.imex_labels(model))

@@ -18,6 +18,7 @@ from gfd.labels.errors import LabelError
 from gfd.labels.sanitise import product
 from gfd.model import DeviceModel, Gpu, MigDevice
 from gfd.resources import ResourceGroup, check_single, resource_groups
+from plugin.dra.sharing import DISABLED, ConsumableShares
 
 log = structlog.get_logger("gfd.labels")
 
@@ -217,3 +218,33 @@ def mps_capable_labels(model: DeviceModel, config: Config) -> Labels:
             "MPS sharing is not supported for mig devices"
         )
     return {"nvidia.com/mps.capable": "true"}
+
+
+MEMORY_SHARES = "nvidia.com/gpu.memory-shares"
+
+
+def memory_shares_labels(model: DeviceModel, config: Config) -> Labels:
+    """Ours: whether the node's DRA driver offers devices in memory-sized shares (its consumable shares, with the
+    ConsumableShares gate; a claim asks for `capacity.requests.memory`) and whether MPS holds each share to its size
+    (`.enforced`). From the settings the per-node config file gives the driver and GFD alike, and the devices the
+    driver publishes as shareable (plugin/dra/sharing.py). Absent where no device is offered in shares, or the
+    settings are ones the driver refuses (no gate, an unknown mode), so such a node keeps upstream's label set. As
+    upstream's sharing labels, they say what is configured, not that the driver runs."""
+    if config.consumable_shares == DISABLED:
+        return {}
+    # Imported here: the driver's options and devices add ~7 ms (python -X importtime) to every GFD start, which
+    # only a node with consumable shares needs.
+    from plugin.dra.config import CONSUMABLE_SHARES_GATE, parse_gates
+    from plugin.dra.devices import allocatable_devices
+
+    try:
+        shares = ConsumableShares.parse(config.consumable_shares, config.share_enforcement)
+        gated = parse_gates(config.dra_feature_gates).get(CONSUMABLE_SHARES_GATE, False)
+    except ValueError:
+        return {}
+    offered = shares.enabled and gated and any(shares.shareable(d.mig is not None, d.mig is not None or
+                                                                d.gpu.memory_mib is not None)
+                                               for d in allocatable_devices(model))
+    if not offered:
+        return {}
+    return {MEMORY_SHARES: "true", f"{MEMORY_SHARES}.enforced": str(shares.enforced).lower()}

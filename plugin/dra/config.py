@@ -12,7 +12,7 @@ import structlog
 from gfd.config import ConfigError, common
 from gfd.config.loader import load, parse_command_line
 from gfd.config.options import Option, options_of, parse_go_bool
-from plugin.dra.sharing import ENFORCEMENTS, NO_ENFORCEMENT, ConsumableShares
+from plugin.dra.sharing import NO_ENFORCEMENT, ConsumableShares
 
 log = structlog.get_logger("plugin.dra")
 
@@ -39,7 +39,6 @@ EFFECTIVE_GATES = (CONSUMABLE_SHARES_GATE,)
 # klog verbosity from which our log level is debug (Kubernetes' logging conventions: 4 is debug).
 DEBUG_VERBOSITY = 4
 _IGNORED = "accepted for compatibility with NVIDIA's gpu-kubelet-plugin; no effect here"
-_FILE = ("flags", "dra")  # the DRA driver's keys in the config file (config-manager's per-node file)
 
 
 def _ignored(flag: str, env: str, kind: str, default: object, what: str) -> Option:
@@ -73,13 +72,9 @@ class DraConfig:
     additional_xids_to_ignore: tuple[str, ...] = Option(
         ("--additional-xids-to-ignore",), ("ADDITIONAL_XIDS_TO_IGNORE",), "list", (),
         help="XIDs (numbers) that do not make a device unhealthy").field()
-    consumable_shares: str = Option(
-        ("--consumable-shares",), ("CONSUMABLE_SHARES",), "str", "disabled", (*_FILE, "consumableShares"),
-        help="let several claims share a device: 'disabled', 'memory', 'unlimited', or a positive integer "
-             "(needs the ConsumableShares feature gate)").field()
-    feature_gates: tuple[str, ...] = Option(
-        ("--feature-gates",), ("FEATURE_GATES",), "list", (), (*_FILE, "featureGates"),
-        help="key=value pairs of feature gates: " + ", ".join(sorted(DRIVER_GATES | LOGGING_GATES))).field()
+    consumable_shares: str = common.CONSUMABLE_SHARES.field()
+    feature_gates: tuple[str, ...] = common.DRA_FEATURE_GATES.field(
+        help="key=value pairs of feature gates: " + ", ".join(sorted(DRIVER_GATES | LOGGING_GATES)))
     kubeconfig: str = common.KUBECONFIG.field()
     kube_api_qps: float = common.KUBE_API_QPS.field()
     kube_api_burst: int = common.KUBE_API_BURST.field()
@@ -119,11 +114,7 @@ class DraConfig:
     log_json_info_buffer_size: str = _ignored("--log-json-info-buffer-size", "LOG_JSON_INFO_BUFFER_SIZE", "str",
                                               "0", "klog's JSON info buffer").field()
     # Ours, not NVIDIA's.
-    share_enforcement: str = Option(
-        ("--share-enforcement",), ("SHARE_ENFORCEMENT",), "str", NO_ENFORCEMENT, (*_FILE, "shareEnforcement"),
-        ENFORCEMENTS, "how memory shares (--consumable-shares=memory) are held to their size: 'mps' runs each shared "
-        "GPU's clients under an MPS daemon with their claim's memory and compute as limits (needs --mps-root); "
-        "'none' counts them in the scheduler only, as NVIDIA's driver").field()
+    share_enforcement: str = common.SHARE_ENFORCEMENT.field()
     mps_root: str = common.MPS_ROOT.field(help="the MPS root on the host (the pipe directories and shm that "
                                                "containers of enforced shares mount)")
     mps_container_root: str = common.MPS_CONTAINER_ROOT.field()

@@ -43,13 +43,15 @@ class ShareLimits:
 
 @dataclass(frozen=True)
 class Share:
-    """A share of a GPU as an operator asks about it: the claim and its pods, the device, the share's id."""
+    """A share of a GPU as an operator asks about it: the claim and its pods, the device (and its pool), the share's
+    id."""
 
     claim: ClaimRef
     pods: tuple[PodRef, ...]
     device: str
     share_id: str
     limits: ShareLimits
+    pool: str = ""
 
 
 def share_limits(result: AllocationResult, device: Allocatable, sharing: ConsumableShares) -> ShareLimits | None:
@@ -78,7 +80,7 @@ def _whole(consumed: Mapping[str, str], name: str, unit: int) -> int | None:
 
 def node_shares(claims: Iterable[PreparedClaim]) -> list[Share]:
     """Every share of the prepared claims, by claim and device."""
-    return [Share(ClaimRef(c.namespace, c.name, c.uid), c.pods, d.device, d.share_id, d.share)
+    return [Share(ClaimRef(c.namespace, c.name, c.uid), c.pods, d.device, d.share_id, d.share, d.pool)
             for c in claims for d in c.devices if d.share is not None and d.share_id is not None]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pynvml
 import structlog
 
-from gfd.discovery.simulated.profiles import SimGpu, SimMig, SimNode
+from gfd.discovery.simulated.profiles import SimGpu, SimMig, SimNode, SimProcess
 
 log = structlog.get_logger("gfd.simulated")
 
@@ -46,7 +46,8 @@ HOPPER = 9  # nvml.h NVML_DEVICE_ARCH_HOPPER: GPM needs Hopper or newer (nvmlGpm
 # nvml.h nvmlGpmMetricId_t -> the simulated reading (a % over the window, or KiB/s turned into MiB/s).
 GPM_METRICS = {1: ("gr_engine_active", 1), 5: ("tensor_active", 1), 10: ("dram_active", 1),
                20: ("pcie_tx_kib_per_s", 1 / 1024), 21: ("pcie_rx_kib_per_s", 1 / 1024)}
-ALL_INSTANCES = 0xFFFFFFFF
+ALL_INSTANCES = 0xFFFFFFFF  # also a process's gpuInstanceId/computeInstanceId when MIG is off (nvml.h)
+VOLTA = 5  # nvml.h NVML_DEVICE_ARCH_VOLTA: the MPS process query is "for Volta or newer fully supported devices"
 GPU_INSTANCE_PROFILE_COUNT = 0x12  # nvml.h NVML_GPU_INSTANCE_PROFILE_COUNT
 COMPUTE_INSTANCE_PROFILE_COUNT = 0x9
 
@@ -105,6 +106,10 @@ class _Struct:
     class EventData(ctypes.Structure):
         _fields_ = [("device", c_void_p), ("eventType", ctypes.c_ulonglong), ("eventData", ctypes.c_ulonglong),
                     ("gpuInstanceId", c_uint), ("computeInstanceId", c_uint)]
+
+    class ProcessInfo(ctypes.Structure):  # nvmlProcessInfo_v2_t; _v3 of the process queries returns the same
+        _fields_ = [("pid", c_uint), ("usedGpuMemory", ctypes.c_ulonglong), ("gpuInstanceId", c_uint),
+                    ("computeInstanceId", c_uint)]
 
     class FabricInfoV2(ctypes.Structure):
         _fields_ = [("version", c_uint), ("clusterUuid", ctypes.c_uint8 * 16), ("status", c_int),
@@ -271,6 +276,9 @@ class SimulatedLibrary:
             ("nvmlDeviceGetNvLinkRemotePciInfo_v2", (_P, c_uint, _P), self._device(self._nvlink_remote)),
             ("nvmlDeviceGetNvLinkRemoteDeviceType", (_P, c_uint, _P), self._device(self._nvlink_remote_type)),
             ("nvmlDeviceGetComputeMode", (_P, _P), self._device(lambda g, p: _write_uint(p, g.compute_mode))),
+            # Running processes: the _v2 and _v3 symbols take the same struct (nvmlProcessInfo_v2_t).
+            *((f"nvmlDeviceGet{query}RunningProcesses{version}", (_P, _P, _P), self._processes(mps))
+              for query, mps in (("Compute", False), ("MPSCompute", True)) for version in ("_v2", "_v3")),
             # Telemetry (gfd.discovery.simulated.telemetry): readings that change with time.
             ("nvmlDeviceGetUtilizationRates", (_P, _P), self._device(self._utilization)),
             ("nvmlDeviceGetEncoderUtilization", (_P, _P, _P), self._device(
@@ -634,6 +642,36 @@ class SimulatedLibrary:
         gpu_end = any(g.bus_id == gpu.nvlinks[link] for g in self.node.gpus)
         return _write_uint(ptr, NVLINK_DEVICE_TYPE_GPU if gpu_end else NVLINK_DEVICE_TYPE_SWITCH)
 
+    def _processes(self, mps: bool) -> Callable[..., int]:
+        """nvml.h: `*infoCount` is the size of `infos` in, the number of processes out; a buffer too small (a
+        count query passes 0 and may pass NULL) gets NVML_ERROR_INSUFFICIENT_SIZE with the number needed, or
+        SUCCESS when none run. A GPU's handle lists its own processes and, with MIG on, its MIG devices' too (the
+        aggregate a privileged caller gets); a MIG device's handle lists that device's, with its instance ids."""
+        def impl(handle: int, count_ptr: int, infos: int | None) -> int:
+            obj = self._handles.get(handle)
+            if isinstance(obj, SimGpu):
+                gpu, listed = obj, [(p, ALL_INSTANCES, ALL_INSTANCES) for p in obj.processes]
+                listed += [(p, m.gi_id, m.ci_id) for m in obj.mig for p in m.processes]
+            elif isinstance(obj, _MigRef):
+                gpu, listed = obj.gpu, [(p, obj.mig.gi_id, obj.mig.ci_id) for p in obj.mig.processes]
+            else:
+                return INVALID_ARGUMENT
+            if not count_ptr:
+                return INVALID_ARGUMENT
+            if mps and gpu.architecture < VOLTA:
+                return NOT_SUPPORTED
+            found = [entry for entry in listed if _listed_by(entry[0], mps)]
+            room = c_uint.from_address(count_ptr).value if infos else 0
+            c_uint.from_address(count_ptr).value = len(found)
+            if len(found) > room:
+                return INSUFFICIENT_SIZE
+            for i, (process, gi_id, ci_id) in enumerate(found):
+                info = _Struct.ProcessInfo.from_address(infos + i * ctypes.sizeof(_Struct.ProcessInfo))  # type: ignore[operator]
+                info.pid, info.usedGpuMemory = process.pid, process.used_memory_mib << 20
+                info.gpuInstanceId, info.computeInstanceId = gi_id, ci_id
+            return SUCCESS
+        return impl
+
     @staticmethod
     def _supported_events(gpu: SimGpu, ptr: int) -> int:
         if not gpu.events_supported:
@@ -675,6 +713,10 @@ class SimulatedLibrary:
         info.cliqueId = int(gpu.fabric.get("clique_id", 0))
         info.state = int(gpu.fabric.get("state", 3))
         return SUCCESS
+
+
+def _listed_by(process: SimProcess, mps: bool) -> bool:
+    return "M" in process.kind if mps else "C" in process.kind
 
 
 class _Ref:

@@ -22,6 +22,20 @@ PROFILE_DIR = os.path.join(HERE, "profiles")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+@dataclass(frozen=True)
+class SimProcess:
+    """A process with a CUDA context on a GPU or MIG device, as NVML's running-process queries report it
+    (nvml.h nvmlProcessInfo_t: pid, usedGpuMemory in bytes, gpuInstanceId, computeInstanceId). `kind` says which
+    queries list it: "C" nvmlDeviceGetComputeRunningProcesses (a process with its own context), "M+C" that one and
+    nvmlDeviceGetMPSComputeRunningProcesses (an MPS client as nvidia-smi shows it on the host: type "M+C", NVIDIA's
+    DRA driver MPS guide), "M" the MPS query alone. Whether NVML also lists an MPS client among the compute
+    processes is not documented (nvml.h documents each query on its own), so both cases can be simulated."""
+
+    pid: int
+    used_memory_mib: int
+    kind: str = "C"
+
+
 @dataclass(eq=False)
 class SimMig:
     profile: str
@@ -46,6 +60,7 @@ class SimMig:
     ci_id: int = 0
     uuid: str = ""
     placement: tuple[int, int] | None = None  # (start, size) of this instance, as nvmlGpuInstanceGetInfo
+    processes: list[SimProcess] = field(default_factory=list)  # those running on this MIG device
 
 
 @dataclass(eq=False)
@@ -80,6 +95,7 @@ class SimGpu:
     bars: list[int] = field(default_factory=list)  # 64-bit memory BAR sizes in bytes
     reserved_mib: int = 0  # framebuffer the driver reserves (nvmlDeviceGetMemoryInfo_v2 `reserved`)
     vgpu_licensed: bool = True  # a vGPU guest's license state (nvmlDeviceGetGridLicensableFeatures)
+    processes: list[SimProcess] = field(default_factory=list)  # running on the GPU (not on one of its MIG devices)
 
 
 @dataclass(eq=False)
@@ -213,7 +229,40 @@ def _build_node(doc: Any, source: str, src: str) -> SimNode:
         events_file=str(doc.get("events_file") or ""),
     )
     _topology(node, doc.get("topology") or {}, src)
+    _processes(node, doc.get("processes") or [], src)
     return node
+
+
+PROCESS_KINDS = ("C", "M", "M+C")
+MAX_PROCESSES = 4096  # per simulated node: far above what a GPU runs (48 MPS clients per device since Volta)
+
+
+def _processes(node: SimNode, raw: Any, src: str) -> None:
+    """`processes: [{gpu: INDEX, mig: GI_ID, pid: PID, used_memory_mib: MIB, kind: C|M|M+C}, ...]`: what the
+    running-process queries list on that GPU (or on its MIG device with that GPU instance id)."""
+    if not isinstance(raw, list) or len(raw) > MAX_PROCESSES:
+        raise ConfigError(src, "processes", f"expected a list of at most {MAX_PROCESSES} processes, got {short(raw)}",
+                          "[{gpu, mig, pid, used_memory_mib, kind}, ...]")
+    for i, entry in enumerate(raw):
+        field_name = f"processes[{i}]"
+        if not isinstance(entry, dict) or set(entry) - {"gpu", "mig", "pid", "used_memory_mib", "kind"}:
+            raise ConfigError(src, field_name, f"expected {{gpu, mig, pid, used_memory_mib, kind}}, got {short(entry)}")
+        index, pid, mib = int(entry.get("gpu", 0)), int(entry["pid"]), int(entry.get("used_memory_mib", 0))
+        kind = str(entry.get("kind", "C"))
+        if not 0 <= index < len(node.gpus) or not 0 < pid < 1 << 32 or not 0 <= mib < 1 << 44 or \
+                kind not in PROCESS_KINDS:
+            raise ConfigError(src, field_name, f"not a process of this node: {short(entry)}",
+                              f"a GPU index below {len(node.gpus)}, a PID (1 to 2^32-1), MiB, kind "
+                              + "/".join(PROCESS_KINDS))
+        gpu, process = node.gpus[index], SimProcess(pid, mib, kind)
+        if entry.get("mig") is None:
+            gpu.processes.append(process)
+            continue
+        mig = next((m for m in gpu.mig if m.gi_id == int(entry["mig"])), None)
+        if mig is None:
+            raise ConfigError(src, f"{field_name}.mig", f"GPU {index} has no MIG device with GPU instance "
+                              f"{short(entry['mig'])}", ", ".join(str(m.gi_id) for m in gpu.mig) or "none")
+        mig.processes.append(process)
 
 
 _PCIE_LEVELS = {"internal": 0, "single": 10, "multiple": 20, "hostbridge": 30, "node": 40, "system": 50}
