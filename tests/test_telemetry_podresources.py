@@ -16,7 +16,7 @@ from plugin.api.podresources_pb2 import ListPodResourcesRequest
 from plugin.api.podresources_pb2_grpc import PodResourcesListerStub
 from plugin.dra.devices import allocatable_devices
 from plugin.telemetry.collector import TelemetryCollector
-from plugin.telemetry.podresources import PodResourcesError, holders
+from plugin.telemetry.podresources import PodResourcesError, list_pods
 from plugin.telemetry.snapshot import MAX_HOLDERS
 from tests.kubelet import KubeletStandIn
 from tests.scrape import Scrape
@@ -98,5 +98,5 @@ def test_devices_of_dra_claims_carry_the_pods_that_use_them(kubelet: KubeletStan
 
 def test_a_kubelet_that_does_not_answer_is_an_error_with_its_cause(tmp_path: Any) -> None:
     with pytest.raises(PodResourcesError, match="UNAVAILABLE") as e:
-        holders(str(tmp_path / "kubelet.sock"))
+        list_pods(str(tmp_path / "kubelet.sock"))
     assert isinstance(e.value.__cause__, grpc.RpcError)
