@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from gfd.lifecycle import Scope
 from plugin.api import (
     dra_health_pb2,
     dra_health_pb2_grpc,
@@ -68,7 +69,13 @@ class Plugin:
         (root / "plugins" / "gpu.nvidia.com").mkdir(parents=True)
         preparer = Preparer(NODE, Checkpoint(str(root / "plugins" / "gpu.nvidia.com"), "boot"), self.claims,
                             self.specs, {d.name: d for d in self.devices})
-        self.server = DraPluginServer(str(self.registrar), str(self.dra), preparer, self.board)
+        self.scope = Scope("dra server")
+        self.server = DraPluginServer(str(self.registrar), str(self.dra), preparer, self.board, self.scope)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.scope.close()
+        assert not self.scope.hung  # every gRPC worker returned
 
     def channel(self, path: Path) -> grpc.Channel:
         return grpc.insecure_channel(f"unix://{path}")
@@ -79,7 +86,7 @@ def plugin(tmp_path: Path) -> Iterator[Plugin]:
     p = Plugin(tmp_path)
     p.server.start()
     yield p
-    p.server.stop()
+    p.stop()
 
 
 def test_registration_tells_the_kubelet_what_nvidias_driver_tells_it(plugin: Plugin) -> None:
@@ -167,8 +174,9 @@ def test_a_stale_socket_is_replaced_and_a_live_one_left_alone(tmp_path: Path) ->
         with pytest.raises(ServeError, match="is served by another running process"):
             other.server.start()
         assert p.dra.exists()
+        other.stop()
     finally:
-        p.server.stop()
+        p.stop()
     assert not p.dra.exists() and not p.registrar.exists()
 
 

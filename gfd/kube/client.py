@@ -62,6 +62,7 @@ def defer_package_init(name: str) -> None:
         try:
             return package.__dict__[attribute]
         except KeyError:
+            # from None: a module's own "no attribute" answer; the dict's KeyError would read as a bug here
             raise AttributeError(f"module {name!r} has no attribute {attribute!r}") from None
 
     package.__getattr__ = __getattr__  # type: ignore[method-assign]

@@ -135,7 +135,7 @@ class DraPlugin:
             preparer.update_sharing(config.shares, self.mps)
             life.start_thread("mps", functools.partial(self.mps.run, life.stopping))
         self.server = server = DraPluginServer(config.registration_socket, config.dra_socket, preparer, board,
-                                               self.metrics)
+                                               life, self.metrics)
         life.callback("kubelet sockets", server.stop)
         try:
             server.start()

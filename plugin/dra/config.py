@@ -199,7 +199,7 @@ def parse_gates(items: Sequence[str]) -> dict[str, bool]:
         try:
             gates[name] = parse_go_bool(value.strip())
         except ValueError as e:
-            raise ValueError(f"invalid value of {name}={value.strip()}, err: {e}") from None
+            raise ValueError(f"invalid value of {name}={value.strip()}, err: {e}") from e
     return gates
 
 
@@ -216,7 +216,7 @@ def validate(config: DraConfig) -> DraConfig:
         gates = config.gates
     except ValueError as e:
         raise ConfigError("feature gate validation failed", "feature-gates", str(e),
-                          ", ".join(sorted(DRIVER_GATES | LOGGING_GATES))) from None
+                          ", ".join(sorted(DRIVER_GATES | LOGGING_GATES))) from e
     for gate, other, needed in GATE_RULES:
         if gates[gate] and gates[other] != needed:
             relation = "requires {} to also be enabled" if needed else "is currently mutually exclusive with {}"
@@ -225,7 +225,7 @@ def validate(config: DraConfig) -> DraConfig:
     try:
         shares = config.shares
     except ValueError as e:
-        raise ConfigError("invalid CLI flags", "consumable-shares", str(e)) from None
+        raise ConfigError("invalid CLI flags", "consumable-shares", str(e)) from e
     if shares.enabled and not gates[CONSUMABLE_SHARES_GATE]:
         raise ConfigError("invalid CLI flags", "consumable-shares",
                           f"--consumable-shares requires feature gate {CONSUMABLE_SHARES_GATE} to be enabled",

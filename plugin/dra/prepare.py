@@ -176,7 +176,7 @@ class Preparer:
                     (r.base_request,), r.pool, r.device, (cdi_device_id(ref.uid, r.device),), r.share_id,
                     r.admin_access, share_limits(r, self.allocatable[r.device], self.sharing)) for r in results)
             except ValueError as e:
-                raise ClaimFailed(f"{fail}: prepare devices failed: consumed capacity: {e}") from None
+                raise ClaimFailed(f"{fail}: prepare devices failed: consumed capacity: {e}") from e
             enforced = self._enforced_gpu(devices, fail)
             # One checkpoint write per prepare, after the spec: the spec is this prepare's only side effect the
             # checkpoint does not name (unprepare removes a claim's spec whether or not the claim was checkpointed,
@@ -222,13 +222,13 @@ class Preparer:
             try:
                 self.enforcer.ensure(uuid)
             except Exception as e:
-                raise ClaimFailed(f"{fail}: prepare devices failed: MPS daemon of GPU {uuid}: {e}") from None
+                raise ClaimFailed(f"{fail}: prepare devices failed: MPS daemon of GPU {uuid}: {e}") from e
             edits = self.enforcer.client_edits(uuid, limits)
             extra = {d.device: edits for d in devices if d.share is not None and d.share.enforced}
         try:
             self.specs.write(uid, unique, extra)
         except Exception as e:
-            raise ClaimFailed(f"{fail}: unable to create CDI spec file for claim: {e}") from None
+            raise ClaimFailed(f"{fail}: unable to create CDI spec file for claim: {e}") from e
 
     def _release_unused(self, gpus: set[str]) -> None:
         """With the lock held: the GPUs among `gpus` that no prepared claim holds an enforced share of any more."""
@@ -243,7 +243,7 @@ class Preparer:
         try:
             claim = self.reader.read(ref)
         except Exception as e:
-            raise ClaimFailed(f"retrieve claim {where}: {e}") from None
+            raise ClaimFailed(f"retrieve claim {where}: {e}") from e
         if not claim.allocated:
             raise ClaimFailed(f"claim {where} not allocated")
         if claim.ref.uid != ref.uid:
@@ -266,7 +266,7 @@ class Preparer:
         try:
             self.checkpoint.put(claim)
         except Exception as e:
-            raise ClaimFailed(f"{fail}: {e}") from None
+            raise ClaimFailed(f"{fail}: {e}") from e
 
     def _unprepare(self, ref: ClaimRef) -> None:
         with self._lock:
@@ -284,7 +284,7 @@ class Preparer:
                 self.checkpoint.remove(ref.uid)
             except Exception as e:
                 raise ClaimFailed(f"error unpreparing devices for claim {ref}: error deleting claim from "
-                                  f"checkpoint: {e}") from None
+                                  f"checkpoint: {e}") from e
             self._release_unused(_enforced([known]))
         log.info("claim unprepared", claim=str(ref), state=known.state)
 

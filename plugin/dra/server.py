@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import structlog
 
+from gfd.lifecycle import Scope
 from plugin.api import (
     dra_health_pb2,
     dra_health_pb2_grpc,
@@ -156,8 +157,12 @@ class DraPluginServer:
     """Both sockets: the DRA socket first, so the kubelet can dial it as soon as it reads the registration."""
 
     def __init__(self, registration_socket: str, dra_socket: str, preparer: Preparer, board: HealthBoard,
-                 metrics: DraMetrics | None = None) -> None:
+                 scope: Scope, metrics: DraMetrics | None = None) -> None:
+        """The calls run on pools of `scope`: create the server before registering its `stop` with the scope, so
+        that it stops before its pools are shut down."""
         self.registration_socket, self.dra_socket = registration_socket, dra_socket
+        # The kubelet's health stream holds one worker; prepares and unprepares of several pods come at once.
+        self.executors = scope.executor("grpc dra", 8), scope.executor("grpc dra-reg", 2)
         self.registration = Registration(dra_socket)
         self.services: list[tuple[ModuleType, DraService]] = [
             (dra_v1_pb2_grpc, DraService(dra_v1_pb2, preparer, metrics)),
@@ -168,8 +173,8 @@ class DraPluginServer:
     def start(self) -> None:
         """ServeError (one line) when a socket cannot be served; nothing is left serving then."""
         try:
-            self.servers.append((serve_unix(self.dra_socket, self._add_dra, 8, "dra"), self.dra_socket))
-            self.servers.append((serve_unix(self.registration_socket, self._add_registration, 2, "dra-reg"),
+            self.servers.append((serve_unix(self.dra_socket, self._add_dra, self.executors[0]), self.dra_socket))
+            self.servers.append((serve_unix(self.registration_socket, self._add_registration, self.executors[1]),
                                  self.registration_socket))
         except Exception:
             self.stop()

@@ -6,22 +6,22 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from plugin.server import MAX_SOCKET_PATH, ServeError, answers
 
 
-def serve_unix(path: str, add_services: Callable[[grpc.Server], None], workers: int, name: str) -> grpc.Server:
-    """A started server on `path`; ServeError (one line) when another live process serves it or it cannot be
-    bound."""
+def serve_unix(path: str, add_services: Callable[[grpc.Server], None], executor: ThreadPoolExecutor) -> grpc.Server:
+    """A started server on `path` whose calls run on `executor` (a scope's: joined when it closes); ServeError
+    (one line) when another live process serves it or it cannot be bound."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if os.path.lexists(path):
         if answers(path):
             raise ServeError(f"{path} is served by another running process; not taking it over")
         os.unlink(path)  # a stale socket from an earlier run
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name))
+    server = grpc.server(executor)
     add_services(server)
     try:
         bound = server.add_insecure_port(f"unix://{path}")
