@@ -136,3 +136,14 @@ def nfd_schemas() -> dict[str, Any]:
         if doc and doc.get("kind") == "CustomResourceDefinition":
             schemas[doc["spec"]["names"]["kind"]] = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schemas
+
+
+@pytest.fixture
+def mps_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The MPS stand-in (tests/mps) on PATH as nvidia-cuda-mps-control; an MpsRoot for its daemons, killed after."""
+    from plugin.mps.root import MpsRoot
+    from tests.mps import standin
+
+    monkeypatch.setenv("PATH", standin.path_with_stand_in())
+    with standin.daemons_root() as d:
+        yield MpsRoot(str(d))

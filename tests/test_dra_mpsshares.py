@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,8 @@ class Health:
 
 
 @pytest.fixture
-def root(monkeypatch: pytest.MonkeyPatch) -> Iterator[MpsRoot]:
-    """The stand-in on PATH; the root of its daemons."""
-    monkeypatch.setenv("PATH", standin.path_with_stand_in())
-    with standin.daemons_root() as d:
-        yield MpsRoot(str(d))
+def root(mps_root: MpsRoot) -> MpsRoot:
+    return mps_root
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,8 @@ EXCLUSIVE_PROCESS, DEFAULT = 3, 0  # nvml.h nvmlComputeMode_t
 
 
 @pytest.fixture
-def root(monkeypatch: pytest.MonkeyPatch) -> Iterator[MpsRoot]:
-    """The stand-in on PATH; the root of its daemons."""
-    monkeypatch.setenv("PATH", standin.path_with_stand_in())
-    with standin.daemons_root() as d:
-        yield MpsRoot(str(d))
+def root(mps_root: MpsRoot) -> MpsRoot:
+    return mps_root
 
 
 @pytest.fixture
