@@ -185,3 +185,41 @@ def test_the_control_program_is_found_on_path_else_under_the_driver_root(
                    "LD_LIBRARY_PATH": f"{tmp_path}/driver-root/usr/lib64"}
     with pytest.raises(ControlError, match=r"nvidia-cuda-mps-control not found on PATH .*; nor under the driver root"):
         find_program(str(tmp_path), DriverFiles("550.54.15", (), (), ("/usr/bin/nvidia-smi",), (), ()))
+
+
+@pytest.mark.xfail(strict=True, reason="review24: ensure() trusts a daemon whose supervised restart failed")
+def test_a_share_prepared_after_a_failed_restart_is_not_told_its_daemon_runs(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of issue 24: supervision keeps a daemon that could not be started again in `_daemons`, so `ensure`
+    answers as if it ran. A claim prepared then gets the MPS env and a pipe directory with no daemon behind it, and
+    its CUDA runs without MPS, unlimited (NVIDIA's MPS guide: a client that cannot reach the daemon runs without
+    MPS)."""
+    import plugin.mps.daemon as daemon_module
+    from plugin.mps import MpsError
+
+    _, gpus = node
+    health = Health()
+    mps = shares(root, gpus, health)
+    uuid = gpus[0].uuid
+    mps.ensure(uuid)
+    dead = standin.daemon_pid(Path(root.pipe_dir(uuid)))
+    assert dead is not None
+    os.killpg(dead, signal.SIGKILL)
+    standin.wait_gone(dead)
+    real = daemon_module._set_compute_mode
+
+    def refusing(gpu: Gpu, mode: str) -> None:  # NVML refuses EXCLUSIVE_PROCESS once (e.g. a context is open)
+        if mode == "EXCLUSIVE_PROCESS":
+            raise MpsError("nvmlDeviceSetComputeMode: In use by another client")
+        real(gpu, mode)
+
+    monkeypatch.setattr(daemon_module, "_set_compute_mode", refusing)
+    mps.check()  # the restart fails; the GPU is reported down
+    assert health.down() == [uuid]
+    monkeypatch.setattr(daemon_module, "_set_compute_mode", real)
+    mps.ensure(uuid)  # a new share of this GPU is prepared before the next supervision round
+    try:
+        pid = standin.daemon_pid(Path(root.pipe_dir(uuid)))
+        assert pid is not None and not standin.gone(pid), "ensure() returned, but no MPS daemon serves the GPU"
+    finally:
+        mps.release(uuid)

@@ -424,3 +424,32 @@ def test_without_enforcement_shares_are_counted_as_nvidias(tmp_path: Path) -> No
     answers = p.prepare([share(claims, "a", "gpu-0"), share(claims, "b", "gpu-0", "gpu-1")])
     assert all(not a.error for a in answers.values()) and specs.extra == {"uid-a": {}, "uid-b": {}}
     assert all(d.share is not None and not d.share.enforced for a in answers.values() for d in a.devices)
+
+
+@pytest.mark.xfail(strict=True, reason="review24: with sharing on, overlaps are not checked even for devices that "
+                                       "are not published as shareable")
+def test_a_device_not_published_as_shareable_is_still_refused_to_a_second_claim(
+        shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
+    """Under `--share-enforcement=mps` MIG devices are published without allowMultipleAllocations
+    (ConsumableShares.shareable), so no second claim may hold one; `_refuse_overlaps` returns early whenever sharing
+    is enabled, so prepare accepts it (a stale allocation, a config reload, a second scheduler)."""
+    claims, _, _, p = shared
+    mig = "gpu-2-mig-1g5gb-19-0"
+    assert not p.prepare([claims.add("first", "uid-1", mig)])["uid-1"].error
+    second = p.prepare([claims.add("second", "uid-2", mig)])["uid-2"]
+    assert "already allocated to different claim uid-1" in second.error
+
+
+@pytest.mark.xfail(strict=True, reason="review24: a reload to --share-enforcement=none leaves a GPU under MPS and "
+                                       "prepares new shares of it as plain clients")
+def test_a_share_of_a_gpu_under_mps_is_enforced_whatever_the_reloaded_setting(
+        shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
+    """GPU 0 runs an MPS daemon in EXCLUSIVE_PROCESS for claim a. After SIGHUP with shareEnforcement: none, claim b
+    (allocated beside a) is prepared with no MPS edits: its process either gets no context on the EXCLUSIVE_PROCESS
+    GPU or takes it exclusively, and is held to no limit."""
+    claims, specs, enforcer, p = shared
+    p.prepare([share(claims, "a", "gpu-0", memory="30Gi")])
+    assert enforcer.running == {GPU0}
+    p.update_sharing(ConsumableShares.parse("memory", "none"), None)
+    (device,) = p.prepare([share(claims, "b", "gpu-0", memory="30Gi")])["uid-b"].devices
+    assert device.share is not None and device.share.enforced and specs.extra["uid-b"] != {}
