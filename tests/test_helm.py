@@ -489,9 +489,14 @@ def test_dra_memory_shares_enforced_by_mps_get_the_mps_root_and_shared_memory(ch
     init = container(objects, DRA, "mps-mounts")
     assert init["command"] == ["mps-control-daemon", "mount-shm"] and init["securityContext"] == {"privileged": True}
     assert init["volumeMounts"] == [{"name": "mps-root", "mountPath": "/mps", "mountPropagation": "Bidirectional"}]
+    # An MPS server cannot start in the pod's own PID namespace (NVIDIA's DRA driver and MPS DaemonSet use the host's).
+    assert pod["hostPID"] is True and "shareProcessNamespace" not in pod
+    own = render(chart, {**values, "mps": {**values["mps"], "enableHostPID": False}})
+    assert "hostPID" not in own[("DaemonSet", DRA)]["spec"]["template"]["spec"]
     # Unset (the default), NVIDIA's behaviour: nothing of MPS.
     plain = render(chart, DRA_ONLY)[("DaemonSet", DRA)]["spec"]["template"]["spec"]
     assert "initContainers" not in plain and not {"mps-root", "mps-shm"} & {v["name"] for v in plain["volumes"]}
+    assert "hostPID" not in plain
     assert "SHARE_ENFORCEMENT" not in dra_env(render(chart, DRA_ONLY))
 
 
@@ -508,7 +513,7 @@ def test_dra_per_node_sharing_comes_from_config_manager(chart: Any, tmp_path: Pa
     for obj in objects.values():
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     pod = objects[("DaemonSet", DRA)]["spec"]["template"]["spec"]
-    assert pod["shareProcessNamespace"] is True
+    assert pod["hostPID"] is True and "shareProcessNamespace" not in pod  # the sidecar finds the driver among the host's
     assert [c["name"] for c in pod["initContainers"]] == ["mps-mounts", "nvidia-dra-plugin-init"]
     sidecar = container(objects, DRA, "nvidia-dra-plugin-sidecar")
     assert env(sidecar)["PROCESS_TO_SIGNAL"] == "nvidia-dra-plugin" and env(sidecar)["SIGNAL"] == "1"
@@ -627,6 +632,7 @@ def test_dra_metrics_service_monitor_and_gpu_telemetry(chart: Any) -> None:
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics", "gpu-metrics"]
     exporter = container(objects, DRA, "gpu-metrics-exporter-ctr")
     assert exporter["command"] == ["gpu-metrics-exporter"]
+    assert pod["spec"]["hostPID"] is True  # NVML names processes by the host's PIDs; the exporter maps them to pods
     assert exporter["ports"] == [{"name": "gpu-metrics", "containerPort": 9101, "protocol": "TCP"}]
     # The exporter's config from the rendered env: its address, and the pod-resources socket, driver root, the DRA
     # driver's checkpoint directory and the processes where the chart mounts the host's (read-only).
