@@ -500,6 +500,26 @@ def test_dra_memory_shares_enforced_by_mps_get_the_mps_root_and_shared_memory(ch
     assert "SHARE_ENFORCEMENT" not in dra_env(render(chart, DRA_ONLY))
 
 
+def test_gfd_labels_the_memory_shares_the_chart_turns_on(chart: Any) -> None:
+    """The chart-wide dra.* sharing values reach GFD too: its labels, from its rendered env alone, say what the
+    driver offers (one template gives both their env)."""
+    from gfd.labels.compose import compose
+    from tests.helpers import simulated_model
+
+    def labels(values: dict[str, Any]) -> dict[str, str]:
+        strings = {k: v for k, v in env(container(render(chart, values), GFD, "gpu-feature-discovery-ctr")).items()
+                   if isinstance(v, str)}
+        config = load_config(parse_command_line(["--oneshot"], strings))
+        return {k: v for k, v in compose(simulated_model("dgx-a100"), config, 0).items() if "memory-shares" in k}
+
+    shares = {"enabled": True, "consumableShares": "memory", "featureGates": {"ConsumableShares": True}}
+    assert labels({**DRA_ONLY, "dra": {**shares, "shareEnforcement": "mps"}}) == {
+        "nvidia.com/gpu.memory-shares": "true", "nvidia.com/gpu.memory-shares.enforced": "true"}
+    assert labels({**DRA_ONLY, "dra": shares}) == {
+        "nvidia.com/gpu.memory-shares": "true", "nvidia.com/gpu.memory-shares.enforced": "false"}
+    assert labels(DRA_ONLY) == {}
+
+
 def test_dra_per_node_sharing_comes_from_config_manager(chart: Any, tmp_path: Path) -> None:
     """config.map as for the device plugin: config-manager writes the node's config (init) and signals the plugin
     when its label changes (sidecar, one process namespace); the plugin reads flags.dra.* from it. A config may
@@ -513,7 +533,7 @@ def test_dra_per_node_sharing_comes_from_config_manager(chart: Any, tmp_path: Pa
     for obj in objects.values():
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     pod = objects[("DaemonSet", DRA)]["spec"]["template"]["spec"]
-    assert pod["hostPID"] is True and "shareProcessNamespace" not in pod  # the sidecar finds the driver among the host's
+    assert pod["hostPID"] is True and "shareProcessNamespace" not in pod  # the sidecar finds it among the host's
     assert [c["name"] for c in pod["initContainers"]] == ["mps-mounts", "nvidia-dra-plugin-init"]
     sidecar = container(objects, DRA, "nvidia-dra-plugin-sidecar")
     assert env(sidecar)["PROCESS_TO_SIGNAL"] == "nvidia-dra-plugin" and env(sidecar)["SIGNAL"] == "1"

@@ -325,3 +325,20 @@ readinessProbe:
 {{- define "nvidia-device-plugin.gpuMetricsEnabled" -}}
 {{- if or (and .Values.devicePlugin.enabled .Values.devicePlugin.gpuMetrics.enabled) (and .Values.dra.enabled .Values.dra.gpuMetrics.enabled) -}}true{{- end -}}
 {{- end -}}
+
+{{- /* The DRA driver's sharing settings as env, for the driver and for GFD's memory-shares labels (one source). */}}
+{{- define "nvidia-device-plugin.draSharingEnv" -}}
+{{- $dra := .Values.dra }}
+{{- with $dra.consumableShares }}
+- name: CONSUMABLE_SHARES
+  value: {{ . | quote }}
+{{- end }}
+{{- with $dra.featureGates }}
+- name: FEATURE_GATES
+  value: {{ $gates := list }}{{ range $name, $on := . }}{{ $gates = append $gates (printf "%s=%t" $name $on) }}{{ end }}{{ join "," $gates | quote }}
+{{- end }}
+{{- with $dra.shareEnforcement }}
+- name: SHARE_ENFORCEMENT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
