@@ -190,18 +190,31 @@ def test_every_panel_of_nvidias_dashboard_has_data_on_a_hopper_node(prometheus: 
     assert sorted(r["metric"]["gpu"] for r in per_gpu) == [str(i) for i in range(8)]
 
 
+def readme_queries() -> list[str]:
+    """The PromQL block of the README's "Who uses what on a shared GPU": each expression (a line after its
+    comment, with its indented continuation lines)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("Who uses what (PromQL):\n\n```promql\n", 1)[1].split("```", 1)[0]
+    queries: list[str] = []
+    for line in block.splitlines():
+        if line.startswith("#"):
+            queries.append("")
+        else:
+            queries[-1] = f"{queries[-1]} {line.strip()}".strip()
+    return queries
+
+
 def test_the_readmes_queries_say_who_uses_what_on_the_shared_gpu(prometheus: str) -> None:
-    """The PromQL of the README's "Who uses what on a shared GPU", as Prometheus evaluates it."""
+    """The PromQL of the README's "Who uses what on a shared GPU", as written there, as Prometheus evaluates it."""
     eventually(lambda: len(query(prometheus, "gpu_metrics_share_memory_used_mib")) == 3, timeout=20)
 
     def values(expr: str, *keys: str) -> dict[tuple[str, ...], float]:
         return {tuple(r["metric"].get(k, "") for k in keys): float(r["value"][1]) for r in query(prometheus, expr)}
 
-    assert values('sum by (Hostname, gpu, namespace, pod) (gpu_metrics_share_memory_used_mib{pod!=""})',
-                  "gpu", "pod") == {("0", "train-0"): 12 * 1024, ("0", "infer-0"): 3 * 1024}
-    assert values("gpu_metrics_share_memory_used_mib / gpu_metrics_share_memory_limit_mib > 0.3",
-                  "pod", "dra_claim_name") == {("train-0", "train"): 0.4}
-    assert values('gpu_metrics_share_memory_used_mib{dra_share_id=""}', "gpu") == {("0",): 500}
-    allotted = values("sum by (Hostname, UUID) (gpu_metrics_share_memory_limit_mib) / on (Hostname, UUID) "
-                      "max by (Hostname, UUID) (DCGM_FI_DEV_FB_TOTAL)", "Hostname")
+    per_pod, over_limit, outside, given_out = readme_queries()
+    assert values(per_pod, "gpu", "pod") == {("0", "train-0"): 12 * 1024, ("0", "infer-0"): 3 * 1024}
+    # The fixture's busiest share uses 40 % of its limit: the README's threshold lowered to find it.
+    assert values(over_limit.replace("> 0.9", "> 0.3"), "pod", "dra_claim_name") == {("train-0", "train"): 0.4}
+    assert values(outside, "gpu") == {("0",): 500}
+    allotted = values(given_out, "Hostname")
     assert list(allotted) == [(NODE,)] and allotted[(NODE,)] == pytest.approx(50 * 1024 / 81559, rel=0.01)
