@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING
 
 from kubernetes.utils.quantity import parse_quantity
 
+from gfd.model import MIB
 from plugin.dra.claims import AllocationResult, ClaimRef, PodRef
 from plugin.dra.devices import Allocatable
-from plugin.dra.sharing import COMPUTE, MIB, ConsumableShares
+from plugin.dra.sharing import COMPUTE, MEMORY, ConsumableShares
 
 if TYPE_CHECKING:
     from plugin.dra.checkpoint import PreparedClaim
-
-MEMORY = "memory"
 
 
 @dataclass(frozen=True)
