@@ -83,6 +83,15 @@ def node_shares(claims: Iterable[PreparedClaim]) -> list[Share]:
             for c in claims for d in c.devices if d.share is not None and d.share_id is not None]
 
 
+def gpu_modes(shares: Iterable[ShareLimits]) -> dict[str, bool]:
+    """By GPU (or MIG device) UUID, whether its shares among `shares` are enforced. A GPU's shares are all in one
+    mode (prepare keeps them so); were they not, enforced wins: its MPS daemon runs."""
+    modes: dict[str, bool] = {}
+    for share in shares:
+        modes[share.uuid] = modes.get(share.uuid, False) or share.enforced
+    return modes
+
+
 def gpu_limits(shares: Iterable[ShareLimits]) -> dict[str, ShareLimits]:
     """The enforced shares among `shares` merged by GPU (one claim may hold several shares of one GPU, and its
     containers are one MPS client of it): memory added up, compute added up to at most 100."""
