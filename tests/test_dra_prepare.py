@@ -487,7 +487,7 @@ def test_a_gpu_with_unenforced_shares_does_not_switch_to_mps_under_them(tmp_path
     b = share(claims, "b", "gpu-0", memory="30Gi")
     assert p.prepare([b])["uid-b"].error == (
         f"error preparing devices for claim default/b:uid-b: prepare devices failed: GPU {GPU0} holds shares "
-        "prepared without MPS enforcement; its shares are enforced once those end (it cannot run both)")
+        "prepared without MPS enforcement; it takes enforced shares once those end (it cannot run both)")
     assert enforcer.running == set() and "uid-b" not in p.checkpoint.claims and "uid-b" not in specs.written
     (other,) = p.prepare([share(claims, "c", "gpu-1", memory="30Gi")])["uid-c"].devices
     assert other.share is not None and other.share.enforced and enforcer.running == {GPU1}

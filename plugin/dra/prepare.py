@@ -225,7 +225,7 @@ class Preparer:
         if modes[limits.uuid]:
             return replace(limits, enforced=True)
         raise ClaimFailed(f"{fail}: prepare devices failed: GPU {limits.uuid} holds shares prepared without MPS "
-                          f"enforcement; its shares are enforced once those end (it cannot run both)")
+                          f"enforcement; it takes enforced shares once those end (it cannot run both)")
 
     def _enforced_gpu(self, devices: Sequence[PreparedDevice], fail: str) -> tuple[str, ShareLimits] | None:
         """The GPU whose MPS daemon the claim's containers are to be clients of, with the claim's limits there
