@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MIB = 1 << 20  # bytes in a MiB, the unit of the model's memory sizes (`memory_mib`)
+
 
 @dataclass(frozen=True)
 class MigDevice:

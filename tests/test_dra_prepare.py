@@ -426,30 +426,72 @@ def test_without_enforcement_shares_are_counted_as_nvidias(tmp_path: Path) -> No
     assert all(d.share is not None and not d.share.enforced for a in answers.values() for d in a.devices)
 
 
-@pytest.mark.xfail(strict=True, reason="review24: with sharing on, overlaps are not checked even for devices that "
-                                       "are not published as shareable")
 def test_a_device_not_published_as_shareable_is_still_refused_to_a_second_claim(
         shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
     """Under `--share-enforcement=mps` MIG devices are published without allowMultipleAllocations
-    (ConsumableShares.shareable), so no second claim may hold one; `_refuse_overlaps` returns early whenever sharing
-    is enabled, so prepare accepts it (a stale allocation, a config reload, a second scheduler)."""
+    (ConsumableShares.shareable), so no second claim may hold one, even one whose stale allocation has a shareID
+    (a config reload, a second scheduler)."""
     claims, _, _, p = shared
     mig = "gpu-2-mig-1g5gb-19-0"
     assert not p.prepare([claims.add("first", "uid-1", mig)])["uid-1"].error
     second = p.prepare([claims.add("second", "uid-2", mig)])["uid-2"]
     assert "already allocated to different claim uid-1" in second.error
+    stale = p.prepare([share(claims, "stale", mig)])["uid-stale"]
+    assert "requested device gpu-2-mig-1g5gb-19-0 is already allocated to different claim uid-1" in stale.error
 
 
-@pytest.mark.xfail(strict=True, reason="review24: a reload to --share-enforcement=none leaves a GPU under MPS and "
-                                       "prepares new shares of it as plain clients")
+def test_only_shares_of_a_shareable_device_are_prepared_beside_each_other(
+        shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
+    """A GPU held whole (no shareID) is not shared, and a GPU holding shares is not taken whole; shares of it are."""
+    claims, _, _, p = shared
+    assert not p.prepare([claims.add("whole", "uid-whole", "gpu-1")])["uid-whole"].error
+    assert "already allocated to different claim uid-whole" in p.prepare([share(claims, "a", "gpu-1")])["uid-a"].error
+    assert all(not a.error for a in p.prepare([share(claims, "b", "gpu-0"), share(claims, "c", "gpu-0")]).values())
+    taken = p.prepare([claims.add("taken", "uid-taken", "gpu-0")])["uid-taken"]
+    assert "requested device gpu-0 is already allocated to different claim uid-b" in taken.error
+    admin = p.prepare([claims.add("admin", "uid-admin", "gpu-0", admin_access=True)])["uid-admin"]
+    assert not admin.error  # admin access observes a device without taking any of it
+
+
 def test_a_share_of_a_gpu_under_mps_is_enforced_whatever_the_reloaded_setting(
         shared: tuple[Claims, Specs, Enforcer, Preparer]) -> None:
     """GPU 0 runs an MPS daemon in EXCLUSIVE_PROCESS for claim a. After SIGHUP with shareEnforcement: none, claim b
-    (allocated beside a) is prepared with no MPS edits: its process either gets no context on the EXCLUSIVE_PROCESS
-    GPU or takes it exclusively, and is held to no limit."""
+    (allocated beside a) is still an MPS client held to its limits: outside the daemon its process would get no
+    context on the EXCLUSIVE_PROCESS GPU. GPU 1, which holds no share, follows the new setting, and so does GPU 0
+    once its shares end."""
     claims, specs, enforcer, p = shared
     p.prepare([share(claims, "a", "gpu-0", memory="30Gi")])
     assert enforcer.running == {GPU0}
     p.update_sharing(ConsumableShares.parse("memory", "none"), None)
+    assert p.modes_kept() == {GPU0: True}
     (device,) = p.prepare([share(claims, "b", "gpu-0", memory="30Gi")])["uid-b"].devices
     assert device.share is not None and device.share.enforced and specs.extra["uid-b"] != {}
+    (other,) = p.prepare([share(claims, "c", "gpu-1", memory="30Gi")])["uid-c"].devices
+    assert other.share is not None and not other.share.enforced and specs.extra["uid-c"] == {}
+    p.unprepare([ClaimRef("default", "a", "uid-a"), ClaimRef("default", "b", "uid-b")])
+    assert enforcer.running == set() and p.modes_kept() == {}
+    (after,) = p.prepare([share(claims, "d", "gpu-0", memory="30Gi")])["uid-d"].devices
+    assert after.share is not None and not after.share.enforced and enforcer.running == set()
+
+
+def test_a_gpu_with_unenforced_shares_does_not_switch_to_mps_under_them(tmp_path: Path) -> None:
+    """After SIGHUP with shareEnforcement: mps, GPU 0 still runs claim a's processes without MPS: starting its daemon
+    (EXCLUSIVE_PROCESS) would lock them out. A share the setting enforces is refused there, naming the GPU and why;
+    the kubelet's retry prepares it, enforced, once a has ended. GPU 1 is enforced at once."""
+    claims, specs, enforcer = Claims(), Specs(), Enforcer()
+    devices = {d.name: d for d in allocatable_devices(node())}
+    p = Preparer(NODE, Checkpoint(str(tmp_path), BOOT), claims, specs, devices, ConsumableShares.parse("memory"))
+    assert not p.prepare([share(claims, "a", "gpu-0", memory="30Gi")])["uid-a"].error
+    p.update_sharing(SHARES, enforcer)
+    assert p.modes_kept() == {GPU0: False}
+    b = share(claims, "b", "gpu-0", memory="30Gi")
+    assert p.prepare([b])["uid-b"].error == (
+        f"error preparing devices for claim default/b:uid-b: prepare devices failed: GPU {GPU0} holds shares "
+        "prepared without MPS enforcement; it takes enforced shares once those end (it cannot run both)")
+    assert enforcer.running == set() and "uid-b" not in p.checkpoint.claims and "uid-b" not in specs.written
+    (other,) = p.prepare([share(claims, "c", "gpu-1", memory="30Gi")])["uid-c"].devices
+    assert other.share is not None and other.share.enforced and enforcer.running == {GPU1}
+    p.unprepare([ClaimRef("default", "a", "uid-a")])
+    (device,) = p.prepare([b])["uid-b"].devices
+    assert device.share is not None and device.share.enforced and enforcer.running == {GPU0, GPU1}
+    assert p.modes_kept() == {}

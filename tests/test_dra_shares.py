@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from plugin.dra.checkpoint import PREPARE_COMPLETED, PreparedClaim, PreparedDevice
 from plugin.dra.claims import AllocationResult, ClaimRef, PodRef
 from plugin.dra.devices import Allocatable, allocatable_devices
-from plugin.dra.shares import Share, ShareLimits, gpu_limits, node_shares, share_limits
+from plugin.dra.shares import Share, ShareLimits, gpu_limits, gpu_modes, node_shares, share_limits
 from plugin.dra.sharing import ConsumableShares, quantity
 from tests import builders
 
@@ -90,6 +90,12 @@ def test_a_limit_never_falls_below_what_was_consumed(memory: int, compute: int) 
 def test_a_claims_shares_of_one_gpu_add_up_and_compute_stops_at_the_whole_gpu() -> None:
     a, b = ShareLimits("GPU-a", 1024, 60, True), ShareLimits("GPU-a", 2048, 70, True)
     assert gpu_limits([a, b, ShareLimits("GPU-b", 512, 0, False)]) == {"GPU-a": ShareLimits("GPU-a", 3072, 100, True)}
+
+
+def test_a_gpus_mode_is_its_shares_and_enforced_wins() -> None:
+    """Prepare keeps a GPU's shares in one mode; were they mixed, the GPU's daemon runs, so it counts as enforced."""
+    shares = [ShareLimits("GPU-a", 1024, 0, False), ShareLimits("GPU-a", 1024, 0, True), ShareLimits("GPU-b", 1, 0)]
+    assert gpu_modes(shares) == {"GPU-a": True, "GPU-b": False} and gpu_modes([]) == {}
 
 
 def test_the_nodes_shares_name_claim_pods_device_and_share() -> None:

@@ -24,13 +24,12 @@ from gfd.config.errors import short
 from gfd.discovery.errors import DiscoveryError, GpuLost, NvmlUnavailable
 from gfd.discovery.migprofile import MigProfileError, profile_name
 from gfd.discovery.sysfs import PciFacts
-from gfd.model import Fabric, Gpu, Link, LostGpu, MigDevice
+from gfd.model import MIB, Fabric, Gpu, Link, LostGpu, MigDevice
 
 log = structlog.get_logger("gfd.discovery")
 
 T = TypeVar("T")
 K = TypeVar("K")
-MIB = 1024 * 1024
 # Display-only functions upstream skips (go-nvlib device/device.go).
 _SKIPPED_MODELS = ("DGX Display", "NVIDIA DGX Display")
 _ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere", 8: "ada",

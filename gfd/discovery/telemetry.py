@@ -26,8 +26,8 @@ import pynvml
 
 from gfd.discovery.errors import GpuLost
 from gfd.discovery.nvml import NVMLError, error_name, translated
+from gfd.model import MIB
 
-MIB = 1 << 20
 ALL_LINKS = 0xFFFFFFFF  # nvml.h: a field value's scopeId for the sum over every NVLink
 
 

@@ -6,7 +6,8 @@ sockets (registration, DRA, health) → watch the claims and publish the Resourc
 the MPS daemons. Every thread is a thread of the lifecycle; /metrics and /healthz are the one HTTP server's
 (gfd/httpserver). /healthz is ok once the kubelet has registered the driver and the API server holds the node's
 slices. SIGHUP reads the config again (config-manager's per-node file): a change of the sharing options applies at
-once (slices, later prepares); other options take effect at the next start.
+once (slices, later prepares), except that a GPU holding shares keeps their enforcement until they end
+(plugin/dra/prepare.py); other options take effect at the next start.
 """
 
 from __future__ import annotations
@@ -214,8 +215,11 @@ class DraPlugin:
             health = self._health
         preparer.update_sharing(self.config.shares, self.mps)
         self._publish(health)
+        kept = preparer.modes_kept()  # GPUs whose shares keep their mode, and the new setting's, until they end
+        waiting = {"gpusUnderMpsUntilSharesEnd": sorted(uuid for uuid, mps in kept.items() if mps),
+                   "gpusWithoutMpsUntilSharesEnd": sorted(uuid for uuid, mps in kept.items() if not mps)}
         log.info("config reloaded", consumableShares=self.config.consumable_shares,
-                 shareEnforcement=self.config.share_enforcement)
+                 shareEnforcement=self.config.share_enforcement, **{k: v for k, v in waiting.items() if v})
 
     def _serve_http(self) -> None:
         try:

@@ -6,27 +6,30 @@ Per claim, never for the batch: every failure is that claim's `error`, worded as
 plugin helper word it, so the kubelet retries only what failed. Prepared claims are checkpointed, so prepare is
 idempotent (a claim already prepared answers from the checkpoint without reading the API) and unprepare works
 after a restart; a prepare writes the checkpoint once. A device prepared for one claim is refused to another
-unless it allows multiple allocations (consumable shares) or either allocation is for admin access.
+unless both hold shares of it (a shareID each) and it is published as shareable (consumable shares), or either
+allocation is for admin access.
 
 Shares (plugin/dra/shares.py) are checkpointed with their claim. An enforced share makes sure its GPU's MPS daemon
 runs and gives the claim's containers its limits; unprepare of a GPU's last enforced share stops the daemon.
+Whether a share is enforced is the GPU's, not only the node's setting (reloadable): a GPU keeps the mode of the
+shares it holds until they end (`Preparer._gpu_mode`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
 
 from plugin.cdi.spec import ContainerEdits
 from plugin.dra.checkpoint import PREPARE_COMPLETED, Checkpoint, PreparedClaim, PreparedDevice
-from plugin.dra.claims import ClaimRef, ResourceClaim
+from plugin.dra.claims import AllocationResult, ClaimRef, ResourceClaim
 from plugin.dra.config import DRIVER_NAME
 from plugin.dra.devices import Allocatable
-from plugin.dra.shares import Share, ShareLimits, gpu_limits, node_shares, share_limits
+from plugin.dra.shares import Share, ShareLimits, gpu_limits, gpu_modes, node_shares, share_limits
 from plugin.dra.sharing import NOT_SHARED, ConsumableShares
 
 log = structlog.get_logger("plugin.dra")
@@ -117,8 +120,9 @@ class Preparer:
             self.allocatable = dict(allocatable)
 
     def update_sharing(self, sharing: ConsumableShares, enforcer: ShareEnforcer | None) -> None:
-        """The node's sharing changed (its config was reloaded): later prepares follow it; prepared shares keep
-        what they got until they are unprepared."""
+        """The node's sharing changed (its config was reloaded): later prepares follow it, except on a GPU whose
+        shares were prepared in the other mode (`modes_kept`); prepared shares keep what they got until they are
+        unprepared."""
         with self._lock:
             self.sharing, self.enforcer = sharing, enforcer or self.enforcer
 
@@ -126,6 +130,14 @@ class Preparer:
         """The GPUs (UUIDs) that prepared claims hold enforced shares of."""
         with self._lock:
             return _enforced(self.checkpoint.claims.values())
+
+    def modes_kept(self) -> dict[str, bool]:
+        """By UUID, the GPUs whose prepared shares keep them in a mode other than the node's setting until those
+        shares end: True, under MPS (the setting enforces none now); False, without it (the setting enforces)."""
+        with self._lock:
+            gpus = {d.gpu.uuid for d in self.allocatable.values() if d.mig is None}
+            return {uuid: enforced for uuid, enforced in _modes(self.checkpoint.claims.values()).items()
+                    if uuid in gpus and enforced != self.sharing.enforced}
 
     def shares(self) -> list[Share]:
         """Every share the node's prepared claims hold (plugin/dra/shares.py)."""
@@ -170,11 +182,13 @@ class Preparer:
                                       f"not in this node's pool {self.node_name}")
                 if r.device not in self.allocatable:
                     raise ClaimFailed(f'{fail}: prepare devices failed: allocatable not found for device "{r.device}"')
-            self._refuse_overlaps(ref.uid, [r.device for r in results if not r.admin_access], fail)
+            self._refuse_overlaps(ref.uid, results, fail)
+            modes = _modes(self.checkpoint.claims.values())
             try:
                 devices = tuple(PreparedDevice(
                     (r.base_request,), r.pool, r.device, (cdi_device_id(ref.uid, r.device),), r.share_id,
-                    r.admin_access, share_limits(r, self.allocatable[r.device], self.sharing)) for r in results)
+                    r.admin_access, self._gpu_mode(share_limits(r, self.allocatable[r.device], self.sharing), modes,
+                                                   fail)) for r in results)
             except ValueError as e:
                 raise ClaimFailed(f"{fail}: prepare devices failed: consumed capacity: {e}") from e
             enforced = self._enforced_gpu(devices, fail)
@@ -196,6 +210,22 @@ class Preparer:
         log.info("claim prepared", claim=str(ref), devices=[d.device for d in devices],
                  **({"mps": enforced[0], **_limits_log(enforced[1])} if enforced is not None else {}))
         return devices
+
+    @staticmethod
+    def _gpu_mode(limits: ShareLimits | None, modes: Mapping[str, bool], fail: str) -> ShareLimits | None:
+        """A share as its GPU takes it (`modes`: the mode of each GPU's prepared shares): a GPU keeps the mode of
+        the shares it holds, whatever the node's setting says since a reload, and takes the setting's once they end.
+        Under MPS the GPU is in EXCLUSIVE_PROCESS, where a process outside its daemon gets no context: every new
+        share of it is enforced. A GPU whose shares run without MPS cannot be switched under them (their processes
+        would be locked out): a share the setting enforces is refused there with why, and the kubelet's retries
+        prepare it once those shares end. Refused rather than prepared unenforced, because the node publishes its
+        shares as enforced (`shareEnforcement: mps`), which a claim may have selected them for."""
+        if limits is None or limits.uuid not in modes or modes[limits.uuid] == limits.enforced:
+            return limits
+        if modes[limits.uuid]:
+            return replace(limits, enforced=True)
+        raise ClaimFailed(f"{fail}: prepare devices failed: GPU {limits.uuid} holds shares prepared without MPS "
+                          f"enforcement; it takes enforced shares once those end (it cannot run both)")
 
     def _enforced_gpu(self, devices: Sequence[PreparedDevice], fail: str) -> tuple[str, ShareLimits] | None:
         """The GPU whose MPS daemon the claim's containers are to be clients of, with the claim's limits there
@@ -250,17 +280,32 @@ class Preparer:
             raise ClaimFailed(f"claim {where} got replaced")
         return claim
 
-    def _refuse_overlaps(self, uid: str, wanted: Sequence[str], fail: str) -> None:
-        if self.sharing.enabled:
-            return
+    def _refuse_overlaps(self, uid: str, results: Sequence[AllocationResult], fail: str) -> None:
+        """A device another claim holds is refused unless both hold shares of it (a shareID each) and the node
+        publishes it as shareable: a device published for one claim at a time (a MIG device under enforcement,
+        any device with sharing off), or one held whole, is not shared because a stale allocation, a reload or a
+        second scheduler says so. Admin access takes nothing and is neither refused nor refusing."""
+        shared: dict[str, bool] = {}  # by device: whether the claim takes only shares of it
+        for r in results:
+            if not r.admin_access:
+                shared[r.device] = shared.get(r.device, True) and r.share_id is not None and \
+                    self._shareable(self.allocatable[r.device])
         for other in self.checkpoint.claims.values():
             if other.uid == uid or other.state != PREPARE_COMPLETED:
                 continue
-            held = {d.device for d in other.devices if not d.admin_access}
-            for device in wanted:
-                if device in held:
-                    raise ClaimFailed(f"{fail}: unable to prepare claim {uid}: requested device {device} is "
-                                      f"already allocated to different claim {other.uid}")
+            for held in other.devices:
+                if held.admin_access or held.device not in shared:
+                    continue
+                if shared[held.device] and held.share_id is not None:
+                    continue  # two shares of a shareable device
+                raise ClaimFailed(f"{fail}: unable to prepare claim {uid}: requested device {held.device} is "
+                                  f"already allocated to different claim {other.uid}")
+
+    def _shareable(self, device: Allocatable) -> bool:
+        """Whether the slices publish `device` for several claims (plugin/dra/slices.py; a MIG device's memory is
+        always known)."""
+        mig = device.mig is not None
+        return self.sharing.shareable(mig, mig or device.gpu.memory_mib is not None)
 
     def _checkpoint(self, claim: PreparedClaim, fail: str) -> None:
         try:
@@ -289,8 +334,12 @@ class Preparer:
         log.info("claim unprepared", claim=str(ref), state=known.state)
 
 
+def _modes(claims: Iterable[PreparedClaim]) -> dict[str, bool]:
+    return gpu_modes(d.share for c in claims for d in c.devices if d.share is not None)
+
+
 def _enforced(claims: Iterable[PreparedClaim]) -> set[str]:
-    return {d.share.uuid for c in claims for d in c.devices if d.share is not None and d.share.enforced}
+    return {uuid for uuid, enforced in _modes(claims).items() if enforced}
 
 
 def _limits_log(limits: ShareLimits) -> dict[str, int]:

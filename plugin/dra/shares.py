@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING
 
 from kubernetes.utils.quantity import parse_quantity
 
+from gfd.model import MIB
 from plugin.dra.claims import AllocationResult, ClaimRef, PodRef
 from plugin.dra.devices import Allocatable
-from plugin.dra.sharing import COMPUTE, MIB, ConsumableShares
+from plugin.dra.sharing import COMPUTE, MEMORY, ConsumableShares
 
 if TYPE_CHECKING:
     from plugin.dra.checkpoint import PreparedClaim
-
-MEMORY = "memory"
 
 
 @dataclass(frozen=True)
@@ -82,6 +81,15 @@ def node_shares(claims: Iterable[PreparedClaim]) -> list[Share]:
     """Every share of the prepared claims, by claim and device."""
     return [Share(ClaimRef(c.namespace, c.name, c.uid), c.pods, d.device, d.share_id, d.share, d.pool)
             for c in claims for d in c.devices if d.share is not None and d.share_id is not None]
+
+
+def gpu_modes(shares: Iterable[ShareLimits]) -> dict[str, bool]:
+    """By GPU (or MIG device) UUID, whether its shares among `shares` are enforced. A GPU's shares are all in one
+    mode (prepare keeps them so); were they not, enforced wins: its MPS daemon runs."""
+    modes: dict[str, bool] = {}
+    for share in shares:
+        modes[share.uuid] = modes.get(share.uuid, False) or share.enforced
+    return modes
 
 
 def gpu_limits(shares: Iterable[ShareLimits]) -> dict[str, ShareLimits]:

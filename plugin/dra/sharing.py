@@ -19,14 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gfd.model import MIB
+
 DISABLED = "disabled"
-MEMORY = "memory"
+MEMORY = "memory"  # the capacity a share is sized by, and the mode (`--consumable-shares=memory`) that sizes it
 UNLIMITED = "unlimited"
 MODES = (DISABLED, MEMORY, UNLIMITED)
 NO_ENFORCEMENT, MPS = "none", "mps"
 ENFORCEMENTS = (NO_ENFORCEMENT, MPS)
 COMPUTE = "compute"  # the capacity of an enforced share's SMs, in percent
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gfd.discovery.sysfs import sysfs_address
-from gfd.model import DeviceModel, Gpu, MigDevice
+from gfd.model import MIB, DeviceModel, Gpu, MigDevice
 from plugin.dra.config import DRIVER_NAME
 from plugin.dra.devices import allocatable_devices, minor
-from plugin.dra.sharing import COMPUTE, MIB, NOT_SHARED, ConsumableShares, quantity
+from plugin.dra.sharing import COMPUTE, MEMORY, NOT_SHARED, ConsumableShares, quantity
 from plugin.dra.taints import HEALTHY, DeviceHealth
 
 STANDARD = "resource.kubernetes.io"
@@ -165,7 +165,7 @@ def _finish(device: dict[str, Any], memory: int | None, shares: ConsumableShares
         if shares.enforced:
             device["attributes"][f"{OURS}/shareEnforcement"] = {"string": shares.enforcement}
     if memory is not None:
-        device["capacity"]["memory"] = shares.memory_capacity(memory) if shareable else {"value": quantity(memory)}
+        device["capacity"][MEMORY] = shares.memory_capacity(memory) if shareable else {"value": quantity(memory)}
         # NVIDIA adds shares only where a device has memory; compute goes with enforced memory shares.
         for name, extra in (("shares", shares.shares_capacity()), (COMPUTE, shares.compute_capacity())):
             if shareable and extra is not None:
@@ -184,13 +184,13 @@ def _memory_slices(mig: MigDevice) -> range:
 def _counters(mig: MigDevice) -> dict[str, int]:
     """What the MIG device takes from its GPU: its engines and memory, and its memory slices when known."""
     counters = {_dashed(name): getattr(mig, field) for name, field in MIG_CAPACITIES}
-    counters["memory"] = mig.memory_mib * MIB
+    counters[MEMORY] = mig.memory_mib * MIB
     counters |= {f"memory-slice-{i}": 1 for i in _memory_slices(mig)}
     return counters
 
 
 def _counter_text(name: str, value: int) -> str:
-    return quantity(value) if name == "memory" else str(value)
+    return quantity(value) if name == MEMORY else str(value)
 
 
 def _counter_set(gpu: Gpu) -> dict[str, Any]:

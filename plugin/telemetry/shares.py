@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gfd.discovery.telemetry import GpuProcess
+from gfd.model import MIB
 from plugin.telemetry.cgroups import CgroupOwner
 from plugin.telemetry.podresources import ClaimDevice, Holder
 
 if TYPE_CHECKING:  # the share records import the kubernetes client (collector.CheckpointShares)
     from plugin.dra.shares import Share
 
-MIB = 1 << 20
 
 
 @dataclass(frozen=True)
