@@ -474,8 +474,9 @@ def test_dra_memory_shares_enforced_by_mps_get_the_mps_root_and_shared_memory(ch
     mount-shm init step; the host path goes to --mps-root for the claims' CDI mounts."""
     from plugin.dra.config import load_dra_config
 
-    values = {**DRA_ONLY, "dra": {"enabled": True, "consumableShares": "memory", "shareEnforcement": "mps",
-                                  "featureGates": {"ConsumableShares": True}}, "mps": {"root": "/run/nvidia/mps"}}
+    dra = {"enabled": True, "consumableShares": "memory", "shareEnforcement": "mps",
+           "featureGates": {"ConsumableShares": True}}
+    values: dict[str, Any] = {**DRA_ONLY, "dra": dra, "mps": {"root": "/run/nvidia/mps"}}
     objects = render(chart, values)
     for obj in objects.values():
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
