@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -291,3 +292,54 @@ def test_what_is_left_of_a_dead_daemon_is_not_adopted_but_its_gpu_is_given_back(
     with capture_logs() as logs:
         assert untouched.adopt() is False and untouched.stop() is True
     assert not [e for e in logs if e["event"] == "compute mode set"]  # never made exclusive: left alone
+
+
+def test_a_pidfile_naming_another_process_is_not_adopted_nor_signalled(
+        root: MpsRoot, node: tuple[Any, tuple[Gpu, ...]], tmp_path: Path) -> None:
+    """Review of issue 24, SHOULD 12: the pidfile is in the pipe directory, which tenants mount read-write. A PID
+    written there, even of a process calling itself nvidia-cuda-mps-control, is taken only when that process was
+    started for this pipe directory: a tenant cannot make the driver signal another process."""
+    sim, gpus = node
+    real = left_by_an_earlier_process(root, gpus[0])
+    assert real is not None
+    pidfile = Path(root.pipe_dir(gpus[0].uuid), mps_daemon.PIDFILE)
+    decoys = [subprocess.Popen(["sleep", "60"], start_new_session=True),
+              subprocess.Popen(["bash", "-c", "exec -a nvidia-cuda-mps-control sleep 60"], start_new_session=True,
+                               env={**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)})]
+    try:
+        for decoy in decoys:
+            pidfile.write_text(str(decoy.pid))
+            later = MpsDaemon.for_gpu(root, gpus[0])
+            with capture_logs() as logs:
+                assert later.adopt() is False
+                assert later.stop() is True  # nothing of ours to end; the GPU given back
+            assert decoy.poll() is None, "a process the pidfile named was signalled"
+            assert [e["pid"] for e in logs if e["event"].startswith("MPS pidfile names")] == [decoy.pid]
+            assert modes(sim)[0] == DEFAULT
+    finally:
+        for decoy in decoys:
+            decoy.kill()
+            decoy.wait()
+        os.killpg(real, signal.SIGKILL)
+
+
+def test_our_probes_are_left_out_of_our_log_and_a_grown_log_is_emptied_once_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of issue 24, SHOULD 16: the daemon logs each query as `Cmd:<query>`; ours are not copied, and the log
+    on tmpfs is emptied once past MAX_LOG_BYTES and read to its end (MPS appends: it writes on from the start)."""
+    monkeypatch.setattr(mps_daemon, "MAX_LOG_BYTES", 100)
+    path = tmp_path / "control.log"
+    path.write_text("[t Control 1] Cmd:get_default_active_thread_percentage\n[t Control 1] Cmd:start_server -uid 0\n")
+    tail = LogTail(str(path), "GPU-0")
+    with capture_logs() as logs:
+        tail.poll()
+        assert path.stat().st_size > 0  # below the bound: kept
+        with open(path, "a") as f:
+            f.write("[t Control 1] NEW CLIENT 0 from user 0\n" * 3)
+        tail.poll()
+        assert path.stat().st_size == 0
+        with open(path, "a") as f:
+            f.write("[t Control 1] after\n")
+        tail.poll()
+    assert [e["line"] for e in logs] == ["[t Control 1] Cmd:start_server -uid 0"] + [
+        "[t Control 1] NEW CLIENT 0 from user 0"] * 3 + ["[t Control 1] after"]

@@ -43,7 +43,7 @@ from plugin.dra.config import DRA_OPTIONS, PROGRAM, DraConfig, load_dra_config, 
 from plugin.dra.devices import Allocatable, allocatable_devices
 from plugin.dra.health import HealthFeed, xid_policy
 from plugin.dra.metrics import DraMetrics
-from plugin.dra.mpsshares import MpsShares, find_program
+from plugin.dra.mpsshares import MpsShares, find_program, leftovers
 from plugin.dra.prepare import Preparer
 from plugin.dra.publisher import SlicePublisher
 from plugin.dra.server import DraPluginServer, HealthBoard
@@ -128,7 +128,9 @@ class DraPlugin:
         self._feed = feed = HealthFeed(state, policy, devices, board, self._publish)
         # Enforced shares: the MPS daemons of the checkpointed ones, before the kubelet can call.
         self._node = _Node(model, devices, edits, pcie_roots((g.pci_bus_id for g in model.gpus), source.host_root))
-        if config.shares.enforced or preparer.enforced_gpus():
+        # Whatever the setting: daemons an earlier run left (a crash) are stopped when no checkpointed share needs them.
+        if config.shares.enforced or preparer.enforced_gpus() or leftovers(
+                config.mps_container_root, (g.uuid for g in model.gpus)):
             self.mps = self._mps_shares(config, feed.mps_health, required=config.shares.enforced)
         if self.mps is not None:
             life.callback("MPS daemons", self.mps.detach)  # they serve their clients on; the next start adopts them

@@ -8,16 +8,21 @@ GPU), the container edits that make a claim's containers clients of it with the 
   consumed compute, and the MPS shared memory (`<mps root>/shm` at /dev/shm, the tmpfs the MPS servers use too).
 - The daemons run in this program's container with their files under `--mps-container-root`; they outlive a stop
   of this program where its container's processes do (the next start adopts them), and a start stops a daemon
-  that no checkpointed share needs, returning its GPU to DEFAULT.
-- A daemon that stops answering is started again (its GPU's devices tainted meanwhile, through `on_health`).
+  that no checkpointed share needs, returning its GPU to DEFAULT, whatever the enforcement setting (`leftovers`).
+- Supervision (plugin/mps/supervision.py): a daemon that stops serving is started again after THRESHOLD failed
+  probes in a row, a failing restart backed off; its GPU's devices tainted meanwhile, through `on_health`. A share
+  is never handed a daemon given up on or found dead: `ensure` restarts it at once, or fails the claim.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import threading
-from collections.abc import Callable, Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import structlog
 
@@ -30,11 +35,17 @@ from plugin.mps import MpsError
 from plugin.mps.control import CONTROL, ControlError, find_control
 from plugin.mps.daemon import MpsDaemon
 from plugin.mps.root import CONTAINER_ROOT, MpsRoot
+from plugin.mps.supervision import CHECK_S, Supervised
 
 log = structlog.get_logger("plugin.dra")
 
-CHECK_S = 1.0  # how often every daemon is asked whether it answers
 CLIENT_SHM = "/dev/shm"
+
+
+def leftovers(root: str, uuids: Iterable[str]) -> list[str]:
+    """The GPUs (of `uuids`) with a daemon's directory under the MPS root `root` (as this container sees it): what
+    an earlier run left, perhaps with its daemon still running and the GPU in EXCLUSIVE_PROCESS."""
+    return sorted(u for u in uuids if os.path.isdir(os.path.join(root, u)))
 
 
 def find_program(driver_root: str, files: DriverFiles) -> tuple[str, dict[str, str]]:
@@ -58,14 +69,16 @@ def find_program(driver_root: str, files: DriverFiles) -> tuple[str, dict[str, s
 class MpsShares:
     """The node's MPS daemons for enforced shares, by GPU UUID. `host_root` is the host's MPS root (what CDI
     specs name), `root` the same directory as this container sees it. `on_health(uuid, reason)` is told when a
-    GPU's daemon stops serving (a reason) and serves again (None). Thread-safe."""
+    GPU's daemon stops serving (a reason) and serves again (None). `clock`: supervision's time. Thread-safe."""
 
     def __init__(self, host_root: str, root: MpsRoot, gpus: Collection[Gpu], program: str,
-                 environment: Mapping[str, str], on_health: Callable[[str, str | None], None]) -> None:
+                 environment: Mapping[str, str], on_health: Callable[[str, str | None], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host_root, self.root = MpsRoot(host_root), root
         self.gpus = {g.uuid: g for g in gpus}
         self.program, self.environment, self.on_health = program, dict(environment), on_health
-        self._daemons: dict[str, MpsDaemon] = {}
+        self.clock = clock
+        self._daemons: dict[str, Supervised] = {}
         self._lock = threading.Lock()
 
     def running(self) -> list[str]:
@@ -74,21 +87,27 @@ class MpsShares:
             return sorted(self._daemons)
 
     def ensure(self, uuid: str) -> None:
-        """The GPU's daemon runs (started when it does not); MpsError (one line) when it cannot start, the GPU
-        back in DEFAULT."""
+        """The GPU's daemon serves: started when it does not run, started again at once when supervision gave up
+        on it or it is found dead (a share must not get a pipe directory with no daemon behind it: its CUDA
+        would run without MPS, unlimited). MpsError (one line) when it cannot start: the claim fails and the
+        kubelet retries it."""
         with self._lock:
-            if uuid in self._daemons:
+            supervised = self._daemons.get(uuid)
+            if supervised is None:
+                daemon = self._daemon(uuid)
+                daemon.start()
+                self._daemons[uuid] = self._supervised(uuid, daemon)
                 return
-            daemon = self._daemon(uuid)
-            daemon.start()
-            self._daemons[uuid] = daemon
+            reason = supervised.serving()
+            if reason is not None:
+                supervised.restart_now(reason)
 
     def release(self, uuid: str) -> None:
         """The GPU holds no enforced share any more: its daemon stopped, the GPU back in DEFAULT, its files gone."""
         with self._lock:
-            daemon = self._daemons.pop(uuid, None)
-            if daemon is not None:
-                self._stop(daemon)
+            supervised = self._daemons.pop(uuid, None)
+            if supervised is not None:
+                self._stop(supervised.daemon)
         self.on_health(uuid, None)
 
     def client_edits(self, uuid: str, limits: ShareLimits) -> ContainerEdits:
@@ -118,23 +137,22 @@ class MpsShares:
                     self._stop(daemon)
                 continue
             with self._lock:
-                self._daemons[uuid] = daemon
-            if not running or daemon.not_ready() is not None:
-                self._restart(uuid, daemon, "not running after a restart of the plugin")
+                self._daemons[uuid] = supervised = self._supervised(uuid, daemon)
+                if not running or daemon.not_ready() is not None:
+                    with contextlib.suppress(MpsError):  # logged; supervision tries again, backed off
+                        supervised.restart_now("not running after a restart of the plugin")
 
     def check(self) -> None:
-        """One round of supervision: a daemon that does not answer is started again."""
+        """One round of supervision (plugin/mps/supervision.py): each daemon probed, restarted when it failed
+        THRESHOLD probes in a row or when its backoff after a failed restart has passed."""
         with self._lock:
             daemons = dict(self._daemons)
-        for uuid, daemon in daemons.items():
-            reason = daemon.not_ready()
-            if reason is None:
-                self.on_health(uuid, None)
-                continue
+        for uuid, supervised in daemons.items():
+            verdict = supervised.probe()  # outside the lock: a query may take PROBE_TIMEOUT_S
             with self._lock:
-                if self._daemons.get(uuid) is not daemon:
+                if self._daemons.get(uuid) is not supervised:
                     continue  # released meanwhile: not answering because it was stopped
-                self._restart(uuid, daemon, reason)
+                supervised.judge(*verdict)
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.wait(CHECK_S):
@@ -144,18 +162,11 @@ class MpsShares:
         """This program stops: the daemons keep serving their clients (the next start adopts them)."""
         with self._lock:
             daemons, self._daemons = list(self._daemons.values()), {}
-        for daemon in daemons:
-            daemon.detach()
+        for supervised in daemons:
+            supervised.daemon.detach()
 
-    def _restart(self, uuid: str, daemon: MpsDaemon, reason: str) -> None:
-        log.error("MPS daemon not answering; starting it again", gpu=uuid, reason=reason)
-        self.on_health(uuid, reason)
-        try:
-            daemon.restart()
-        except MpsError as e:
-            log.error("MPS daemon did not start; retrying", gpu=uuid, error=str(e))
-            return
-        self.on_health(uuid, None)
+    def _supervised(self, uuid: str, daemon: MpsDaemon) -> Supervised:
+        return Supervised(daemon, functools.partial(self.on_health, uuid), self.clock)
 
     def _stop(self, daemon: MpsDaemon) -> None:
         if daemon.stop():
@@ -164,5 +175,7 @@ class MpsShares:
             log.error("MPS daemon not stopped cleanly", gpu=daemon.name)
 
     def _daemon(self, uuid: str) -> MpsDaemon:
-        return self._daemons.get(uuid) or MpsDaemon.for_gpu(self.root, self.gpus[uuid], program=self.program,
-                                                             environment=self.environment)
+        supervised = self._daemons.get(uuid)
+        if supervised is not None:
+            return supervised.daemon
+        return MpsDaemon.for_gpu(self.root, self.gpus[uuid], program=self.program, environment=self.environment)

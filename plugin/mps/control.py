@@ -25,6 +25,9 @@ from plugin.mps.root import MpsRoot
 
 CONTROL = "nvidia-cuda-mps-control"
 ANSWER_TIMEOUT_S = 10.0
+# The harmless query that tells whether a daemon answers (upstream's AssertHealthy); the daemon logs it as
+# `Cmd:<query>`, which our copy of its log leaves out (plugin/mps/daemon.py LogTail).
+PROBE = "get_default_active_thread_percentage"
 MAX_ANSWER_BYTES = 64 * 1024
 # After the program has exited, how long what it left behind (the daemon `-d` forked) may keep its output
 # pipes open before we stop reading them.
@@ -79,10 +82,10 @@ class Control:
         """One command through the control pipe; the daemon's answer."""
         return self._run([], command + "\n", timeout_s)
 
-    def answers(self) -> str | None:
-        """None when the daemon answers a harmless query (upstream's AssertHealthy), else why not."""
+    def answers(self, timeout_s: float = ANSWER_TIMEOUT_S) -> str | None:
+        """None when the daemon answers PROBE within `timeout_s`, else why not."""
         try:
-            self.send("get_default_active_thread_percentage")
+            self.send(PROBE, timeout_s)
         except ControlError as e:
             return str(e)
         return None

@@ -29,7 +29,7 @@ from gfd.discovery.errors import DiscoveryError
 from gfd.lifecycle import Scope
 from gfd.model import Gpu
 from plugin.mps import MpsError
-from plugin.mps.control import CONTROL, Control, find_control, not_ready
+from plugin.mps.control import CONTROL, PROBE, Control, find_control, not_ready
 from plugin.mps.root import MpsRoot, mark, unmark
 
 log = structlog.get_logger("plugin.mps")
@@ -41,6 +41,7 @@ QUIT_S = 3.0
 EXIT_S = 3.0
 TERM_S = 2.0
 KILL_S = 1.0
+PIDFILE_S = 2.0  # after `-d` returned, for the daemon's pidfile to name it
 STOP_BOUND_S = QUIT_S + EXIT_S + TERM_S + KILL_S + 1.0  # + restoring compute modes and reading the logs
 POLL_S = 0.05
 
@@ -144,7 +145,7 @@ class MpsDaemon:
         log.info("Starting MPS daemon", name=self.name, gpus=[g.uuid for g in self.gpus])
         self._launched = True
         self.control.start_daemon([g.uuid for g in self.gpus])
-        self._process = _DaemonProcess.from_pidfile(self._pidfile)
+        self._process = self._started_process()
         self._follow_logs(from_start=True)
         for command in self.limits.commands(self.gpus):
             self.control.send(command)
@@ -163,7 +164,7 @@ class MpsDaemon:
                 self.program = find_control()
             if os.path.isdir(os.path.dirname(self.pipe_dir)):
                 self._touched = True
-            process = _DaemonProcess.from_pidfile(self._pidfile)
+            process = _DaemonProcess.from_pidfile(self._pidfile, self.pipe_dir)
             if process is None:
                 return False
             self._launched, self._process = True, process
@@ -175,6 +176,15 @@ class MpsDaemon:
     def _pidfile(self) -> str:
         return os.path.join(self.pipe_dir, PIDFILE)
 
+    def _started_process(self) -> _DaemonProcess:
+        """The daemon `-d` just started, once its pidfile names it (within PIDFILE_S); MpsError when it does not."""
+        deadline = time.monotonic() + PIDFILE_S
+        while (process := _DaemonProcess.from_pidfile(self._pidfile, self.pipe_dir)) is None:
+            if time.monotonic() >= deadline:
+                raise MpsError(f"{CONTROL} -d returned, but {self._pidfile} names no daemon of {self.pipe_dir}")
+            time.sleep(POLL_S)
+        return process
+
     def _follow_logs(self, from_start: bool) -> None:
         """What MPS writes (control.log, and server.log once a client has started a server) shows in our log."""
         self._tails = Scope(f"MPS logs of {self.name}")
@@ -184,6 +194,19 @@ class MpsDaemon:
                 with contextlib.suppress(OSError):
                     tail.offset = os.stat(tail.path).st_size
             self._tails.start_thread("mps-log", functools.partial(tail.run, self._tails.stopping))
+
+    def dead(self) -> str | None:
+        """Why the daemon certainly cannot serve clients, found without sending it a command (nothing in its log):
+        not started, its process gone, or its control socket gone; None when it may be serving (`not_ready`
+        asks it)."""
+        if not os.path.exists(self.root.started(self.name)):
+            return "the MPS control daemon has not signalled readiness"
+        process = self._process
+        if process is None or not process.alive():
+            return "the MPS control daemon is not running"
+        if not os.path.exists(os.path.join(self.pipe_dir, "control")):
+            return f"the MPS control daemon's socket {self.pipe_dir}/control is gone"
+        return None
 
     def not_ready(self) -> str | None:
         """None while the daemon has started and answers; else why it cannot serve clients."""
@@ -252,7 +275,7 @@ class MpsDaemon:
         except MpsError as e:
             log.warning("MPS daemon did not take quit", name=self.name, error=str(e))
             took_quit = False
-        process = self._process or _DaemonProcess.from_pidfile(self._pidfile)
+        process = self._process or _DaemonProcess.from_pidfile(self._pidfile, self.pipe_dir)
         self._process = None
         if process is None or (process.wait_gone(EXIT_S) if took_quit else not process.members()):
             if took_quit:
@@ -295,8 +318,12 @@ class _DaemonProcess:
     group: int
 
     @classmethod
-    def from_pidfile(cls, path: str) -> _DaemonProcess | None:
-        """The live MPS control daemon whose PID `path` holds, or None."""
+    def from_pidfile(cls, path: str, pipe_dir: str) -> _DaemonProcess | None:
+        """The live MPS control daemon of `pipe_dir` whose PID `path` holds, or None. The pidfile is in the pipe
+        directory, which tenants' containers mount read-write: the PID is taken only when that process is an
+        nvidia-cuda-mps-control (its command line) started for `pipe_dir` (CUDA_MPS_PIPE_DIRECTORY in the
+        environment it was started with, which Control gives it) — never another process of the node, nor the
+        daemon of another GPU. A tampered pidfile is logged, and nothing is signalled."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
             try:
@@ -304,22 +331,26 @@ class _DaemonProcess:
             finally:
                 os.close(fd)
             pid = int(text.strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"nvidia-cuda-mps" not in f.read(4096):
-                    return None
         except (OSError, ValueError):
+            return None
+        if not _serves(pid, pipe_dir):
+            log.warning("MPS pidfile names a process that is not this daemon; ignored", pidfile=path, pid=pid)
             return None
         status = _proc_stat(pid)
         if status is None or status[0] in "ZX":
             return None
         return cls(pid, status[2], status[1])
 
+    def alive(self) -> bool:
+        """The daemon itself still runs (cheap: its own /proc entry, not its group's)."""
+        status = _proc_stat(self.pid)
+        return status is not None and status[2] == self.started and status[0] not in "ZX"
+
     def members(self) -> list[int]:
         """Its processes that still run: its whole group's when that group is its own, else itself."""
         if self._own_group():
             return [p for p in _pids() if (s := _proc_stat(p)) is not None and s[1] == self.group and s[0] not in "ZX"]
-        status = _proc_stat(self.pid)
-        return [self.pid] if status is not None and status[2] == self.started and status[0] not in "ZX" else []
+        return [self.pid] if self.alive() else []
 
     def signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -349,6 +380,22 @@ class _DaemonProcess:
                 pass
 
 
+def _serves(pid: int, pipe_dir: str) -> bool:
+    """`pid` is an nvidia-cuda-mps-control started for `pipe_dir` (a process whose environment cannot be read, one
+    of another user where we are not root, is not)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read(4096).split(b"\0")
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read(1 << 20).split(b"\0")
+    except OSError:
+        return False
+    # The program itself, or a script run by an interpreter (the tests' stand-in): argv[0] or argv[1].
+    if not any(os.path.basename(a) == CONTROL.encode() for a in argv[:2]):
+        return False
+    return b"CUDA_MPS_PIPE_DIRECTORY=" + os.fsencode(pipe_dir) in environ
+
+
 def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
@@ -366,12 +413,18 @@ def _proc_stat(pid: int) -> tuple[str, int, int] | None:
 MAX_LINE_BYTES = 4096  # of one MPS log line kept; the rest of a longer line is dropped
 READ_BYTES = 64 * 1024  # read from a log file per poll
 TAIL_POLL_S = 0.2
+# MPS appends to its logs on the root's tmpfs (memory) for as long as it runs: once a log has grown past this and
+# every line of it is in ours, it is emptied (as logrotate's copytruncate: MPS appends, so it writes on at the
+# start; the lines it writes between our read and the truncation, microseconds, are lost).
+MAX_LOG_BYTES = 4 << 20
+QUIET = f"Cmd:{PROBE}"  # our own liveness query, every ANSWER_EVERY_S: not copied into our log
 
 
 class LogTail:
-    """Follows an MPS log file into ours, so `kubectl logs` shows what MPS said. Bounded: READ_BYTES per poll,
-    lines cut at MAX_LINE_BYTES (a log without newlines holds no more than that), only a regular file is
-    opened (without blocking), a file that shrank is read again from its start."""
+    """Follows an MPS log file into ours, so `kubectl logs` shows what MPS said, leaving out our own probes.
+    Bounded: READ_BYTES per poll, lines cut at MAX_LINE_BYTES (a log without newlines holds no more than that),
+    only a regular file is opened (without blocking), a file that shrank is read again from its start, a file
+    read to its end past MAX_LOG_BYTES emptied."""
 
     def __init__(self, path: str, name: str) -> None:
         self.path, self.name = path, name
@@ -401,7 +454,12 @@ class LogTail:
             os.close(fd)
         self.offset += len(data)
         for line in self.lines.feed(data):
-            log.info("mps", name=self.name, log=os.path.basename(self.path), line=line)
+            if not line.endswith(QUIET):
+                log.info("mps", name=self.name, log=os.path.basename(self.path), line=line)
+        if self.offset == info.st_size > MAX_LOG_BYTES and not self.lines.pending:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, 0)
+                self.offset = 0
 
 
 class _Lines:

@@ -185,7 +185,7 @@ def test_a_restarted_driver_adopts_the_daemons_and_a_dead_one_is_started_again(
     assert dead is not None
     os.killpg(dead, signal.SIGKILL)
     eventually(lambda: daemon(mps_root, uuid) not in (None, dead), timeout=30)
-    assert "MPS daemon not answering; starting it again" in driver.log()
+    assert "MPS daemon not serving; starting it again" in driver.log()  # after THRESHOLD failed probes
 
 
 def test_deleting_the_pods_stops_each_daemon_with_its_gpus_last_share_and_gives_the_gpu_back(
