@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -130,3 +131,55 @@ def test_a_start_that_cannot_succeed_is_one_line_and_exit_1(tmp_path: Path, argv
     assert len(errors) == 1 and errors[0].startswith("error starting nvidia-dra-plugin: " +
                                                      error.replace("FILE", str(tmp_path / "file")))
     assert "Traceback" not in done.stderr
+
+
+
+def test_sighup_applies_the_sharing_options(dra_api: tuple[client.ApiClient, str], tmp_path: Path) -> None:
+    """The per-node file turned to memory shares (config-manager's SIGHUP) makes the published devices shareable."""
+    api, kubeconfig = dra_api
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("version: v1\n")
+    slices = client.CustomObjectsApi(api)
+
+    def shareable() -> list[bool]:
+        answer: Any = slices.list_cluster_custom_object(GROUP, VERSION, "resourceslices",
+                                                        field_selector=f"spec.nodeName={NODE}")
+        return [bool(d.get("allowMultipleAllocations")) for s in answer["items"] for d in s["spec"].get("devices", [])]
+
+    def events() -> list[str]:
+        return [json.loads(line)["event"] for line in log.read_text().splitlines() if line.startswith("{")]
+
+    log = tmp_path / "driver.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(BIN / "nvidia-dra-plugin"), f"--node-name={NODE}", f"--kubeconfig={kubeconfig}",
+                                 "--simulate=t4", f"--config-file={config_file}", *args(tmp_path)],
+                                stdout=out, stderr=out)
+    try:
+        eventually(lambda: "started" in events() and bool(shareable()) and not any(shareable()), timeout=30)
+        config_file.write_text("version: v1\nflags:\n  dra:\n    consumableShares: memory\n"
+                               "    featureGates: [ConsumableShares=true]\n")
+        proc.send_signal(signal.SIGHUP)
+        eventually(lambda: bool(shareable()) and all(shareable()), timeout=30)
+        assert "config reloaded" in events()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        slices.delete_collection_cluster_custom_object(GROUP, VERSION, "resourceslices")
+
+
+def test_a_reload_during_the_start_is_owed_to_its_end(tmp_path: Path) -> None:
+    """A SIGHUP on the signal thread while `start` runs sets up nothing beside it (a second set of MPS daemons):
+    the start runs it once it has ended."""
+    from plugin.dra.cli import DraPlugin
+    from plugin.dra.config import load_dra_config
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("version: v1\nflags:\n  mpsRoot: /run/nvidia/mps\n  dra:\n    consumableShares: memory\n"
+                           "    shareEnforcement: mps\n    featureGates: [ConsumableShares=true]\n")
+    argv = ["--node-name=n", f"--config-file={config_file}"]
+    plugin = DraPlugin(load_dra_config(argv, {}), argv, {})
+    plugin.reload()
+    assert plugin._reload_owed and plugin.mps is None and plugin.preparer is None

@@ -75,6 +75,8 @@ class DraPlugin:
         self._feed: HealthFeed | None = None
         self._health = taints.HEALTHY
         self._lock = threading.Lock()  # the sharing options: a reload against the health feed's republish
+        self._started = False  # a SIGHUP (the signal thread) while `start` runs is applied when it ends
+        self._reload_owed = False
 
     def healthy(self) -> Health:
         """/healthz: registered with the kubelet, and the node's ResourceSlices published."""
@@ -157,6 +159,10 @@ class DraPlugin:
         # garbage collector's full passes, which would otherwise walk it all and stall a prepare now and then.
         gc.freeze()
         log.info("started", node=config.node_name, devices=len(devices), seconds=round(time.monotonic() - started, 3))
+        with self._lock:
+            self._started, owed = True, self._reload_owed
+        if owed:
+            self.reload()
 
     def _publish(self, health: taints.DeviceHealth) -> None:
         """The node's pool with this health and the sharing options in force (the health feed's callback)."""
@@ -188,15 +194,21 @@ class DraPlugin:
 
     def reload(self) -> None:
         """SIGHUP: the config read again; the sharing options applied (slices, later prepares), other changes
-        logged as waiting for the next start. A config that cannot be read or applied leaves the running one."""
+        logged as waiting for the next start. A config that cannot be read or applied leaves the running one.
+        During the start it is owed, not run: applied beside a half-made start it could set up a second set of MPS
+        daemons beside the start's own."""
+        with self._lock:
+            if not self._started:
+                self._reload_owed = True
+                log.info("reload waits for the start to end")
+                return
         try:
             config = load_dra_config(self.argv, self.environ)
         except ConfigError as e:
             log.error("reload failed; keeping the running config", error=str(e))
             return
         preparer, feed = self.preparer, self._feed
-        if preparer is None or feed is None:
-            return  # still starting: the start reads the file itself
+        assert preparer is not None and feed is not None  # set by the start
         applied = {"consumable_shares", "share_enforcement", "feature_gates", "explicit"}
         if config.shares.enforced and self.mps is None:  # MPS set up now, with the root the file names
             try:
