@@ -232,8 +232,9 @@ def test_a_share_prepared_after_a_failed_restart_is_not_told_its_daemon_runs(
     """Review of issue 24: supervision keeps a daemon that could not be started again in `_daemons`, so `ensure`
     answers as if it ran. A claim prepared then gets the MPS env and a pipe directory with no daemon behind it, and
     its CUDA runs without MPS, unlimited (NVIDIA's MPS guide: a client that cannot reach the daemon runs without
-    MPS)."""
-    _, gpus = node
+    MPS). A restart that fails leaves the GPU in EXCLUSIVE_PROCESS: the running shares' processes must not go on
+    outside MPS, without their limits, on a DEFAULT GPU."""
+    sim, gpus = node
     health = Health()
     mps = shares(root, gpus, health)
     uuid = gpus[0].uuid
@@ -253,6 +254,7 @@ def test_a_share_prepared_after_a_failed_restart_is_not_told_its_daemon_runs(
     for _ in range(supervision.THRESHOLD):
         mps.check()  # the restart fails; the GPU is reported down
     assert health.down() == [uuid]
+    assert modes(sim)[0] == EXCLUSIVE_PROCESS
     monkeypatch.setattr(daemon_module, "_set_compute_mode", real)
     mps.ensure(uuid)  # a new share of this GPU is prepared before the next supervision round
     try:
@@ -351,7 +353,8 @@ def test_a_restart_that_keeps_failing_is_backed_off_and_logged_once(
         attempts = len(refused) - 1
         # Delays of 1, 2, 4 ... s, then RESTART_CAP_S, each jittered into [d/2, d].
         assert 600 / supervision.RESTART_CAP_S <= attempts <= 600 / (supervision.RESTART_CAP_S / 2) + 8
-        assert health.down() == [uuid] and modes(sim)[0] == DEFAULT  # given back while it cannot serve
+        # Kept while it cannot serve: the shares' processes must not run outside MPS on a DEFAULT GPU.
+        assert health.down() == [uuid] and modes(sim)[0] == EXCLUSIVE_PROCESS
         refused.clear()  # NVML takes the mode again
         clock.now += supervision.RESTART_CAP_S
         mps.check()

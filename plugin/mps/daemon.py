@@ -124,13 +124,20 @@ class MpsDaemon:
         with self._lock:
             if self._launched:
                 return
-            if not self.program:
-                self.program = find_control()
-            try:
-                self._start()
-            except BaseException:
+            self._launch(restore=True)
+
+    def _launch(self, restore: bool) -> None:
+        """Start it; on a failure, end what was started, the GPUs back in DEFAULT only when `restore`."""
+        if not self.program:
+            self.program = find_control()
+        try:
+            self._start()
+        except BaseException:
+            if restore:
                 self.stop()
-                raise
+            else:
+                self._halt()
+            raise
 
     def _start(self) -> None:
         for directory in (self.pipe_dir, self.log_dir):
@@ -214,12 +221,18 @@ class MpsDaemon:
 
     def restart(self) -> None:
         """A daemon that stopped answering: ended (killed if it must be) and started again, its GPUs left in
-        EXCLUSIVE_PROCESS meanwhile. MpsError, with the GPUs back in DEFAULT, when it cannot start again."""
+        EXCLUSIVE_PROCESS meanwhile. MpsError when it cannot start again, its GPUs still in EXCLUSIVE_PROCESS: the
+        processes of the clients it had must not go on outside MPS, without their limits, on a DEFAULT GPU (they
+        get no context until a daemon serves again); `stop` gives the GPUs back."""
         with self._lock:
-            self._unmark()
-            self._end()
-            self._tails.close()
-            self.start()
+            self._halt()
+            self._launch(restore=False)
+
+    def _halt(self) -> None:
+        """The daemon ended (killed if it must be) and no longer followed; its GPUs' compute modes left as they are."""
+        self._unmark()
+        self._end()
+        self._tails.close()
 
     def stop(self) -> bool:
         """Best effort, every step, within STOP_BOUND_S: a daemon that does not quit is killed, and a daemon
