@@ -116,6 +116,26 @@ def test_signal_reaches_the_real_console_script(tmp_path: Path, script: str) -> 
         find_pid("no-such-process-name")
 
 
+def test_in_a_pod_only_a_process_of_that_pod_is_signalled(tmp_path: Path) -> None:
+    """With hostPID every process of the node is visible: a tenant's process of the same name, whatever its PID,
+    is not ours to signal (its cgroup names another pod). Cgroup paths as the kubelet's systemd driver makes them."""
+    ours, tenant = "0b9a3c5e-1f2d-4e6a-8b7c-9d0e1f2a3b4c", "7c6b5a49-3827-4615-a4b3-c2d1e0f9a8b7"
+
+    def process(pid: int, argv: list[str], pod: str) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+        slice_ = f"kubepods-besteffort-pod{pod.replace('-', '_')}.slice"
+        (tmp_path / str(pid) / "cgroup").write_text(f"0::/kubepods.slice/kubepods-besteffort.slice/{slice_}/"
+                                                    f"cri-containerd-{pid:064x}.scope\n")
+
+    process(os.getpid(), ["config-manager"], ours)
+    process(5, ["nvidia-dra-plugin"], tenant)  # a tenant's decoy
+    with pytest.raises(LookupError):
+        find_pid("nvidia-dra-plugin", str(tmp_path))
+    process(900001, ["/usr/bin/python3", "/usr/local/bin/nvidia-dra-plugin", "--node-name=n"], ours)
+    assert find_pid("nvidia-dra-plugin", str(tmp_path)) == 900001
+
+
 def settings(tmp_path: Path, kubeconfig: str, **overrides: Any) -> Settings:
     src = tmp_path / "available-configs"
     src.mkdir(exist_ok=True)

@@ -8,6 +8,7 @@ import signal
 import structlog
 
 from gfd.configmanager.selection import EMPTY
+from plugin.telemetry.cgroups import read_owner
 
 log = structlog.get_logger("config-manager")
 
@@ -40,8 +41,11 @@ def point(dst: str, target: str) -> bool:
 def find_pid(process: str, proc: str = "/proc") -> int:
     """The process running `process`, sharing our PID namespace: its argv[0], or, for a console script
     run by an interpreter (`/usr/bin/python3 /usr/local/bin/gpu-feature-discovery …`, as every Python
-    entry point runs), the script after it. Never matches a process that only mentions the name."""
+    entry point runs), the script after it. Never matches a process that only mentions the name. In a pod,
+    only a process of our own pod (its cgroup names our pod's UID): with hostPID (the MPS DaemonSet, the DRA
+    driver's pod) every process of the node is in our namespace, a tenant's of that name too."""
     target = os.path.basename(process)  # the chart names some by path (/usr/bin/mps-control-daemon)
+    ours = read_owner(proc, os.getpid())
     for entry in os.listdir(proc):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -52,7 +56,9 @@ def find_pid(process: str, proc: str = "/proc") -> int:
             continue
         names = [os.path.basename(a.decode(errors="replace")) for a in argv[:2]]
         if names[0] == target or (names[0].startswith("python") and len(names) > 1 and names[1] == target):
-            return int(entry)
+            owner = read_owner(proc, int(entry)) if ours is not None else None
+            if ours is None or (owner is not None and owner.pod_uid == ours.pod_uid):
+                return int(entry)
     raise LookupError(f"error finding pid: no process found running {process!r}")
 
 
