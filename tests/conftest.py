@@ -147,3 +147,21 @@ def mps_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("PATH", standin.path_with_stand_in())
     with standin.daemons_root() as d:
         yield MpsRoot(str(d))
+
+
+@pytest.fixture(scope="session")
+def validator() -> Any:
+    """The CDI specification's JSON schema (../shared/cdi) as a Draft 7 validator, its defs.json resolved."""
+    import json
+
+    import jsonschema
+    import referencing
+    import referencing.jsonschema
+
+    from tests.requirements import require_shared
+
+    cdi_schema = require_shared("cdi", "schema.json", "defs.json")
+    schema = json.loads((cdi_schema / "schema.json").read_text())
+    defs = referencing.Resource.from_contents(json.loads((cdi_schema / "defs.json").read_text()),
+                                              default_specification=referencing.jsonschema.DRAFT7)
+    return jsonschema.Draft7Validator(schema, registry=referencing.Registry().with_resource("defs.json", defs))

@@ -15,8 +15,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-import referencing
-import referencing.jsonschema
 
 from gfd.config import ConfigError
 from gfd.discovery.session import NodeSource
@@ -34,16 +32,7 @@ from plugin.host import read_node_devices
 from plugin.resources import ResourceError, build_resources
 from tests.builders import gpu, mig
 from tests.helpers import ldconfig_print
-from tests.requirements import require_command, require_shared
-
-
-@pytest.fixture(scope="module")
-def validator() -> jsonschema.Draft7Validator:
-    cdi_schema = require_shared("cdi", "schema.json", "defs.json")
-    schema = json.loads((cdi_schema / "schema.json").read_text())
-    defs = referencing.Resource.from_contents(json.loads((cdi_schema / "defs.json").read_text()),
-                                              default_specification=referencing.jsonschema.DRAFT7)
-    return jsonschema.Draft7Validator(schema, registry=referencing.Registry().with_resource("defs.json", defs))
+from tests.requirements import require_command
 
 
 class Node:

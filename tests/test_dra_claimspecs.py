@@ -12,8 +12,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-import referencing
-import referencing.jsonschema
 
 from gfd.discovery.session import NodeSource
 from plugin.cdi import CdiError
@@ -21,19 +19,9 @@ from plugin.cdi.spec import IPC_OPTIONS, ContainerEdits, Mount
 from plugin.dra.claimspecs import ClaimSpecFiles, NodeEdits, dra_roots
 from plugin.dra.devices import allocatable_devices
 from plugin.dra.prepare import claim_spec_file
-from tests.requirements import require_shared
 
 UID = "0b6a3f4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 HOOK = "/var/lib/kubelet/plugins/gpu.nvidia.com/nvidia-cdi-hook"
-
-
-@pytest.fixture(scope="module")
-def validator() -> jsonschema.Draft7Validator:
-    cdi_schema = require_shared("cdi", "schema.json", "defs.json")
-    schema = json.loads((cdi_schema / "schema.json").read_text())
-    defs = referencing.Resource.from_contents(json.loads((cdi_schema / "defs.json").read_text()),
-                                              default_specification=referencing.jsonschema.DRAFT7)
-    return jsonschema.Draft7Validator(schema, registry=referencing.Registry().with_resource("defs.json", defs))
 
 
 class Node:
